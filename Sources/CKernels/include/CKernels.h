@@ -1,0 +1,89 @@
+// Hot loops of MeshInfer. Built for the host CPU (-march=native); every kernel has a portable
+// scalar path, and an AVX-512 (+VNNI) path where the compiler targets it.
+#ifndef MESHINFER_CKERNELS_H
+#define MESHINFER_CKERNELS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Which SIMD path this build uses: 2 = AVX-512 VNNI, 1 = AVX-512F, 0 = scalar.
+int mi_simd_level(void);
+
+// ---------------------------------------------------------------------------------------------
+// Packed weight layout shared by the f32 and 8-bit GEMMs ("lane = output channel"):
+// a weight W of N output channels x K inputs is stored in panels of 16 output channels.
+//   f32 : panel p holds K groups of 16 floats          -> w[(p*K + k)*16 + lane]
+//   int8: panel p holds K/G blocks of G = mi_int8_group() inputs; a block is G/4 groups of
+//         16 x 4 unsigned codes (byte ((k/4)*16 + lane)*4 + k%4), then 16 f32 scales and 16
+//         f32 mins, so w ≈ scale·u + min per (channel, block). Codes are unsigned because VNNI
+//         multiplies u8 x s8; the activations are the signed operand. Everything a panel needs
+//         is one contiguous stream (decode reads it once, at memory bandwidth).
+// N must be a multiple of 16 and K a multiple of G (callers pad).
+// ---------------------------------------------------------------------------------------------
+
+/// Inputs per weight (scale, min) and per activation block in the 8-bit path.
+int mi_int8_group(void);
+
+/// Packs rows [0, N) of a row-major f32 matrix (N x K, leading dimension ldw) into f32 panels.
+void mi_pack_f32(const float *w, int64_t ldw, int N, int K, float *packed);
+
+/// Quantizes a row-major f32 matrix to 8 bits per output channel (Pope et al. §3.6), with a
+/// scale and minimum per channel and group of G inputs (affine, so the file's Q4_1 blocks map
+/// almost exactly), and packs codes and parameters as panels of mi_int8_packed_bytes(N, K) bytes.
+void mi_pack_int8(const float *w, int64_t ldw, int N, int K, uint8_t *packed);
+int64_t mi_int8_packed_bytes(int N, int K);
+
+/// Quantizes M activation rows (K floats each) symmetrically to int8 in blocks of `block`.
+/// q: M x K; scales: M x (K/block); sums: M x (K/block), the sum of q over each block.
+void mi_quantize_activations(const float *x, int64_t ldx, int M, int K, int block,
+                             int8_t *q, float *scales, int32_t *sums);
+
+/// y[m, n0..n1) = x[m, :] . W[n, :] for f32 panels; n0, n1 multiples of 16.
+void mi_gemm_f32(const float *x, int64_t ldx, int M, int K, const float *packed,
+                 int n0, int n1, float *y, int64_t ldy);
+
+/// Same for 8-bit panels (N channels in all), activations from mi_quantize_activations(block = G).
+void mi_gemm_int8(const int8_t *q, const float *xscales, const int32_t *xsums, int M, int K,
+                  const uint8_t *packed, int n0, int n1, float *y, int64_t ldy);
+
+// ---------------------------------------------------------------------------------------------
+// GGML block formats, executed in place (no dequantization): rows of K/32 blocks.
+// Activations are quantized with mi_quantize_q8_blocks (block 32, llama.cpp's Q8_1 idea:
+// per-block scale d and the sum s = d * sum(q)).
+// ---------------------------------------------------------------------------------------------
+void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
+                           int8_t *q, float *d, float *s);
+
+/// y[m, n] for rows n in [n0, n1) of a Q4_1 matrix (row stride rowBytes).
+void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+/// Same for Q8_0.
+void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+
+// ---------------------------------------------------------------------------------------------
+// Elementwise and attention.
+// ---------------------------------------------------------------------------------------------
+float mi_dot(const float *a, const float *b, int n);
+/// y += a * x
+void mi_axpy(float a, const float *x, float *y, int n);
+/// out = x / sqrt(mean(x^2) + eps) * w
+void mi_rmsnorm(const float *x, const float *w, int n, float eps, float *out);
+/// out[i] = silu(gate[i]) * up[i]
+void mi_swiglu(const float *gate, const float *up, int n, float *out);
+
+/// Causal attention of one query row against `count` cached positions for all heads.
+/// q: H*Q floats; k, v: cache rows with stride kvStride floats, head g at offset g*Q;
+/// query head h reads KV head h / (H / KV). scratch: >= count floats. out: H*Q floats.
+void mi_attention_row(const float *q, int H, int KV, int Q,
+                      const float *k, const float *v, int64_t kvStride, int count,
+                      float scale, float *scratch, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,442 @@
+// See CKernels.h for the layouts. Each kernel: a scalar reference path, and an AVX-512 path
+// compiled when the target has it. The scalar paths define the exact arithmetic; the SIMD
+// paths compute the same sums in a different order.
+#include "CKernels.h"
+#include <math.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define MI_AVX512 1
+#if defined(__AVX512VNNI__)
+#define MI_VNNI 1
+#endif
+#endif
+
+/// Group size of int8 weight scales and activation blocks.
+#define MI_QB 32
+/// Bytes of one packed block: 16 channels x MI_QB codes, then 16 f32 scales and 16 f32 mins.
+#define MI_BLOCK_BYTES (MI_QB * 16 + 128)
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+int mi_int8_group(void) { return MI_QB; }
+
+int mi_simd_level(void) {
+#if defined(MI_VNNI)
+    return 2;
+#elif defined(MI_AVX512)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+ALWAYS_INLINE float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (mant == 0) { bits = sign; }
+        else { // subnormal
+            float f = (float)mant * (1.0f / 16777216.0f);
+            memcpy(&bits, &f, 4); bits |= sign;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    float out; memcpy(&out, &bits, 4); return out;
+}
+
+ALWAYS_INLINE uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+ALWAYS_INLINE int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
+
+// ------------------------------------------------------------------------------------------
+// Packing
+// ------------------------------------------------------------------------------------------
+void mi_pack_f32(const float *w, int64_t ldw, int N, int K, float *packed) {
+    for (int p = 0; p < N / 16; p++)
+        for (int k = 0; k < K; k++)
+            for (int lane = 0; lane < 16; lane++)
+                packed[((int64_t)p * K + k) * 16 + lane] = w[(int64_t)(p * 16 + lane) * ldw + k];
+}
+
+int64_t mi_int8_packed_bytes(int N, int K) { return (int64_t)(N / 16) * (K / MI_QB) * MI_BLOCK_BYTES; }
+
+void mi_pack_int8(const float *w, int64_t ldw, int N, int K, uint8_t *packed) {
+    const int nblk = K / MI_QB;
+    for (int n = 0; n < N; n++) {
+        const float *row = w + (int64_t)n * ldw;
+        int p = n / 16, lane = n % 16;
+        for (int b = 0; b < nblk; b++) {
+            uint8_t *blk = packed + ((int64_t)p * nblk + b) * MI_BLOCK_BYTES;
+            float lo = row[b * MI_QB], hi = lo;
+            for (int k = b * MI_QB; k < b * MI_QB + MI_QB; k++) { lo = fminf(lo, row[k]); hi = fmaxf(hi, row[k]); }
+            // f32 parameters: f16 would flush the small scales of 4-bit source blocks to
+            // subnormals and lose their precision.
+            float scale = (hi - lo) / 255.0f, inv = scale > 0 ? 1.0f / scale : 0.0f;
+            memcpy(blk + MI_QB * 16 + lane * 4, &scale, 4);
+            memcpy(blk + MI_QB * 16 + 64 + lane * 4, &lo, 4);
+            for (int k = b * MI_QB; k < b * MI_QB + MI_QB; k++) {
+                int v = (int)lrintf((row[k] - lo) * inv);
+                v = v > 255 ? 255 : (v < 0 ? 0 : v);
+                int kk = k - b * MI_QB;
+                blk[((kk / 4) * 16 + lane) * 4 + kk % 4] = (uint8_t)v;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Activation quantization
+// ------------------------------------------------------------------------------------------
+void mi_quantize_activations(const float *x, int64_t ldx, int M, int K, int block,
+                             int8_t *q, float *scales, int32_t *sums) {
+    int nb = K / block;
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (int64_t)m * ldx;
+        for (int b = 0; b < nb; b++) {
+            const float *xb = row + b * block;
+            float amax = 0;
+            for (int i = 0; i < block; i++) amax = fmaxf(amax, fabsf(xb[i]));
+            float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+            int sum = 0;
+            for (int i = 0; i < block; i++) {
+                int v = (int)lrintf(xb[i] * inv);
+                q[(int64_t)m * K + b * block + i] = (int8_t)v;
+                sum += v;
+            }
+            scales[m * nb + b] = scale;
+            sums[m * nb + b] = sum;
+        }
+    }
+}
+
+void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
+                           int8_t *q, float *d, float *s) {
+    int nb = K / 32;
+    for (int m = 0; m < M; m++) {
+        for (int b = 0; b < nb; b++) {
+            const float *xb = x + (int64_t)m * ldx + b * 32;
+            float amax = 0;
+            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
+            float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
+            int sum = 0;
+            for (int i = 0; i < 32; i++) {
+                int v = (int)lrintf(xb[i] * inv);
+                q[(int64_t)m * K + b * 32 + i] = (int8_t)v;
+                sum += v;
+            }
+            d[m * nb + b] = scale;
+            s[m * nb + b] = scale * (float)sum;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// f32 GEMM over packed panels
+// ------------------------------------------------------------------------------------------
+#if defined(MI_AVX512)
+ALWAYS_INLINE void tile_f32(const int MR, const int NR, const float *x, int64_t ldx, int K,
+                            const float *wp, float *y, int64_t ldy) {
+    __m512 acc[6][2];
+    for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acc[m][j] = _mm512_setzero_ps();
+    const int64_t panel = (int64_t)K * 16;
+    for (int k = 0; k < K; k++) {
+        __m512 w[2];
+        for (int j = 0; j < NR; j++) w[j] = _mm512_loadu_ps(wp + j * panel + (int64_t)k * 16);
+        for (int m = 0; m < MR; m++) {
+            __m512 xb = _mm512_set1_ps(x[m * ldx + k]);
+            for (int j = 0; j < NR; j++) acc[m][j] = _mm512_fmadd_ps(w[j], xb, acc[m][j]);
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, acc[m][j]);
+}
+
+#define DISPATCH_MR(FN, NR, MR, ...) \
+    switch (MR) { case 1: FN(1, NR, __VA_ARGS__); break; case 2: FN(2, NR, __VA_ARGS__); break; \
+                  case 3: FN(3, NR, __VA_ARGS__); break; case 4: FN(4, NR, __VA_ARGS__); break; \
+                  case 5: FN(5, NR, __VA_ARGS__); break; default: FN(6, NR, __VA_ARGS__); break; }
+#endif
+
+void mi_gemm_f32(const float *x, int64_t ldx, int M, int K, const float *packed,
+                 int n0, int n1, float *y, int64_t ldy) {
+#if defined(MI_AVX512)
+    for (int n = n0; n < n1;) {
+        int nr = (n1 - n >= 32) ? 2 : 1;
+        const float *wp = packed + (int64_t)(n / 16) * K * 16;
+        for (int m = 0; m < M; m += 6) {
+            int mr = M - m < 6 ? M - m : 6;
+            if (nr == 2) { DISPATCH_MR(tile_f32, 2, mr, x + m * ldx, ldx, K, wp, y + m * ldy + n, ldy) }
+            else { DISPATCH_MR(tile_f32, 1, mr, x + m * ldx, ldx, K, wp, y + m * ldy + n, ldy) }
+        }
+        n += nr * 16;
+    }
+#else
+    for (int n = n0; n < n1; n++) {
+        const float *wp = packed + (int64_t)(n / 16) * K * 16 + n % 16;
+        for (int m = 0; m < M; m++) {
+            float acc = 0;
+            for (int k = 0; k < K; k++) acc += wp[(int64_t)k * 16] * x[m * ldx + k];
+            y[m * ldy + n] = acc;
+        }
+    }
+#endif
+}
+
+// ------------------------------------------------------------------------------------------
+// 8-bit GEMM over packed panels (activation blocks of MI_QB)
+// ------------------------------------------------------------------------------------------
+#if defined(MI_VNNI)
+ALWAYS_INLINE void tile_int8(const int MR, const int NR, const int8_t *q, const float *xs,
+                             const int32_t *xsum, int K, const uint8_t *wp, float *y, int64_t ldy) {
+    const int nblk = K / MI_QB;
+    const int64_t panel = (int64_t)nblk * MI_BLOCK_BYTES;
+    __m512 accf[6][2];
+    for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) accf[m][j] = _mm512_setzero_ps();
+    for (int b = 0; b < nblk; b++) {
+        __m512i acci[6][2];
+        for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acci[m][j] = _mm512_setzero_si512();
+        const uint8_t *wb = wp + (int64_t)b * MI_BLOCK_BYTES;
+        const int8_t *qb = q + b * MI_QB;
+        for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(wb + j * panel + 4 * MI_BLOCK_BYTES), _MM_HINT_T0);
+        for (int g = 0; g < MI_QB / 4; g++) {
+            __m512i w[2];
+            for (int j = 0; j < NR; j++) w[j] = _mm512_loadu_si512((const void *)(wb + j * panel + g * 64));
+            for (int m = 0; m < MR; m++) {
+                __m512i xb = _mm512_set1_epi32(load_i32(qb + (int64_t)m * K + g * 4));
+                for (int j = 0; j < NR; j++) acci[m][j] = _mm512_dpbusd_epi32(acci[m][j], w[j], xb);
+            }
+        }
+        // block sum = s_w·s_x·Σ u·q + min_w·s_x·Σ q
+        __m512 sv[2], mv[2];
+        for (int j = 0; j < NR; j++) {
+            const uint8_t *params = wb + j * panel + MI_QB * 16;
+            sv[j] = _mm512_loadu_ps((const float *)params);
+            mv[j] = _mm512_loadu_ps((const float *)(params + 64));
+        }
+        for (int m = 0; m < MR; m++) {
+            float sx = xs[m * nblk + b];
+            __m512 s = _mm512_set1_ps(sx), off = _mm512_set1_ps(sx * (float)xsum[m * nblk + b]);
+            for (int j = 0; j < NR; j++) {
+                accf[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[m][j]), _mm512_mul_ps(sv[j], s), accf[m][j]);
+                accf[m][j] = _mm512_fmadd_ps(mv[j], off, accf[m][j]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
+}
+#endif
+
+void mi_gemm_int8(const int8_t *q, const float *xscales, const int32_t *xsums, int M, int K,
+                  const uint8_t *packed, int n0, int n1, float *y, int64_t ldy) {
+    const int nblk = K / MI_QB;
+    const int64_t panel = (int64_t)nblk * MI_BLOCK_BYTES;
+#if defined(MI_VNNI)
+    for (int n = n0; n < n1;) {
+        int nr = (n1 - n >= 32) ? 2 : 1;
+        const uint8_t *wp = packed + (int64_t)(n / 16) * panel;
+        for (int m = 0; m < M; m += 6) {
+            int mr = M - m < 6 ? M - m : 6;
+            const int8_t *qm = q + (int64_t)m * K;
+            const float *xs = xscales + m * nblk;
+            const int32_t *xsum = xsums + m * nblk;
+            if (nr == 2) { DISPATCH_MR(tile_int8, 2, mr, qm, xs, xsum, K, wp, y + m * ldy + n, ldy) }
+            else { DISPATCH_MR(tile_int8, 1, mr, qm, xs, xsum, K, wp, y + m * ldy + n, ldy) }
+        }
+        n += nr * 16;
+    }
+#else
+    for (int n = n0; n < n1; n++) {
+        int p = n / 16, lane = n % 16;
+        for (int m = 0; m < M; m++) {
+            float acc = 0;
+            for (int b = 0; b < nblk; b++) {
+                const uint8_t *blk = packed + p * panel + (int64_t)b * MI_BLOCK_BYTES;
+                float sw, mw;
+                memcpy(&sw, blk + MI_QB * 16 + lane * 4, 4);
+                memcpy(&mw, blk + MI_QB * 16 + 64 + lane * 4, 4);
+                int32_t s = 0;
+                for (int kk = 0; kk < MI_QB; kk++)
+                    s += (int32_t)blk[((kk / 4) * 16 + lane) * 4 + kk % 4] * (int32_t)q[(int64_t)m * K + b * MI_QB + kk];
+                float sx = xscales[m * nblk + b];
+                acc += (float)s * (sw * sx) + mw * (sx * (float)xsums[m * nblk + b]);
+            }
+            y[m * ldy + n] = acc;
+        }
+    }
+#endif
+}
+
+// ------------------------------------------------------------------------------------------
+// GGML block formats in place. Q4_1 block: f16 d, f16 m, 16 bytes (low nibbles = elements
+// 0..15, high nibbles = 16..31), value = q*d + m. Q8_0 block: f16 d, 32 x int8, value = q*d.
+// ------------------------------------------------------------------------------------------
+#if defined(MI_VNNI)
+ALWAYS_INLINE float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+#define MI_MT 4
+void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
+    const int nb = K / 32;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *row = w + (int64_t)n * rowBytes;
+        for (int m0 = 0; m0 < M; m0 += MI_MT) {
+            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
+            float macc[MI_MT] = {0};
+#if defined(MI_VNNI)
+            __m256 acc[MI_MT];
+            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
+            const __m128i low = _mm_set1_epi8(0x0F);
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + b * 20;
+                float wd = half_to_float(load_u16(blk)), wm = half_to_float(load_u16(blk + 2));
+                __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 4));
+                __m256i wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
+                for (int t = 0; t < mt; t++) {
+                    int64_t mi = m0 + t;
+                    __m256i xq = _mm256_loadu_si256((const __m256i *)(q + mi * K + b * 32));
+                    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq, xq);
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * d[mi * nb + b]), acc[t]);
+                    macc[t] += wm * s[mi * nb + b];
+                }
+            }
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]) + macc[t];
+#else
+            for (int t = 0; t < mt; t++) {
+                int64_t mi = m0 + t;
+                float acc = 0;
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *blk = row + b * 20;
+                    float wd = half_to_float(load_u16(blk)), wm = half_to_float(load_u16(blk + 2));
+                    int32_t dot = 0;
+                    for (int i = 0; i < 16; i++) {
+                        dot += (blk[4 + i] & 0x0F) * q[mi * K + b * 32 + i];
+                        dot += (blk[4 + i] >> 4) * q[mi * K + b * 32 + 16 + i];
+                    }
+                    acc += wd * d[mi * nb + b] * (float)dot + wm * s[mi * nb + b];
+                }
+                macc[t] = acc;
+            }
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = macc[t];
+#endif
+        }
+    }
+}
+
+void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
+    (void)s;
+    const int nb = K / 32;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *row = w + (int64_t)n * rowBytes;
+        for (int m0 = 0; m0 < M; m0 += MI_MT) {
+            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
+#if defined(MI_VNNI)
+            __m256 acc[MI_MT];
+            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + b * 34;
+                float wd = half_to_float(load_u16(blk));
+                __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                __m256i wabs = _mm256_abs_epi8(wq);
+                for (int t = 0; t < mt; t++) {
+                    int64_t mi = m0 + t;
+                    __m256i xq = _mm256_loadu_si256((const __m256i *)(q + mi * K + b * 32));
+                    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(xq, wq));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * d[mi * nb + b]), acc[t]);
+                }
+            }
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]);
+#else
+            for (int t = 0; t < mt; t++) {
+                int64_t mi = m0 + t;
+                float acc = 0;
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *blk = row + b * 34;
+                    float wd = half_to_float(load_u16(blk));
+                    int32_t dot = 0;
+                    for (int i = 0; i < 32; i++) dot += (int8_t)blk[2 + i] * q[mi * K + b * 32 + i];
+                    acc += wd * d[mi * nb + b] * (float)dot;
+                }
+                y[mi * ldy + n] = acc;
+            }
+#endif
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Elementwise
+// ------------------------------------------------------------------------------------------
+float mi_dot(const float *a, const float *b, int n) {
+    int i = 0;
+#if defined(MI_AVX512)
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    float acc = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+#else
+    float acc = 0;
+#endif
+    for (; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+void mi_axpy(float a, const float *x, float *y, int n) {
+    int i = 0;
+#if defined(MI_AVX512)
+    __m512 va = _mm512_set1_ps(a);
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+void mi_rmsnorm(const float *x, const float *w, int n, float eps, float *out) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+void mi_swiglu(const float *gate, const float *up, int n, float *out) {
+    for (int i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void mi_attention_row(const float *q, int H, int KV, int Q,
+                      const float *k, const float *v, int64_t kvStride, int count,
+                      float scale, float *scratch, float *out) {
+    int group = H / KV;
+    for (int h = 0; h < H; h++) {
+        const float *qh = q + h * Q;
+        int g = h / group;
+        float mx = -INFINITY;
+        for (int j = 0; j < count; j++) {
+            float sc = mi_dot(qh, k + j * kvStride + g * Q, Q) * scale;
+            scratch[j] = sc;
+            mx = sc > mx ? sc : mx;
+        }
+        float sum = 0;
+        for (int j = 0; j < count; j++) { float e = expf(scratch[j] - mx); scratch[j] = e; sum += e; }
+        float *oh = out + h * Q;
+        memset(oh, 0, sizeof(float) * Q);
+        float inv = 1.0f / sum;
+        for (int j = 0; j < count; j++) mi_axpy(scratch[j] * inv, v + j * kvStride + g * Q, oh, Q);
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+
+/// Sampling settings, with llama.cpp's defaults. temperature 0 means greedy (argmax, ties to
+/// the lowest id).
+public struct SamplingParameters: Sendable, Codable, Equatable {
+    public var temperature: Float = 0.8
+    public var topK: Int = 40            // 0 = off
+    public var topP: Float = 0.95        // 1 = off
+    public var minP: Float = 0.05        // 0 = off
+    public var repetitionPenalty: Float = 1.0   // 1 = off
+    public var repetitionWindow: Int = 64       // last N tokens penalised
+    public var seed: UInt64 = 0xC0FFEE
+
+    public init() {}
+    public static var greedy: SamplingParameters { var p = SamplingParameters(); p.temperature = 0; return p }
+}
+
+/// Turns logits into the next token. Order as in llama.cpp's default chain: repetition
+/// penalty → top-k → top-p → min-p → temperature → draw.
+public struct Sampler: Sendable {
+    public let parameters: SamplingParameters
+    private var rng: SplitMix64
+
+    public init(_ parameters: SamplingParameters) {
+        self.parameters = parameters
+        rng = SplitMix64(seed: parameters.seed)
+    }
+
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int]) -> Int {
+        var l = Array(logits)
+        let p = parameters
+        if p.repetitionPenalty != 1 {
+            // CTRL-style penalty (Keskar et al. 2019): divide positive logits, multiply negative.
+            for t in Set(history.suffix(p.repetitionWindow)) where t >= 0 && t < l.count {
+                l[t] = l[t] > 0 ? l[t] / p.repetitionPenalty : l[t] * p.repetitionPenalty
+            }
+        }
+        if p.temperature <= 0 { return Sampler.argmax(l) }
+
+        // Candidates sorted by logit, descending (ties: lower id first).
+        var ids = Array(0..<l.count)
+        let k = p.topK > 0 ? min(p.topK, l.count) : l.count
+        if k < l.count {
+            ids = Array(ids.sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }.prefix(k))
+        } else {
+            ids.sort { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
+        }
+        // Probabilities at temperature 1 for the top-p / min-p filters.
+        var probs = Sampler.softmax(ids.map { l[$0] })
+        if p.topP < 1 {
+            var cumulative: Float = 0
+            var keep = ids.count
+            for (i, q) in probs.enumerated() {
+                cumulative += q
+                if cumulative >= p.topP { keep = i + 1; break }
+            }
+            ids = Array(ids.prefix(keep))
+            probs = Array(probs.prefix(keep))
+        }
+        if p.minP > 0, let top = probs.first {
+            let keep = probs.prefix { $0 >= p.minP * top }.count
+            ids = Array(ids.prefix(max(1, keep)))
+        }
+        let final = Sampler.softmax(ids.map { l[$0] / p.temperature })
+        let r = rng.nextUnit()
+        var cumulative: Float = 0
+        for (i, q) in final.enumerated() {
+            cumulative += q
+            if r < cumulative { return ids[i] }
+        }
+        return ids[ids.count - 1]
+    }
+
+    public static func argmax(_ l: [Float]) -> Int {
+        var best = 0
+        for i in 1..<l.count where l[i] > l[best] { best = i }
+        return best
+    }
+
+    static func softmax(_ x: [Float]) -> [Float] {
+        guard let m = x.max() else { return [] }
+        let e = x.map { Foundation.exp($0 - m) }
+        let s = e.reduce(0, +)
+        return e.map { $0 / s }
+    }
+}
+
+/// The k highest logits of a row, descending (ties: lower id first).
+public func topLogits(_ row: UnsafeBufferPointer<Float>, k: Int) -> [(id: Int, logit: Float)] {
+    var best: [(id: Int, logit: Float)] = []
+    for (i, v) in row.enumerated() {
+        if best.count < k || v > best[best.count - 1].logit {
+            let at = best.firstIndex { v > $0.logit } ?? best.count
+            best.insert((i, v), at: at)
+            if best.count > k { best.removeLast() }
+        }
+    }
+    return best
+}

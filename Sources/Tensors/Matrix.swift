@@ -1,0 +1,79 @@
+import Foundation
+
+/// A row-major f32 matrix that owns its memory: the activations passed between ops.
+/// `rows` is usually tokens (B·L flattened), `columns` a model dimension.
+public final class Matrix: @unchecked Sendable {
+    public let rows: Int
+    public let columns: Int
+    public let data: UnsafeMutablePointer<Float>  // (rows, columns)
+
+    public init(rows: Int, columns: Int) {
+        precondition(rows >= 0 && columns >= 0)
+        self.rows = rows
+        self.columns = columns
+        data = .allocate(capacity: max(1, rows * columns))
+        data.initialize(repeating: 0, count: max(1, rows * columns))
+    }
+
+    public convenience init(rows: Int, columns: Int, values: [Float]) {
+        precondition(values.count == rows * columns)
+        self.init(rows: rows, columns: columns)
+        values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: values.count) }
+    }
+
+    deinit { data.deallocate() }
+
+    public func row(_ r: Int) -> UnsafeMutablePointer<Float> { data + r * columns }
+
+    public subscript(r: Int, c: Int) -> Float {
+        get { data[r * columns + c] }
+        set { data[r * columns + c] = newValue }
+    }
+
+    public func rowArray(_ r: Int) -> [Float] { Array(UnsafeBufferPointer(start: row(r), count: columns)) }
+    public var values: [Float] { Array(UnsafeBufferPointer(start: data, count: rows * columns)) }
+
+    /// Columns [start, start + count) of every row, as a new matrix.
+    public func columns(_ start: Int, _ count: Int) -> Matrix {
+        precondition(start >= 0 && start + count <= columns)
+        let out = Matrix(rows: rows, columns: count)
+        for r in 0..<rows { out.row(r).update(from: row(r) + start, count: count) }
+        return out
+    }
+
+    /// The given rows, as a new matrix.
+    public func selectingRows(_ indices: [Int]) -> Matrix {
+        let out = Matrix(rows: indices.count, columns: columns)
+        for (i, r) in indices.enumerated() { out.row(i).update(from: row(r), count: columns) }
+        return out
+    }
+}
+
+/// Splits `count` units of work over threads. One thread runs inline (no dispatch cost).
+public struct WorkSplitter: Sendable {
+    public let threads: Int
+    public init(threads: Int) { self.threads = max(1, threads) }
+
+    /// Calls `body(range)` over disjoint ranges covering 0..<count, each range a multiple of
+    /// `granule` long except the last.
+    public func parallelFor(_ count: Int, granule: Int = 1, _ body: (Range<Int>) -> Void) {
+        let units = (count + granule - 1) / granule
+        let parts = min(threads, units)
+        if parts <= 1 { if count > 0 { body(0..<count) }; return }
+        withoutActuallyEscaping(body) { body in
+            // The ranges are disjoint; callers write only their own part of shared buffers.
+            let shared = UncheckedSendable(body)
+            DispatchQueue.concurrentPerform(iterations: parts) { p in
+                let lo = units * p / parts * granule
+                let hi = min(count, units * (p + 1) / parts * granule)
+                if lo < hi { shared.value(lo..<hi) }
+            }
+        }
+    }
+}
+
+/// Hands a value to worker threads whose accesses are disjoint by construction.
+struct UncheckedSendable<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

@@ -1,0 +1,63 @@
+/// The ops a block program is written in. Each interpreter gives them a meaning: the
+/// executing one computes on real tensors (one instance per device), the tracing one (cost
+/// model) records FLOPs, bytes and collectives. The program is written once (DESIGN.md).
+public protocol Interpreter {
+    associatedtype Value
+    /// RMSNorm with the given layer's weight.
+    func norm(_ x: Value, _ weight: NormWeight) -> Value
+    /// x · Wᵀ
+    func linear(_ x: Value, _ weight: LinearWeightID) -> Value
+    /// RoPE on q and k, append k and v to the layer's cache, causal softmax attention.
+    /// Input: the fused (B·L, (H + 2K)·Q) projection; output (B·L, H·Q).
+    func attention(_ qkv: Value, layer: Int) -> Value
+    /// silu(gate) ⊙ up, from the fused (B·L, 2F) projection.
+    func swiglu(_ gateUp: Value) -> Value
+    func add(_ a: Value, _ b: Value) -> Value
+}
+
+public enum NormWeight: Hashable, Sendable {
+    case attention(layer: Int)
+    case feedForward(layer: Int)
+    case output
+}
+
+public enum LinearWeightID: Hashable, Sendable {
+    /// W_q | W_k | W_v: (E → (H + 2K)·Q)
+    case qkv(layer: Int)
+    /// W_o: (H·Q → E)
+    case attentionOutput(layer: Int)
+    /// W_gate | W_up: (E → 2F)
+    case gateUp(layer: Int)
+    /// W_down: (F → E)
+    case down(layer: Int)
+    /// unembedding (E → V)
+    case output
+}
+
+/// One transformer layer. Serial (Llama) or parallel (PaLM, Pope et al. §2.2 / SPEC §1):
+/// the parallel form shares one norm and sums both branches into the residual at once.
+public func transformerLayer<I: Interpreter>(_ i: I, _ config: ModelConfig, layer: Int, _ x: I.Value) -> I.Value {
+    let h = i.norm(x, .attention(layer: layer))
+    let attention = i.linear(i.attention(i.linear(h, .qkv(layer: layer)), layer: layer), .attentionOutput(layer: layer))
+    switch config.block {
+    case .serial:
+        let x1 = i.add(x, attention)
+        let h1 = i.norm(x1, .feedForward(layer: layer))
+        return i.add(x1, i.linear(i.swiglu(i.linear(h1, .gateUp(layer: layer))), .down(layer: layer)))
+    case .parallel:
+        let ffn = i.linear(i.swiglu(i.linear(h, .gateUp(layer: layer))), .down(layer: layer))
+        return i.add(x, i.add(attention, ffn))
+    }
+}
+
+/// All layers, from embedded tokens (B·L, E) to the last hidden state (B·L, E).
+public func transformerLayers<I: Interpreter>(_ i: I, _ config: ModelConfig, embedded: I.Value) -> I.Value {
+    var x = embedded
+    for layer in 0..<config.layers { x = transformerLayer(i, config, layer: layer, x) }
+    return x
+}
+
+/// The final norm and the unembedding: hidden (rows, E) to logits (rows, V).
+public func unembed<I: Interpreter>(_ i: I, _ hidden: I.Value) -> I.Value {
+    i.linear(i.norm(hidden, .output), .output)
+}

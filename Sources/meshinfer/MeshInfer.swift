@@ -1,0 +1,73 @@
+import ArgumentParser
+import Foundation
+import Runtime
+import Tensors
+
+@main
+struct MeshInfer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "meshinfer",
+        abstract: "Transformer inference after Pope et al., \"Efficiently Scaling Transformer Inference\".",
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Perplexity.self, Bench.self, Pull.self])
+}
+
+/// Options shared by every command that loads a model.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "GGUF model file (default: the cached SmolLM2-135M-Instruct; see `meshinfer pull`).")
+    var model: String?
+
+    @Option(help: "Weight format: native (the file's blocks), int8 (per-channel, quantized on load) or f32.")
+    var weights: WeightFormat = .native
+
+    @Option(help: "Worker threads (default: all cores).")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    func load() throws -> LoadedModel {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        let path = try model ?? ModelStore().defaultModel()
+        return try LoadedModel(path: path, format: weights, threads: threads)
+    }
+}
+
+extension WeightFormat: ExpressibleByArgument {}
+
+/// Options of the sampler.
+struct SamplingOptions: ParsableArguments {
+    @Option(help: "Temperature; 0 = greedy.") var temperature: Float = 0.8
+    @Option(help: "Top-k (0 = off).") var topK: Int = 40
+    @Option(help: "Top-p (1 = off).") var topP: Float = 0.95
+    @Option(help: "Min-p (0 = off).") var minP: Float = 0.05
+    @Option(help: "Repetition penalty (1 = off).") var repeatPenalty: Float = 1.0
+    @Option(help: "Tokens the repetition penalty looks back over.") var repeatLastN: Int = 64
+    @Option(help: "Random seed (default: random; printed with the timings).") var seed: UInt64?
+
+    func parameters() throws -> SamplingParameters {
+        guard temperature >= 0 else { throw ValidationError("--temperature must be >= 0") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be >= 0") }
+        guard topP > 0 && topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+        guard minP >= 0 && minP <= 1 else { throw ValidationError("--min-p must be in [0, 1]") }
+        guard repeatPenalty > 0 else { throw ValidationError("--repeat-penalty must be > 0") }
+        var p = SamplingParameters()
+        p.temperature = temperature
+        p.topK = topK
+        p.topP = topP
+        p.minP = minP
+        p.repetitionPenalty = repeatPenalty
+        p.repetitionWindow = repeatLastN
+        p.seed = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        return p
+    }
+}
+
+func writeJSON(_ object: Any) {
+    let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data("{}".utf8)
+    FileHandle.standardOutput.write(data)
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}
+
+func printError(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+
+func rounded(_ x: Double, _ digits: Int = 4) -> Double {
+    let p = pow(10.0, Double(digits))
+    return (x * p).rounded() / p
+}

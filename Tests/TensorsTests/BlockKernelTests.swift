@@ -1,0 +1,71 @@
+import CKernels
+import Foundation
+import Testing
+
+/// The in-place GGML block kernels against naive dot products over hand-dequantized blocks.
+struct BlockKernelTests {
+    /// Q4_1 rows built by hand (f16 d and m chosen exactly representable), activations
+    /// quantized to Q8 blocks: the error is only the activation rounding (≤ d_x/2 per element).
+    @Test(arguments: [1, 3, 6])
+    func q4_1MatchesHandDequantized(_ M: Int) {
+        let N = 5, K = 64, nb = K / 32
+        var bytes = [UInt8](repeating: 0, count: N * nb * 20)
+        var dense = [Float](repeating: 0, count: N * K)
+        for n in 0..<N {
+            for b in 0..<nb {
+                let at = (n * nb + b) * 20
+                let d = Float16(0.125 * Float(b + 1)), m = Float16(-0.5 * Float(n))
+                withUnsafeBytes(of: d.bitPattern) { bytes[at] = $0[0]; bytes[at + 1] = $0[1] }
+                withUnsafeBytes(of: m.bitPattern) { bytes[at + 2] = $0[0]; bytes[at + 3] = $0[1] }
+                for i in 0..<16 {
+                    let lo = (n * 7 + i * 3 + b) % 16, hi = (n + i * 5 + 2 * b) % 16
+                    bytes[at + 4 + i] = UInt8(lo | hi << 4)
+                    dense[n * K + b * 32 + i] = Float(lo) * Float(d) + Float(m)
+                    dense[n * K + b * 32 + 16 + i] = Float(hi) * Float(d) + Float(m)
+                }
+            }
+        }
+        let x = (0..<(M * K)).map { Float(($0 * 37) % 23) / 11 - 1 }
+        var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sx = dx
+        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sx)
+        var y = [Float](repeating: 0, count: M * N)
+        mi_gemm_q4_1(q, dx, sx, Int32(M), Int32(K), bytes, 20 * Int64(nb), 0, Int32(N), &y, Int64(N))
+        for m in 0..<M {
+            for n in 0..<N {
+                let exact = (0..<K).reduce(0.0) { $0 + Double(dense[n * K + $1]) * Double(x[m * K + $1]) }
+                let bound = (0..<K).reduce(0.0) { $0 + abs(Double(dense[n * K + $1])) } * Double(dx.max()!) / 2 + 1e-4
+                #expect(abs(Double(y[m * N + n]) - exact) <= bound)
+            }
+        }
+    }
+
+    @Test func q8_0MatchesHandDequantized() {
+        let M = 2, N = 3, K = 96, nb = K / 32
+        var bytes = [UInt8](repeating: 0, count: N * nb * 34)
+        var dense = [Float](repeating: 0, count: N * K)
+        for n in 0..<N {
+            for b in 0..<nb {
+                let at = (n * nb + b) * 34
+                let d = Float16(0.0078125 * Float(n + 1))
+                withUnsafeBytes(of: d.bitPattern) { bytes[at] = $0[0]; bytes[at + 1] = $0[1] }
+                for i in 0..<32 {
+                    let v = Int8(truncatingIfNeeded: (i * 29 + n * 13 + b * 7) % 255 - 127)
+                    bytes[at + 2 + i] = UInt8(bitPattern: v)
+                    dense[n * K + b * 32 + i] = Float(v) * Float(d)
+                }
+            }
+        }
+        let x = (0..<(M * K)).map { Float(($0 * 17) % 31) / 15 - 1 }
+        var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sx = dx
+        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sx)
+        var y = [Float](repeating: 0, count: M * N)
+        mi_gemm_q8_0(q, dx, sx, Int32(M), Int32(K), bytes, 34 * Int64(nb), 0, Int32(N), &y, Int64(N))
+        for m in 0..<M {
+            for n in 0..<N {
+                let exact = (0..<K).reduce(0.0) { $0 + Double(dense[n * K + $1]) * Double(x[m * K + $1]) }
+                let bound = (0..<K).reduce(0.0) { $0 + abs(Double(dense[n * K + $1])) } * Double(dx.max()!) / 2 + 1e-4
+                #expect(abs(Double(y[m * N + n]) - exact) <= bound)
+            }
+        }
+    }
+}
