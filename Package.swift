@@ -22,19 +22,22 @@ let package = Package(
         .target(name: "Tokenization", swiftSettings: fastSwift),
         .target(name: "CKernels", cSettings: nativeC),
         .target(name: "Tensors", dependencies: ["CKernels", "GGUF"], swiftSettings: fastSwift),
-        .target(name: "Transformer", dependencies: ["Tensors", "GGUF"], swiftSettings: fastSwift),
+        .target(name: "Partitioning", swiftSettings: fastSwift),
+        .target(name: "Collectives", dependencies: ["Partitioning"], swiftSettings: fastSwift),
+        .target(name: "Transformer", dependencies: ["Tensors", "GGUF", "Partitioning"], swiftSettings: fastSwift),
         .target(
             name: "Runtime",
-            dependencies: ["GGUF", "Tokenization", "Tensors", "Transformer",
+            dependencies: ["GGUF", "Tokenization", "Tensors", "Transformer", "Partitioning", "Collectives",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: fastSwift),
         .executableTarget(
             name: "meshinfer",
-            dependencies: ["Runtime", "GGUF", "Tokenization", "Tensors", "Transformer", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Runtime", "GGUF", "Tokenization", "Tensors", "Transformer", "Partitioning", "Collectives", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: fastSwift),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF"]),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "CKernels"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
     ]
 )

@@ -1,6 +1,6 @@
 import Foundation
 import Tensors
-import Transformer
+@_exported import Transformer
 
 public enum EngineError: Error, Equatable, CustomStringConvertible {
     case contextOverflow(requested: Int, limit: Int)
@@ -18,14 +18,34 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
     }
 }
 
+/// A sequence's cached state: how many positions its KV cache holds.
+public protocol SequenceState: AnyObject, Sendable {
+    var count: Int { get }
+    var limit: Int { get }
+    /// Forgets positions from `position` on.
+    func truncate(to position: Int)
+}
+
+/// Something that runs the model over a batch of sequences: one device, or a mesh.
+public protocol ForwardEngine: AnyObject, Sendable {
+    var config: ModelConfig { get }
+    func makeCache(limit: Int?) -> any SequenceState
+    /// Appends each input's tokens to its cache; returns its logits (rows per `logitsFrom`).
+    func forward(_ batch: [SequenceInput]) throws -> [Matrix]
+}
+
+extension ForwardEngine {
+    public func makeCache() -> any SequenceState { makeCache(limit: nil) }
+}
+
 /// One sequence's part of a batch: new tokens appended at the end of its cache.
 public struct SequenceInput {
-    public var cache: KVCache
+    public var cache: any SequenceState
     public var tokens: [Int]
     /// Logits for the new tokens from this index on (perplexity), or nil for only the last
     /// one (generation).
     public var logitsFrom: Int?
-    public init(cache: KVCache, tokens: [Int], logitsFrom: Int? = nil) {
+    public init(cache: any SequenceState, tokens: [Int], logitsFrom: Int? = nil) {
         self.cache = cache
         self.tokens = tokens
         self.logitsFrom = logitsFrom
@@ -35,7 +55,7 @@ public struct SequenceInput {
 /// Runs the model on one device: prefill and decode over a batch of sequences of any lengths.
 /// Prefill is one matrix-matrix pass over all new tokens of all sequences; decode is the same
 /// call with one token per sequence.
-public final class Engine: @unchecked Sendable {
+public final class Engine: ForwardEngine, @unchecked Sendable {
     public let weights: ModelWeights
     public var config: ModelConfig { weights.config }
     public let threads: WorkSplitter
@@ -45,33 +65,42 @@ public final class Engine: @unchecked Sendable {
         self.threads = WorkSplitter(threads: threads)
     }
 
-    public func makeCache(limit: Int? = nil) -> KVCache {
+    public func makeCache(limit: Int?) -> any SequenceState {
+        KVCache(config: config, limit: limit ?? config.contextLength)
+    }
+
+    /// A cache of this engine's own type, for callers that hold it directly.
+    public func makeKVCache(limit: Int? = nil) -> KVCache {
         KVCache(config: config, limit: limit ?? config.contextLength)
     }
 
     /// Appends each input's tokens to its cache and returns its logits:
     /// (tokens.count − logitsFrom or 1, V) per input, in input order.
-    public func forward(_ batch: [SequenceInput]) throws(EngineError) -> [Matrix] {
-        guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw .emptyInput }
-        if Set(batch.map { ObjectIdentifier($0.cache) }).count != batch.count { throw .duplicateSequence }
+    public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
+        guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw EngineError.emptyInput }
+        if Set(batch.map { ObjectIdentifier($0.cache) }).count != batch.count { throw EngineError.duplicateSequence }
+        let caches = batch.map { input -> KVCache in
+            guard let c = input.cache as? KVCache else { preconditionFailure("Engine needs caches it made") }
+            return c
+        }
         let V = config.vocabularySize, E = config.modelDimension
         var placements: [RowPlacement] = []
         var tokens: [Int] = []
         var logitRows: [[Int]] = []
-        for input in batch {
-            let start = input.cache.count
+        for (input, cache) in zip(batch, caches) {
+            let start = cache.count
             let end = start + input.tokens.count
-            if end > input.cache.limit { throw .contextOverflow(requested: end, limit: input.cache.limit) }
-            for t in input.tokens where t < 0 || t >= V { throw .invalidToken(id: t, vocabularySize: V) }
+            if end > cache.limit { throw EngineError.contextOverflow(requested: end, limit: cache.limit) }
+            for t in input.tokens where t < 0 || t >= V { throw EngineError.invalidToken(id: t, vocabularySize: V) }
             let first = placements.count
             for (i, t) in input.tokens.enumerated() {
-                placements.append(RowPlacement(cache: input.cache, position: start + i))
+                placements.append(RowPlacement(cache: cache, position: start + i))
                 tokens.append(t)
             }
             let n = input.tokens.count
             logitRows.append(n == 0 ? [] : input.logitsFrom.map { Array((first + min($0, n - 1))..<(first + n)) } ?? [first + n - 1])
         }
-        for input in batch { input.cache.reserve(input.cache.count + input.tokens.count) }
+        for (input, cache) in zip(batch, caches) { cache.reserve(cache.count + input.tokens.count) }
 
         let x = Matrix(rows: tokens.count, columns: E)
         for (r, t) in tokens.enumerated() {
@@ -81,7 +110,7 @@ public final class Engine: @unchecked Sendable {
         let executor = Executor(weights: weights, rows: placements, threads: threads)
         let hidden = transformerLayers(executor, config, embedded: x)
         let logits = unembed(executor, hidden.selectingRows(logitRows.flatMap { $0 }))
-        for input in batch { input.cache.count += input.tokens.count }
+        for (input, cache) in zip(batch, caches) { cache.count += input.tokens.count }
 
         var out: [Matrix] = []
         var at = 0

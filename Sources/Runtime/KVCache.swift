@@ -2,7 +2,7 @@ import Transformer
 
 /// The key/value cache of one sequence: per layer, `count` positions of K·Q keys and values
 /// (layout (L, K·Q) per layer, f32). Grows by doubling up to the context limit.
-public final class KVCache: @unchecked Sendable {
+public final class KVCache: SequenceState, @unchecked Sendable {
     public let layers: Int
     public let kvDimension: Int   // K·Q
     public let limit: Int         // context length

@@ -135,27 +135,26 @@ public final class ModelWeights: @unchecked Sendable {
 
     /// Random weights from a seed (PaLM-style or tiny Llama configurations for tests).
     public static func random(config: ModelConfig, seed: UInt64, format: WeightFormat = .f32) -> ModelWeights {
-        var rng = SplitMix64(seed: seed)
-        let E = config.modelDimension, F = config.feedForwardDimension
-        func matrix(_ n: Int, _ k: Int) -> [Float] {
-            let s = 1 / Float(k).squareRoot()
-            return (0..<(n * k)).map { _ in rng.nextSignedUnit() * s * 1.7 }
+        let source = RandomWeights(config: config, seed: seed)
+        let E = config.modelDimension, F = config.feedForwardDimension, HQ = config.heads * config.headDimension
+        func m(_ name: String) -> [Float] { try! source.vector(name) }
+        func linear(_ names: [String], _ n: Int, _ k: Int) -> LinearWeight {
+            LinearWeight(values: names.flatMap(m), outputs: n, inputs: k, format: format)
         }
-        func norm() -> [Float] { (0..<E).map { _ in 1 + 0.1 * rng.nextSignedUnit() } }
-        let embedding = (0..<(config.vocabularySize * E)).map { _ in rng.nextSignedUnit() }
-        let layers = (0..<config.layers).map { _ in
-            LayerWeights(
-                attentionNorm: norm(),
-                feedForwardNorm: config.block == .serial ? norm() : nil,
-                qkv: LinearWeight(values: matrix(config.qkvDimension, E), outputs: config.qkvDimension, inputs: E, format: format),
-                attentionOutput: LinearWeight(values: matrix(E, config.heads * config.headDimension), outputs: E,
-                                              inputs: config.heads * config.headDimension, format: format),
-                gateUp: LinearWeight(values: matrix(2 * F, E), outputs: 2 * F, inputs: E, format: format),
-                down: LinearWeight(values: matrix(E, F), outputs: E, inputs: F, format: format))
+        let layers = (0..<config.layers).map { l in
+            let p = "blk.\(l)."
+            return LayerWeights(
+                attentionNorm: m(p + "attn_norm.weight"),
+                feedForwardNorm: config.block == .serial ? m(p + "ffn_norm.weight") : nil,
+                qkv: linear([p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"], config.qkvDimension, E),
+                attentionOutput: linear([p + "attn_output.weight"], E, HQ),
+                gateUp: linear([p + "ffn_gate.weight", p + "ffn_up.weight"], 2 * F, E),
+                down: linear([p + "ffn_down.weight"], E, F))
         }
+        let embedding = m("token_embd.weight")
         return ModelWeights(
             config: config, format: format, embedding: .values(embedding, dimension: E), layers: layers,
-            outputNorm: norm(),
+            outputNorm: m("output_norm.weight"),
             output: LinearWeight(values: embedding, outputs: config.vocabularySize, inputs: E, format: format))
     }
 }

@@ -1,0 +1,65 @@
+import Partitioning
+
+/// Bytes one device sent and received, per collective kind, axis set and label.
+public struct TrafficCounter: Sendable, Equatable, Codable {
+    public struct Key: Hashable, Sendable, Codable {
+        public var kind: CollectiveKind
+        public var axes: AxisSet
+        public var label: String
+        public init(kind: CollectiveKind, axes: AxisSet, label: String) {
+            self.kind = kind
+            self.axes = axes
+            self.label = label
+        }
+    }
+
+    /// Bytes sent, per key.
+    public private(set) var sent: [Key: Int] = [:]
+    /// Bytes received, per key.
+    public private(set) var received: [Key: Int] = [:]
+    /// Number of calls, per key (calls with K == 1 count as calls that moved 0 bytes).
+    public private(set) var calls: [Key: Int] = [:]
+
+    public init() {}
+
+    public mutating func record(kind: CollectiveKind, axes: AxisSet, label: String, sent: Int, received: Int) {
+        let key = Key(kind: kind, axes: axes, label: label)
+        self.sent[key, default: 0] += sent
+        self.received[key, default: 0] += received
+        self.calls[key, default: 0] += 1
+    }
+
+    private static func sum(_ d: [Key: Int], _ kind: CollectiveKind?, _ axes: AxisSet?, _ label: String?) -> Int {
+        var total = 0
+        for (key, v) in d
+        where (kind == nil || key.kind == kind!) && (axes == nil || key.axes == axes!) && (label == nil || key.label == label!) {
+            total += v
+        }
+        return total
+    }
+
+    /// Sum of bytes sent over the keys matching every non-nil filter.
+    public func sentBytes(kind: CollectiveKind? = nil, axes: AxisSet? = nil, label: String? = nil) -> Int {
+        Self.sum(sent, kind, axes, label)
+    }
+
+    /// Sum of bytes received over the keys matching every non-nil filter.
+    public func receivedBytes(kind: CollectiveKind? = nil, axes: AxisSet? = nil, label: String? = nil) -> Int {
+        Self.sum(received, kind, axes, label)
+    }
+
+    /// Number of calls over the keys matching every non-nil filter.
+    public func callCount(kind: CollectiveKind? = nil, axes: AxisSet? = nil, label: String? = nil) -> Int {
+        Self.sum(calls, kind, axes, label)
+    }
+
+    public mutating func reset() { self = TrafficCounter() }
+
+    public static func + (a: Self, b: Self) -> Self {
+        var r = a
+        r.sent.merge(b.sent, uniquingKeysWith: +)
+        r.received.merge(b.received, uniquingKeysWith: +)
+        r.calls.merge(b.calls, uniquingKeysWith: +)
+        return r
+    }
+}

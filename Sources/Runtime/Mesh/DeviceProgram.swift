@@ -1,0 +1,427 @@
+import CKernels
+import Collectives
+import Partitioning
+import Tensors
+import Transformer
+
+/// One row of a device's activations: a token of a sequence, or padding (so that every
+/// member of a collective passes equally many rows, as the paper pads).
+struct RowInfo: Equatable {
+    var sequence: Int   // -1 = padding
+    var position: Int
+    var isPadding: Bool { sequence < 0 }
+    static let padding = RowInfo(sequence: -1, position: 0)
+}
+
+/// The batch of one forward pass, as every device sees it: new tokens per sequence.
+struct MeshBatch {
+    struct Entry {
+        let sequence: Int       // stable id; its home device is sequence % n
+        let start: Int          // first new position
+        let tokens: [Int]
+        let logitsFrom: Int?    // nil: only the last token's logits
+    }
+    let entries: [Entry]
+}
+
+/// A device's KV caches, per sequence id.
+final class DeviceCaches: @unchecked Sendable {
+    var caches: [Int: KVCache] = [:]
+    func cache(_ sequence: Int, config: ModelConfig, kvDimension: Int, limit: Int) -> KVCache {
+        if let c = caches[sequence] { return c }
+        let c = KVCache(config: config, kvDimension: kvDimension, limit: limit)
+        caches[sequence] = c
+        return c
+    }
+}
+
+/// The per-device program of one forward pass under a phase layout (Pope et al. §3, Fig. 2
+/// and 5): the same code runs on every device of the mesh, talking only through `comm`.
+struct DeviceProgram {
+    let config: ModelConfig
+    let mesh: Mesh
+    let rank: Int
+    let layout: PhaseLayout
+    let blocks: HiddenBlocks
+    let weights: DeviceWeights
+    let caches: DeviceCaches
+    let comm: any Communicator
+    let threads: WorkSplitter
+    let limit: Int
+
+    var n: Int { mesh.deviceCount }
+    var ffn: FeedForwardLayout { layout.feedForward }
+    func home(_ sequence: Int) -> Int { sequence % n }
+
+    // MARK: rows
+
+    /// The rows this device holds: whole sequences whose home shares its batch-axes index.
+    func localRows(_ batch: MeshBatch) -> [RowInfo] {
+        let axes = ffn.batchAxes
+        var rows: [RowInfo] = []
+        for e in batch.entries where mesh.index(of: home(e.sequence), within: axes) == mesh.index(of: rank, within: axes) {
+            for i in 0..<e.tokens.count { rows.append(RowInfo(sequence: e.sequence, position: e.start + i)) }
+        }
+        let padded = paddedRowCount(batch)
+        return rows + Array(repeating: .padding, count: padded - rows.count)
+    }
+
+    /// Rows per device after padding: the largest batch-axes group.
+    func paddedRowCount(_ batch: MeshBatch) -> Int {
+        let axes = ffn.batchAxes
+        var counts = [Int](repeating: 0, count: mesh.size(axes))
+        for e in batch.entries { counts[mesh.index(of: home(e.sequence), within: axes)] += e.tokens.count }
+        return counts.max() ?? 0
+    }
+
+    // MARK: collectives on activations
+
+    /// All-gather along columns: (R, c) → (R, K·c), member pieces side by side.
+    func gatherColumns(_ x: Matrix, _ axes: AxisSet, _ label: String) throws -> Matrix {
+        let K = mesh.size(axes)
+        if K == 1 { return x }
+        let all = try comm.allGather(x.values, over: axes, label: label)
+        let R = x.rows, c = x.columns
+        let out = Matrix(rows: R, columns: K * c)
+        all.withUnsafeBufferPointer { a in
+            for m in 0..<K {
+                for r in 0..<R { (out.row(r) + m * c).update(from: a.baseAddress! + m * R * c + r * c, count: c) }
+            }
+        }
+        return out
+    }
+
+    /// Reduce-scatter along columns: partial sums (R, C) → (R, C/K), member i keeping column chunk i.
+    func reduceScatterColumns(_ x: Matrix, _ axes: AxisSet, _ label: String) throws -> Matrix {
+        let K = mesh.size(axes)
+        if K == 1 { return x }
+        let R = x.rows, C = x.columns, c = C / K
+        precondition(C % K == 0)
+        var chunked = [Float](repeating: 0, count: R * C)
+        chunked.withUnsafeMutableBufferPointer { d in
+            for m in 0..<K {
+                for r in 0..<R { (d.baseAddress! + m * R * c + r * c).update(from: x.row(r) + m * c, count: c) }
+            }
+        }
+        return Matrix(rows: R, columns: c, values: try comm.reduceScatter(chunked, over: axes, label: label))
+    }
+
+    /// All-gather along rows: (R, c) per member → (K·R, c).
+    func gatherRows(_ x: Matrix, _ axes: AxisSet, _ label: String) throws -> Matrix {
+        let K = mesh.size(axes)
+        if K == 1 { return x }
+        return Matrix(rows: K * x.rows, columns: x.columns, values: try comm.allGather(x.values, over: axes, label: label))
+    }
+
+    // MARK: ops
+
+    /// RMSNorm of an E-sharded residual: the sum of squares is all-reduced over the axes E is
+    /// split over (a B·L-element collective), then each device scales its own columns.
+    func norm(_ x: Matrix, _ weight: [Float], axes: AxisSet) throws -> Matrix {
+        var sums = (0..<x.rows).map { r in (0..<x.columns).reduce(Float(0)) { $0 + x[r, $1] * x[r, $1] } }
+        if mesh.size(axes) > 1 { sums = try comm.allReduce(sums, over: axes, label: "norm") }
+        let chunk = mesh.index(of: rank, within: axes) * x.columns
+        let out = Matrix(rows: x.rows, columns: x.columns)
+        for r in 0..<x.rows {
+            let scale = 1 / (sums[r] / Float(config.modelDimension) + config.normEpsilon).squareRoot()
+            for c in 0..<x.columns { out[r, c] = x[r, c] * scale * weight[chunk + c] }
+        }
+        return out
+    }
+
+    enum Role { case input, output }
+
+    /// x · Wᵀ with this device's shard, all-gathering the shard first in weight-gathered
+    /// layouts (§3.2.3): input-role shards (rows F_yz, columns E_x) concatenate rows by i_yz
+    /// and columns by i_x; output-role shards the other way round.
+    func matmul(_ x: Matrix, _ w: ShardMatrix, _ role: Role, _ label: String) throws -> Matrix {
+        let axes = ffn.weightGatherAxes
+        let K = mesh.size(axes)
+        if K == 1 { return w.packed.apply(x, threads: threads) }
+        let members = mesh.group(of: rank, over: axes)
+        let all = try comm.allGather(w.values, over: axes, label: label + ".weights")
+        func yz(_ r: Int) -> Int { let c = mesh.coordinates(of: r); return c[1] * mesh.z + c[2] }
+        let xs = Array(Set(members.map { mesh.coordinates(of: $0)[0] })).sorted()
+        let yzs = Array(Set(members.map(yz))).sorted()
+        let (rowKeys, colKeys) = role == .input ? (yzs, xs) : (xs, yzs)
+        let R = w.rows * rowKeys.count, C = w.columns * colKeys.count
+        var full = [Float](repeating: 0, count: R * C)
+        for (m, member) in members.enumerated() {
+            let (rk, ck) = role == .input ? (yz(member), mesh.coordinates(of: member)[0]) : (mesh.coordinates(of: member)[0], yz(member))
+            let r0 = rowKeys.firstIndex(of: rk)! * w.rows, c0 = colKeys.firstIndex(of: ck)! * w.columns
+            for r in 0..<w.rows {
+                for c in 0..<w.columns { full[(r0 + r) * C + c0 + c] = all[m * w.rows * w.columns + r * w.columns + c] }
+            }
+        }
+        return LinearWeight(values: full, outputs: R, inputs: C, format: .f32).apply(x, threads: threads)
+    }
+
+    func add(_ a: Matrix, _ b: Matrix) -> Matrix {
+        let out = Matrix(rows: a.rows, columns: a.columns)
+        for i in 0..<(a.rows * a.columns) { out.data[i] = a.data[i] + b.data[i] }
+        return out
+    }
+
+    // MARK: the layer
+
+    func layer(_ l: Int, _ x: Matrix, rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
+        let w = weights.layers(oneDimensional: ffn.storesOneDimensional)[l]
+        let h = try norm(x, w.attentionNorm, axes: ffn.residualAxes)
+        switch config.block {
+        case .serial:
+            let a = try attention(l, try gatherColumns(h, ffn.inputGatherAxes, "attention"), w, rows: rows, batch: batch)
+            let x1 = add(x, try reduceScatterColumns(a, ffn.outputReduceAxes, "attention"))
+            let h1 = try norm(x1, w.feedForwardNorm!, axes: ffn.residualAxes)
+            let f = try feedForward(try gatherColumns(h1, ffn.inputGatherAxes, "ffn"), w)
+            return add(x1, try reduceScatterColumns(f, ffn.outputReduceAxes, "ffn"))
+        case .parallel:
+            // One gathered input for both branches and one reduction of their sum (§3.4).
+            let hg = try gatherColumns(h, ffn.inputGatherAxes, "block")
+            let sum = add(try attention(l, hg, w, rows: rows, batch: batch), try feedForward(hg, w))
+            return add(x, try reduceScatterColumns(sum, ffn.outputReduceAxes, "block"))
+        }
+    }
+
+    /// W_in → swiglu → W_out, returning W_out's partial sums (reduced by the caller).
+    func feedForward(_ hg: Matrix, _ w: DeviceLayer) throws -> Matrix {
+        var gu = try matmul(hg, w.gateUp, .input, "ffn")
+        if ffn == .weightStationary2D { gu = try reduceScatterColumns(gu, .x, "ffn") }
+        let fb = config.feedForwardDimension / n
+        let blocksHere = gu.columns / (2 * fb)
+        var act = Matrix(rows: gu.rows, columns: blocksHere * fb)
+        for r in 0..<gu.rows {
+            for b in 0..<blocksHere {
+                mi_swiglu(gu.row(r) + b * 2 * fb, gu.row(r) + b * 2 * fb + fb, Int32(fb), act.row(r) + b * fb)
+            }
+        }
+        if ffn == .weightStationary2D { act = try gatherColumns(act, .x, "ffn") }
+        return try matmul(act, w.down, .output, "ffn")
+    }
+
+    /// W_qkv → attention (over heads or over batch) → W_o, returning W_o's partial sums.
+    func attention(_ l: Int, _ hg: Matrix, _ w: DeviceLayer, rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
+        var qkv = try matmul(hg, w.qkv, .input, "attention")
+        if ffn == .weightStationary2D { qkv = try reduceScatterColumns(qkv, .x, "attention") }
+        let owned = ffn.ownedBlocks(rank: rank, mesh: mesh)
+        var out: Matrix
+        switch layout.attention {
+        case .shardedOverHeads: out = headAttention(l, qkv, owned: owned, rows: rows)
+        case .shardedOverBatch: out = try batchAttention(l, qkv, owned: owned, rows: rows, batch: batch)
+        }
+        if ffn == .weightStationary2D { out = try gatherColumns(out, .x, "attention") }
+        return try matmul(out, w.attentionOutput, .output, "attention")
+    }
+
+    /// Heads layout (Fig. 5a): every block here holds whole heads; the KV cache keeps this
+    /// device's blocks' KV heads (replicated ones included) for its sequences.
+    func headAttention(_ l: Int, _ qkv: Matrix, owned: [Int], rows: [RowInfo]) -> Matrix {
+        let Q = config.headDimension
+        let slots = owned.map { blocks.qkv[$0] }
+        let kvPerBlock = slots.map { $0.filter { if case .key = $0 { true } else { false } }.count }
+        let qPerBlock = slots.map { $0.filter { if case .query = $0 { true } else { false } }.count }
+        let kvDim = kvPerBlock.reduce(0, +) * Q
+        let out = Matrix(rows: qkv.rows, columns: qPerBlock.reduce(0, +) * Q)
+        let rope = RopeTable(config: config, positions: rows.map(\.position))
+        let blockWidth = slots[0].count * Q
+        for (r, info) in rows.enumerated() where !info.isPadding {
+            let row = qkv.row(r)
+            for i in 0..<(slots.count * slots[0].count) {
+                if case .value = slots[i / slots[0].count][i % slots[0].count] { continue }
+                rope.apply(row + i * Q, row: r)
+            }
+            let cache = caches.cache(info.sequence, config: config, kvDimension: kvDim, limit: limit)
+            cache.reserve(info.position + 1)
+            var kvAt = 0
+            for (b, _) in slots.enumerated() {
+                let base = row + b * blockWidth
+                let k = kvPerBlock[b] * Q
+                cache.key(layer: l, position: info.position).advanced(by: kvAt).update(from: base + qPerBlock[b] * Q, count: k)
+                cache.value(layer: l, position: info.position).advanced(by: kvAt).update(from: base + qPerBlock[b] * Q + k, count: k)
+                kvAt += k
+            }
+        }
+        threads.parallelFor(rows.count) { range in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: limit + 1)
+            defer { scratch.deallocate() }
+            for r in range where !rows[r].isPadding {
+                let info = rows[r]
+                let cache = caches.caches[info.sequence]!
+                var kvAt = 0, qAt = 0
+                for b in 0..<slots.count {
+                    mi_attention_row(qkv.row(r) + b * blockWidth, Int32(qPerBlock[b]), Int32(kvPerBlock[b]), Int32(Q),
+                                     cache.key(layer: l, position: 0) + kvAt, cache.value(layer: l, position: 0) + kvAt,
+                                     Int64(kvDim), Int32(info.position + 1), 1 / Float(Q).squareRoot(), scratch,
+                                     out.row(r) + qAt)
+                    kvAt += kvPerBlock[b] * Q
+                    qAt += qPerBlock[b] * Q
+                }
+            }
+        }
+        return out
+    }
+
+    /// Batch layout (Fig. 5b): all-to-all over the hidden axes so each device holds every head
+    /// of the sequences it is home to, attend locally (KV cache `B_xyz L Q`), all-to-all back.
+    func batchAttention(_ l: Int, _ qkv: Matrix, owned: [Int], rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
+        let axes = ffn.hiddenAxes
+        let K = mesh.size(axes)
+        let Q = config.headDimension, H = config.heads, KV = config.kvHeads
+        let members = mesh.group(of: rank, over: axes)
+        let me = mesh.index(of: rank, within: axes)
+        // Which member attends each local row, and each member's chunk of rows (padded).
+        func member(_ info: RowInfo) -> Int { mesh.index(of: home(info.sequence), within: axes) }
+        var chunks = [[Int]](repeating: [], count: K)   // local row indices per member
+        for (r, info) in rows.enumerated() where !info.isPadding { chunks[member(info)].append(r) }
+        let chunkRows = maxChunkRows(batch, axes: axes)
+        let width = qkv.columns
+        var send = [Float](repeating: 0, count: K * chunkRows * width)
+        for j in 0..<K {
+            for (i, r) in chunks[j].enumerated() {
+                for c in 0..<width { send[(j * chunkRows + i) * width + c] = qkv[r, c] }
+            }
+        }
+        let received = K > 1 ? try comm.allToAll(send, over: axes, label: "attention.all_to_all") : send
+        // Assemble my rows with every block: member i sent its owned blocks' columns.
+        let slotCount = blocks.qkv[0].count
+        var columnOf: [HeadSlot: Int] = [:]
+        for (i, m) in members.enumerated() {
+            for (b, f) in ffn.ownedBlocks(rank: m, mesh: mesh).enumerated() {
+                for (s, slot) in blocks.qkv[f].enumerated() where columnOf[slot] == nil && slot != .padding {
+                    columnOf[slot] = (i * owned.count * slotCount + b * slotCount + s) * Q
+                }
+            }
+        }
+        let fullWidth = K * width
+        let mine = chunks[me].map { rows[$0] }
+        let full = Matrix(rows: mine.count, columns: (H + 2 * KV) * Q)   // natural q | k | v
+        for t in 0..<mine.count {
+            for slot in columnOf.keys {
+                let src = columnOf[slot]!
+                let i = src / (width), within = src % width
+                let dst: Int
+                switch slot {
+                case let .query(h): dst = h * Q
+                case let .key(g): dst = (H + g) * Q
+                case let .value(g): dst = (H + KV + g) * Q
+                case .padding: continue
+                }
+                _ = fullWidth
+                for q in 0..<Q { full[t, dst + q] = received[(i * chunkRows + t) * width + within + q] }
+            }
+        }
+        let attended = Matrix(rows: mine.count, columns: H * Q)
+        let rope = RopeTable(config: config, positions: mine.map(\.position))
+        for (t, info) in mine.enumerated() {
+            for h in 0..<(H + KV) { rope.apply(full.row(t) + h * Q, row: t) }
+            let cache = caches.cache(info.sequence, config: config, kvDimension: KV * Q, limit: limit)
+            cache.reserve(info.position + 1)
+            cache.key(layer: l, position: info.position).update(from: full.row(t) + H * Q, count: KV * Q)
+            cache.value(layer: l, position: info.position).update(from: full.row(t) + (H + KV) * Q, count: KV * Q)
+        }
+        threads.parallelFor(mine.count) { range in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: limit + 1)
+            defer { scratch.deallocate() }
+            for t in range {
+                let cache = caches.caches[mine[t].sequence]!
+                mi_attention_row(full.row(t), Int32(H), Int32(KV), Int32(Q), cache.key(layer: l, position: 0),
+                                 cache.value(layer: l, position: 0), Int64(KV * Q), Int32(mine[t].position + 1),
+                                 1 / Float(Q).squareRoot(), scratch, attended.row(t))
+            }
+        }
+        // Back: member j gets my rows' attention output for the W_o input columns it holds.
+        let outSlots = blocks.attentionOutput[0].count
+        let outWidth = owned.count * outSlots * Q
+        var back = [Float](repeating: 0, count: K * chunkRows * outWidth)
+        for (j, m) in members.enumerated() {
+            let blocksOfJ = ffn.ownedBlocks(rank: m, mesh: mesh)
+            for t in 0..<mine.count {
+                var at = 0
+                for f in blocksOfJ {
+                    for slot in blocks.attentionOutput[f] {
+                        if case let .query(h) = slot {
+                            for q in 0..<Q { back[(j * chunkRows + t) * outWidth + at + q] = attended[t, h * Q + q] }
+                        }
+                        at += Q
+                    }
+                }
+            }
+        }
+        let returned = K > 1 ? try comm.allToAll(back, over: axes, label: "attention.all_to_all") : back
+        let out = Matrix(rows: rows.count, columns: outWidth)
+        for j in 0..<K {
+            for (i, r) in chunks[j].enumerated() {
+                (out.row(r)).update(from: returned.withUnsafeBufferPointer { $0.baseAddress! } + (j * chunkRows + i) * outWidth,
+                                    count: outWidth)
+            }
+        }
+        return out
+    }
+
+    /// The most rows any device sends one member in the batch all-to-all (every device pads to it).
+    func maxChunkRows(_ batch: MeshBatch, axes: AxisSet) -> Int {
+        var counts: [Int: Int] = [:]
+        for e in batch.entries { counts[home(e.sequence), default: 0] += e.tokens.count }
+        return counts.values.max() ?? 0
+    }
+
+    // MARK: the whole pass
+
+    /// Embeds this device's rows, runs every layer, and returns the logits of the requested
+    /// rows of every sequence (gathered on every device), in batch order.
+    func forward(_ batch: MeshBatch) throws -> [Matrix] {
+        let rows = localRows(batch)
+        let E = config.modelDimension
+        let chunks = mesh.size(ffn.residualAxes)
+        let width = E / chunks, start = mesh.index(of: rank, within: ffn.residualAxes) * width
+        var tokenOf: [Int: [Int]] = [:]
+        for e in batch.entries { tokenOf[e.sequence] = e.tokens }
+        var x = Matrix(rows: rows.count, columns: width)
+        let startOf = Dictionary(uniqueKeysWithValues: batch.entries.map { ($0.sequence, $0.start) })
+        var embedded = [Float](repeating: 0, count: E)
+        for (r, info) in rows.enumerated() where !info.isPadding {
+            let token = tokenOf[info.sequence]![info.position - startOf[info.sequence]!]
+            try embedded.withUnsafeMutableBufferPointer { try weights.embedding.readRows("token_embd.weight", token..<(token + 1), into: $0.baseAddress!) }
+            for c in 0..<width { x[r, c] = embedded[start + c] }
+        }
+        for l in 0..<config.layers { x = try layer(l, x, rows: rows, batch: batch) }
+
+        // Logit rows: gather them whole on every device, then a vocabulary-sharded unembedding.
+        var wanted: [Int] = []
+        for (r, info) in rows.enumerated() where !info.isPadding {
+            let e = batch.entries.first { $0.sequence == info.sequence }!
+            let index = info.position - e.start
+            if index >= (e.logitsFrom ?? (e.tokens.count - 1)) { wanted.append(r) }
+        }
+        let perGroup = maxLogitRows(batch)
+        var hidden = x.selectingRows(wanted + Array(repeating: wanted.first ?? 0, count: perGroup - wanted.count))
+        hidden = try gatherColumns(hidden, ffn.residualAxes, "output")
+        hidden = try gatherRows(hidden, ffn.batchAxes, "output")
+        let normed = Matrix(rows: hidden.rows, columns: E)
+        weights.outputNorm.withUnsafeBufferPointer { w in
+            for r in 0..<hidden.rows { mi_rmsnorm(hidden.row(r), w.baseAddress!, Int32(E), config.normEpsilon, normed.row(r)) }
+        }
+        let logits = try gatherColumns(weights.output.packed.apply(normed, threads: threads), .xyz, "output")
+        // Map gathered rows back to sequences: group g's rows are its wanted rows, in order.
+        var result: [Matrix] = []
+        for e in batch.entries {
+            let g = mesh.index(of: home(e.sequence), within: ffn.batchAxes)
+            var before = 0
+            for other in batch.entries where other.sequence != e.sequence && mesh.index(of: home(other.sequence), within: ffn.batchAxes) == g {
+                if batch.entries.firstIndex(where: { $0.sequence == other.sequence })! < batch.entries.firstIndex(where: { $0.sequence == e.sequence })! {
+                    before += logitCount(other)
+                }
+            }
+            let picked = (0..<logitCount(e)).map { g * perGroup + before + $0 }
+            result.append(logits.selectingRows(picked).columns(0, config.vocabularySize))
+        }
+        return result
+    }
+
+    func logitCount(_ e: MeshBatch.Entry) -> Int { e.tokens.isEmpty ? 0 : e.tokens.count - min(e.logitsFrom ?? (e.tokens.count - 1), e.tokens.count - 1) }
+
+    func maxLogitRows(_ batch: MeshBatch) -> Int {
+        var counts = [Int](repeating: 0, count: mesh.size(ffn.batchAxes))
+        for e in batch.entries { counts[mesh.index(of: home(e.sequence), within: ffn.batchAxes)] += logitCount(e) }
+        return counts.max() ?? 0
+    }
+}

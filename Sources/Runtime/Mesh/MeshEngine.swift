@@ -1,0 +1,133 @@
+import Collectives
+import Foundation
+import Partitioning
+import Tensors
+import Transformer
+
+/// A sequence whose KV cache lives on the devices of a mesh (split over heads or batch).
+public final class MeshSequence: SequenceState, @unchecked Sendable {
+    public let id: Int
+    public internal(set) var count = 0
+    public let limit: Int
+    let release: @Sendable (Int) -> Void
+    init(id: Int, limit: Int, release: @escaping @Sendable (Int) -> Void) {
+        self.id = id
+        self.limit = limit
+        self.release = release
+    }
+    public func truncate(to position: Int) {
+        precondition(position >= 0 && position <= count)
+        count = position
+    }
+    deinit { release(id) }
+}
+
+/// Runs a model partitioned over a mesh of in-process devices (one thread each), with the
+/// layouts of Pope et al. §3 chosen per phase. Weights are loaded already sharded.
+public final class MeshEngine: ForwardEngine, @unchecked Sendable {
+    public let config: ModelConfig
+    public let mesh: Mesh
+    public let prefill: PhaseLayout
+    public let decode: PhaseLayout
+    let blocks: HiddenBlocks
+    let devices: [DeviceWeights]
+    let caches: [DeviceCaches]
+    let threadsPerDevice: Int
+    private let lock = NSLock()
+    private var nextSequence = 0
+    /// Bytes each device sent and received, per collective kind, axes and label, since creation.
+    public private(set) var traffic: [TrafficCounter]
+
+    public init(source: TensorSource, config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout,
+                format: WeightFormat, threads: Int) throws {
+        try MeshEngine.validate(config: config, mesh: mesh, prefill: prefill, decode: decode)
+        self.config = config
+        self.mesh = mesh
+        self.prefill = prefill
+        self.decode = decode
+        blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
+        let storages = Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional])
+        let blocks = blocks
+        devices = try runOnMesh(mesh) { rank, _ in
+            try DeviceWeights(source: source, config: config, mesh: mesh, rank: rank, blocks: blocks, storages: storages,
+                              format: format == .native ? .f32 : format)
+        }
+        caches = (0..<mesh.deviceCount).map { _ in DeviceCaches() }
+        threadsPerDevice = max(1, threads / mesh.deviceCount)
+        traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount)
+    }
+
+    /// Checks a layout against the model and mesh before anything is allocated.
+    public static func validate(config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout) throws(LayoutError) {
+        let n = mesh.deviceCount
+        if config.modelDimension % n != 0 { throw .indivisible(what: "model dimension E", size: config.modelDimension, parts: n) }
+        if config.feedForwardDimension % n != 0 {
+            throw .indivisible(what: "feed-forward dimension F", size: config.feedForwardDimension, parts: n)
+        }
+        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: n)
+        for phase in [prefill, decode] where phase.attention == .shardedOverHeads && !blocks.headAligned && n > 1 {
+            throw .headsDoNotDivide(heads: config.heads, kvHeads: config.kvHeads, devices: n)
+        }
+        // The KV cache stays where prefill put it: both phases must place it alike.
+        if prefill.attention != decode.attention {
+            throw .incompatibleKVPlacement(prefill: "\(prefill)", decode: "\(decode)")
+        }
+        if prefill.attention == .shardedOverHeads && prefill.feedForward != decode.feedForward {
+            let same = (0..<n).allSatisfy {
+                prefill.feedForward.ownedBlocks(rank: $0, mesh: mesh) == decode.feedForward.ownedBlocks(rank: $0, mesh: mesh)
+            } && prefill.feedForward.batchAxes == decode.feedForward.batchAxes
+            if !same { throw .incompatibleKVPlacement(prefill: "\(prefill)", decode: "\(decode)") }
+        }
+    }
+
+    /// Checks that a batch of `batchSize` sequences can be split as the layouts say.
+    public func validate(batchSize: Int) throws(LayoutError) {
+        for phase in [prefill, decode] {
+            let split = phase.attention == .shardedOverBatch ? mesh.deviceCount : mesh.size(phase.feedForward.batchAxes)
+            if batchSize < split { throw .batchTooSmall(batch: batchSize, needed: split, layout: "\(phase)") }
+        }
+    }
+
+    public func makeCache(limit: Int?) -> any SequenceState {
+        let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
+        let caches = caches
+        return MeshSequence(id: id, limit: limit ?? config.contextLength) { id in
+            for c in caches { c.caches[id] = nil }
+        }
+    }
+
+    public func resetTraffic() { traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount) }
+
+    public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
+        guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw EngineError.emptyInput }
+        let V = config.vocabularySize
+        var entries: [MeshBatch.Entry] = []
+        for input in batch {
+            guard let s = input.cache as? MeshSequence else { preconditionFailure("MeshEngine needs caches it made") }
+            let end = s.count + input.tokens.count
+            if end > s.limit { throw EngineError.contextOverflow(requested: end, limit: s.limit) }
+            for t in input.tokens where t < 0 || t >= V { throw EngineError.invalidToken(id: t, vocabularySize: V) }
+            entries.append(.init(sequence: s.id, start: s.count, tokens: input.tokens, logitsFrom: input.logitsFrom))
+        }
+        if Set(entries.map(\.sequence)).count != entries.count { throw EngineError.duplicateSequence }
+        let meshBatch = MeshBatch(entries: entries.filter { !$0.tokens.isEmpty })
+        let layout = entries.contains { $0.tokens.count > 1 } ? prefill : decode
+        let limit = batch.map(\.cache.limit).max() ?? config.contextLength
+        let (config, mesh, blocks, devices, caches, threads) = (config, mesh, blocks, devices, caches, threadsPerDevice)
+        let results = try runOnMesh(mesh) { rank, comm in
+            let program = DeviceProgram(config: config, mesh: mesh, rank: rank, layout: layout, blocks: blocks,
+                                        weights: devices[rank], caches: caches[rank], comm: comm,
+                                        threads: WorkSplitter(threads: threads), limit: limit)
+            return UncheckedBox((try program.forward(meshBatch), comm.traffic))
+        }
+        for (rank, r) in results.enumerated() { traffic[rank] = traffic[rank] + r.value.1 }
+        for input in batch { (input.cache as! MeshSequence).count += input.tokens.count }
+        var logits = results[0].value.0
+        return batch.map { $0.tokens.isEmpty ? Matrix(rows: 0, columns: V) : logits.removeFirst() }
+    }
+}
+
+struct UncheckedBox<T>: @unchecked Sendable {
+    let value: T
+    init(_ value: T) { self.value = value }
+}

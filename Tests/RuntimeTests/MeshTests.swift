@@ -1,0 +1,145 @@
+import Collectives
+import Foundation
+import Partitioning
+import Testing
+@testable import Runtime
+import Tensors
+import Transformer
+
+/// Sharded execution equals the unsharded engine (Pope et al. §3 layouts, SPEC §4.4–4.6).
+struct MeshTests {
+    /// Tiny random models whose heads split over up to 8 devices: Llama with grouped-query
+    /// attention (8 query heads, 2 KV heads, serial block) and PaLM with multiquery attention
+    /// (parallel block, F = 4E).
+    static let models: [ModelConfig] = [
+        .llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96),
+        .palmTiny(layers: 2, modelDimension: 64, heads: 8, vocabularySize: 96),
+    ]
+    static let meshes = ["1", "2", "4", "2x2", "2x2x2"]
+
+    struct Case: CustomTestStringConvertible, Sendable {
+        let model: ModelConfig
+        let mesh: String
+        let ffn: FeedForwardLayout
+        let attention: AttentionLayout
+        var testDescription: String { "\(model.name) \(mesh) \(ffn) \(attention)" }
+    }
+
+    static let cases: [Case] = models.flatMap { m in
+        meshes.flatMap { mesh in
+            FeedForwardLayout.allCases.flatMap { f in AttentionLayout.allCases.map { Case(model: m, mesh: mesh, ffn: f, attention: $0) } }
+        }
+    }
+
+    /// Prefill logits (every position) and 8 greedy decode steps match the single-device engine
+    /// within 2e-3 (f32; only summation order differs), for batches that do and do not divide
+    /// the mesh. Prompts have different lengths.
+    @Test(arguments: cases)
+    func shardedEqualsReference(_ c: Case) throws {
+        let mesh = try Mesh(parsing: c.mesh)
+        let n = mesh.deviceCount
+        let source = RandomWeights(config: c.model, seed: 17)
+        let reference = Engine(weights: .random(config: c.model, seed: 17), threads: 1)
+        let layout = PhaseLayout(c.ffn, c.attention)
+        let sharded = try MeshEngine(source: source, config: c.model, mesh: mesh, prefill: layout, decode: layout,
+                                     format: .f32, threads: 2)
+        for batch in Set([n, n + 1]) {
+            try sharded.validate(batchSize: batch)
+            let prompts = (0..<batch).map { b in (0..<(3 + b % 4)).map { ($0 * 7 + b * 5 + 1) % c.model.vocabularySize } }
+            let refCaches = prompts.map { _ in reference.makeCache() }
+            let meshCaches = prompts.map { _ in sharded.makeCache() }
+            var expected = try reference.forward(zip(refCaches, prompts).map { SequenceInput(cache: $0, tokens: $1, logitsFrom: 0) })
+            var got = try sharded.forward(zip(meshCaches, prompts).map { SequenceInput(cache: $0, tokens: $1, logitsFrom: 0) })
+            for step in 0...8 {
+                for b in 0..<batch {
+                    #expect(got[b].rows == expected[b].rows)
+                    let d = maxAbsDifference(got[b].values, expected[b].values)
+                    #expect(d < 2e-3, "step \(step) sequence \(b): max |Δ| = \(d)")
+                }
+                if step == 8 { break }
+                let next = expected.map { Sampler.argmax($0.rowArray($0.rows - 1)) }
+                expected = try reference.forward(zip(refCaches, next).map { SequenceInput(cache: $0, tokens: [$1]) })
+                got = try sharded.forward(zip(meshCaches, next).map { SequenceInput(cache: $0, tokens: [$1]) })
+            }
+        }
+    }
+
+    /// Prefill and decode in different layouts over the same stored weights (§3.2.3).
+    @Test(arguments: [FeedForwardLayout.weightGatheredX, .weightGatheredXY, .weightGatheredXYZ])
+    func prefillWeightGatheredDecodeWeightStationary(_ prefill: FeedForwardLayout) throws {
+        let config = Self.models[1]
+        let mesh = Mesh(x: 2, y: 2, z: 2)
+        let reference = Engine(weights: .random(config: config, seed: 3), threads: 1)
+        let sharded = try MeshEngine(source: RandomWeights(config: config, seed: 3), config: config, mesh: mesh,
+                                     prefill: PhaseLayout(prefill, .shardedOverBatch),
+                                     decode: PhaseLayout(.weightStationary2D, .shardedOverBatch), format: .f32, threads: 2)
+        #expect(sharded.devices.allSatisfy { $0.oneD == nil && $0.twoD != nil })
+        let prompts = (0..<9).map { b in (0..<(2 + b % 3)).map { ($0 + 3 * b) % config.vocabularySize } }
+        let rc = prompts.map { _ in reference.makeCache() }, mc = prompts.map { _ in sharded.makeCache() }
+        var e = try reference.forward(zip(rc, prompts).map { SequenceInput(cache: $0, tokens: $1) })
+        var g = try sharded.forward(zip(mc, prompts).map { SequenceInput(cache: $0, tokens: $1) })
+        for _ in 0..<4 {
+            for b in 0..<prompts.count { #expect(maxAbsDifference(g[b].values, e[b].values) < 2e-3) }
+            let next = e.map { Sampler.argmax($0.rowArray(0)) }
+            e = try reference.forward(zip(rc, next).map { SequenceInput(cache: $0, tokens: [$1]) })
+            g = try sharded.forward(zip(mc, next).map { SequenceInput(cache: $0, tokens: [$1]) })
+        }
+    }
+
+    @Test func badLayoutsAreRejectedBeforeWork() throws {
+        let gqa = ModelConfig.llamaTiny(layers: 1, modelDimension: 48, heads: 6, kvHeads: 3, vocabularySize: 64)
+        let ws = PhaseLayout(.weightStationary2D, .shardedOverHeads)
+        #expect(throws: LayoutError.indivisible(what: "model dimension E", size: 48, parts: 32)) {
+            try MeshEngine.validate(config: gqa, mesh: Mesh(x: 2, y: 4, z: 4), prefill: ws, decode: ws)
+        }
+        #expect(throws: LayoutError.headsDoNotDivide(heads: 6, kvHeads: 3, devices: 4)) {
+            try MeshEngine.validate(config: gqa, mesh: Mesh(x: 4), prefill: ws, decode: ws)
+        }
+        let batch = PhaseLayout(.weightStationary2D, .shardedOverBatch)
+        let aligned = Self.models[0]
+        #expect(throws: LayoutError.incompatibleKVPlacement(prefill: "\(ws)", decode: "\(batch)")) {
+            try MeshEngine.validate(config: aligned, mesh: Mesh(x: 2), prefill: ws, decode: batch)
+        }
+        let wgHeads = PhaseLayout(.weightGatheredX, .shardedOverHeads)
+        #expect(throws: LayoutError.incompatibleKVPlacement(prefill: "\(wgHeads)", decode: "\(ws)")) {
+            try MeshEngine.validate(config: aligned, mesh: Mesh(x: 2, y: 2), prefill: wgHeads, decode: ws)
+        }
+        let engine = try MeshEngine(source: RandomWeights(config: gqa, seed: 1), config: gqa, mesh: Mesh(x: 4),
+                                    prefill: batch, decode: batch, format: .f32, threads: 1)
+        #expect(throws: LayoutError.batchTooSmall(batch: 3, needed: 4, layout: "\(batch)")) { try engine.validate(batchSize: 3) }
+    }
+
+    /// The bytes each device sends in one FFN layer equal the paper's closed forms (SPEC §4.4,
+    /// Fig. 3), re-derived here for a SwiGLU FFN: W_in has 2F outputs (gate, up) and W_out F
+    /// inputs, so the paper's two F terms become 2F + F = 3F. Every collective of ours moves
+    /// (K−1)/K of its buffer (direct exchange), so each term carries its own group's factor:
+    /// all-gather: output·(K−1)/K; reduce-scatter: input·(K−1)/K. 4 bytes per element.
+    @Test(arguments: ["2", "4", "2x2", "1x2x2", "2x2x2"], FeedForwardLayout.allCases)
+    func ffnBytesEqualClosedForm(_ meshText: String, _ ffn: FeedForwardLayout) throws {
+        let mesh = try Mesh(parsing: meshText)
+        let config = ModelConfig.llamaTiny(layers: 1, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
+        let E = Double(config.modelDimension), F = Double(config.feedForwardDimension)
+        let X = Double(mesh.x), YZ = Double(mesh.y * mesh.z), Z = Double(mesh.z), XY = Double(mesh.x * mesh.y)
+        let n = Double(mesh.deviceCount)
+        func f(_ k: Double) -> Double { (k - 1) / k }
+        let layout = PhaseLayout(ffn, .shardedOverBatch)
+        let engine = try MeshEngine(source: RandomWeights(config: config, seed: 2), config: config, mesh: mesh,
+                                    prefill: layout, decode: layout, format: .f32, threads: 1)
+        let B = 2 * mesh.deviceCount, L = 3
+        let caches = (0..<B).map { _ in engine.makeCache() }
+        _ = try engine.forward(caches.enumerated().map { i, c in SequenceInput(cache: c, tokens: (0..<L).map { t in (i + t) % 90 }) })
+        let T = Double(B * L)
+        let expected: Double = switch ffn {
+        case .weightStationary1D: 2 * T * E * f(n)
+        case .weightStationary2D: 2 * T * (E / X) * f(YZ) + T * (3 * F / YZ) * f(X)
+        case .weightGatheredX: 2 * (T / X) * E * f(YZ) + 3 * E * F / YZ * f(X)
+        case .weightGatheredXY: 2 * (T / XY) * E * f(Z) + 3 * E * F / Z * f(XY)
+        case .weightGatheredXYZ: 3 * E * F * f(n)
+        }
+        for rank in 0..<mesh.deviceCount {
+            let t = engine.traffic[rank]
+            let measured = t.sentBytes(label: "ffn") + t.sentBytes(label: "ffn.weights")
+            #expect(Double(measured) == 4 * expected, "rank \(rank): \(measured) bytes, closed form \(4 * expected)")
+        }
+    }
+}
