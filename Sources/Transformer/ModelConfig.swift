@@ -129,7 +129,7 @@ extension ModelConfig {
 
     /// A PaLM-style configuration (parallel block, multiquery, SwiGLU, shared embeddings,
     /// F = 4·E), small enough to run with random weights (SPEC §1).
-    public static func palmTiny(layers: Int = 2, modelDimension E: Int = 128, heads: Int = 4,
+    public static func palmTiny(layers: Int = 2, modelDimension E: Int = 128, heads: Int = 8,
                                 vocabularySize: Int = 512) -> ModelConfig {
         ModelConfig(name: "palm-tiny", layers: layers, modelDimension: E, feedForwardDimension: 4 * E,
                     heads: heads, kvHeads: 1, headDimension: E / heads, vocabularySize: vocabularySize,

@@ -13,7 +13,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Comma-separated weight formats.") var weights: String = "native,int8"
     @Option(help: "Comma-separated thread counts.") var threads: String = "1"
     @Option(name: [.customShort("r"), .long], help: "Repetitions (median, min, max reported).") var repetitions: Int = 5
+    @Option(help: "Sequences per batch (tokens/s counts all of them).") var batch: Int = 1
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var meshOptions: MeshOptions
 
     func run() throws {
         let formats = try weights.split(separator: ",").map { s -> WeightFormat in
@@ -25,53 +27,79 @@ struct Bench: ParsableCommand {
             return t
         }
         guard repetitions >= 1 else { throw ValidationError("--repetitions must be >= 1") }
-        let path = try model ?? ModelStore().defaultModel()
+        guard batch >= 1 else { throw ValidationError("--batch must be >= 1") }
         var rows: [[String: Any]] = []
         for format in formats {
-            let loaded = try LoadedModel(path: path, format: format, threads: threadCounts.max()!)
-            let config = loaded.weights.config
             for t in threadCounts {
-                let engine = Engine(weights: loaded.weights, threads: t)
+                var modelOptions = ModelOptions()
+                modelOptions.model = model
+                modelOptions.weights = format
+                modelOptions.threads = t
+                let session = try Session(model: modelOptions, mesh: meshOptions, batchSize: batch)
+                let engine = session.engine
+                let config = engine.config
                 var rng = SplitMix64(seed: 1)
                 let randomTokens = { (n: Int) in (0..<n).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) } }
                 for test in [("pp", promptTokens), ("tg", genTokens)] where test.1 > 0 {
                     var rates: [Double] = []
-                    _ = try runOnce(engine, test.0, test.1, randomTokens(test.1))   // warm-up
-                    for _ in 0..<repetitions { rates.append(try runOnce(engine, test.0, test.1, randomTokens(test.1))) }
+                    var commShare: [Double] = []
+                    _ = try runOnce(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) })   // warm-up
+                    for _ in 0..<repetitions {
+                        session.meshEngine?.resetTraffic()
+                        rates.append(try runOnce(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) }))
+                        if let m = session.meshEngine, m.wallSeconds > 0 { commShare.append(m.communicationSeconds / m.wallSeconds) }
+                    }
                     rates.sort()
+                    commShare.sort()
                     let median = rates[rates.count / 2]
-                    // Work per token: every matrix once (2 FLOPs per weight), plus weights read
-                    // once per decode step / once per prompt batch.
-                    let flopsPerToken = 2.0 * Double(config.parameterCount - (config.tiedEmbeddings ? 0 : 0))
-                    let bytesPerStep = Double(loaded.weights.matrixBytes)
-                    let gbps = test.0 == "tg" ? bytesPerStep * median / 1e9 : bytesPerStep * median / Double(test.1) / 1e9
-                    let row: [String: Any] = [
-                        "test": "\(test.0)\(test.1)", "weights": format.rawValue, "threads": t,
+                    // Work per token: every matrix once (2 FLOPs per weight); bytes: every
+                    // weight once per decode step (per prompt batch for pp).
+                    let flopsPerToken = 2.0 * Double(config.parameterCount)
+                    // Exact for one device; on a mesh, the total weight bytes at f32 (shards are f32 or int8).
+                    let bytesPerStep = (engine as? Engine).map { Double($0.weights.matrixBytes) }
+                        ?? Double(config.parameterCount) * (format == .int8 ? 1.25 : 4)
+                    let steps = test.0 == "tg" ? median / Double(batch) : median / Double(test.1 * batch)
+                    let gbps = bytesPerStep * steps / 1e9
+                    var row: [String: Any] = [
+                        "test": "\(test.0)\(test.1)", "weights": format.rawValue, "threads": t, "batch": batch,
+                        "mesh": session.meshEngine?.mesh.description ?? "1x1x1",
                         "tokens_per_s_median": rounded(median, 2), "tokens_per_s_min": rounded(rates.first!, 2),
                         "tokens_per_s_max": rounded(rates.last!, 2), "repetitions": repetitions,
                         "gb_per_s": rounded(gbps, 2), "gflop_per_s": rounded(flopsPerToken * median / 1e9, 2),
                     ]
+                    var meshText = ""
+                    if let m = session.meshEngine, !commShare.isEmpty {
+                        let share = commShare[commShare.count / 2]
+                        let stepSeconds = 1 / steps
+                        row["layouts"] = ["prefill": "\(m.prefill)", "decode": "\(m.decode)"]
+                        row["step_s"] = rounded(stepSeconds, 6)
+                        row["compute_s"] = rounded(stepSeconds * (1 - share), 6)
+                        row["communication_s"] = rounded(stepSeconds * share, 6)
+                        meshText = String(format: "  mesh %@ %@: step %.2f ms = compute %.2f + communication %.2f",
+                                          m.mesh.description, test.0 == "pp" ? "\(m.prefill)" : "\(m.decode)",
+                                          stepSeconds * 1e3, stepSeconds * (1 - share) * 1e3, stepSeconds * share * 1e3)
+                    }
                     rows.append(row)
                     if !json {
-                        print(String(format: "%-8@ %-7@ threads %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s  %7.2f GFLOP/s",
-                                     "\(test.0)\(test.1)", format.rawValue, t, median, rates.first!, rates.last!, gbps,
-                                     flopsPerToken * median / 1e9))
+                        print(String(format: "%-8@ %-7@ threads %2d batch %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s  %7.2f GFLOP/s%@",
+                                     "\(test.0)\(test.1)", format.rawValue, t, batch, median, rates.first!, rates.last!, gbps,
+                                     flopsPerToken * median / 1e9, meshText))
                     }
                 }
             }
         }
-        if json { writeJSON(["model": path, "simd_level": Tensors.simdLevel, "results": rows]) }
+        if json { writeJSON(["model": model ?? ModelStore().defaultModelPath, "simd_level": Tensors.simdLevel, "results": rows]) }
     }
 
     /// One pp or tg run on a fresh cache; returns tokens per second.
-    func runOnce(_ engine: Engine, _ kind: String, _ n: Int, _ tokens: [Int]) throws -> Double {
-        let cache = engine.makeCache(limit: n + 1)
+    func runOnce(_ engine: any ForwardEngine, _ kind: String, _ n: Int, _ tokens: [[Int]]) throws -> Double {
+        let caches = tokens.map { _ in engine.makeCache(limit: n + 1) }
         let start = Date()
         if kind == "pp" {
-            _ = try engine.forward([SequenceInput(cache: cache, tokens: tokens)])
+            _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: $1) })
         } else {
-            for t in tokens { _ = try engine.forward([SequenceInput(cache: cache, tokens: [t])]) }
+            for i in 0..<n { _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: [$1[i]]) }) }
         }
-        return Double(n) / Date().timeIntervalSince(start)
+        return Double(n * tokens.count) / Date().timeIntervalSince(start)
     }
 }

@@ -9,6 +9,7 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var meshOptions: MeshOptions
 
     @Option(help: "Prompt text. Repeat to run several prompts as one batch.") var prompt: [String] = []
     @Option(help: "Read the prompt from a file.") var promptFile: String?
@@ -31,7 +32,7 @@ struct Generate: ParsableCommand {
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
         guard topLogits >= 0 else { throw ValidationError("--top-logits must be >= 0") }
         let parameters = try sampling.parameters()
-        let model = try modelOptions.load()
+        let model = try Session(model: modelOptions, mesh: meshOptions, batchSize: prompts.count)
         let tokenizer = model.tokenizer
 
         let requests = prompts.map { text -> GenerationRequest in
@@ -56,7 +57,7 @@ struct Generate: ParsableCommand {
             let decoded = max(0, r.tokenIDs.count - 1)   // the first token comes from the prefill
             let decodeRate = r.decodeSeconds > 0 ? Double(decoded) / r.decodeSeconds : 0
             if json {
-                writeJSON([
+                writeJSON(model.meshJSON.merging([
                     "prompt_token_ids": r.promptTokenIDs,
                     "token_ids": r.tokenIDs,
                     "text": r.text,
@@ -69,7 +70,7 @@ struct Generate: ParsableCommand {
                         "prefill_tokens_per_s": rounded(prefillRate, 2), "decode_tokens_per_s": rounded(decodeRate, 2),
                         "load_s": rounded(model.loadSeconds, 3),
                     ],
-                ])
+                ]) { $1 })
             } else {
                 if !streaming { print("--- prompt \(i)\n\(prompts[i])\(r.text)") } else { print() }
                 printError(String(format: "\nprompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens, decode %.1f tok/s, seed %llu, weights %@, load %.2f s",
@@ -86,18 +87,19 @@ struct Chat: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var meshOptions: MeshOptions
     @Option(help: "System message (default: the template's own).") var system: String?
     @Option(help: "Maximum tokens per reply.") var maxTokens: Int = 512
 
     func run() throws {
         let parameters = try sampling.parameters()
-        let model = try modelOptions.load()
+        let model = try Session(model: modelOptions, mesh: meshOptions, batchSize: 1)
         let tokenizer = model.tokenizer
         let cache = model.engine.makeCache()
         var cached: [Int] = []          // tokens whose keys/values are in the cache
         var messages: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
         let interactive = isatty(0) != 0
-        if interactive { printError("chat with \(model.weights.config.name); /exit or Ctrl-D to quit") }
+        if interactive { printError("chat with \(model.engine.config.name); /exit or Ctrl-D to quit") }
         while true {
             if interactive { FileHandle.standardOutput.write(Data("> ".utf8)) }
             guard let line = readLine() else { break }

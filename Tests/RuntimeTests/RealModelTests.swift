@@ -1,4 +1,5 @@
 import Foundation
+import Partitioning
 import Testing
 @testable import Runtime
 import Tensors
@@ -104,5 +105,26 @@ struct RealModelTests {
         let result = try perplexity(engine: model.engine, tokens: tokens, context: 512)
         #expect(result.chunks == 14 && result.scoredTokens == 14 * 255)
         #expect(abs(result.perplexity - reference.perplexity(variant)) <= 0.1, "PPL \(result.perplexity)")
+    }
+
+    /// The real model on meshes 2 and 4 (2D weight-stationary, attention over the batch — the
+    /// 9 heads do not split over 2 or 4) gives the single-device greedy tokens for the four
+    /// reference prompts run as one batch.
+    @Test(arguments: [Mesh(x: 2), Mesh(x: 2, y: 2)])
+    func meshGreedyEqualsSingleDevice(_ mesh: Mesh) throws {
+        let model = try ModelCache.shared.model(.f32)
+        let layout = PhaseLayout(.weightStationary2D, .shardedOverBatch)
+        let sharded = try MeshEngine(source: model.file, config: model.weights.config, mesh: mesh, prefill: layout,
+                                     decode: layout, format: .f32, threads: 2)
+        let requests = Self.promptIDs.map { id -> GenerationRequest in
+            var r = GenerationRequest(promptTokens: reference.prompt(id)["prompt_token_ids"] as! [Int])
+            r.sampling = .greedy
+            r.maxTokens = 16
+            r.ignoreEOS = true
+            return r
+        }
+        let single = try model.generator.generate(requests).map(\.tokenIDs)
+        let meshed = try Generator(engine: sharded, tokenizer: model.tokenizer).generate(requests).map(\.tokenIDs)
+        #expect(meshed == single)
     }
 }

@@ -37,6 +37,10 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     private var nextSequence = 0
     /// Bytes each device sent and received, per collective kind, axes and label, since creation.
     public private(set) var traffic: [TrafficCounter]
+    /// Wall time of forward passes, and the mean over devices of the time spent inside
+    /// collectives, since creation (compute ≈ wall − communication).
+    public private(set) var wallSeconds = 0.0
+    public private(set) var communicationSeconds = 0.0
 
     public init(source: TensorSource, config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout,
                 format: WeightFormat, threads: Int) throws {
@@ -96,7 +100,11 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         }
     }
 
-    public func resetTraffic() { traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount) }
+    public func resetTraffic() {
+        traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount)
+        wallSeconds = 0
+        communicationSeconds = 0
+    }
 
     public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
         guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw EngineError.emptyInput }
@@ -114,12 +122,16 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         let layout = entries.contains { $0.tokens.count > 1 } ? prefill : decode
         let limit = batch.map(\.cache.limit).max() ?? config.contextLength
         let (config, mesh, blocks, devices, caches, threads) = (config, mesh, blocks, devices, caches, threadsPerDevice)
+        let start = DispatchTime.now().uptimeNanoseconds
         let results = try runOnMesh(mesh) { rank, comm in
+            let timed = TimedCommunicator(comm)
             let program = DeviceProgram(config: config, mesh: mesh, rank: rank, layout: layout, blocks: blocks,
-                                        weights: devices[rank], caches: caches[rank], comm: comm,
+                                        weights: devices[rank], caches: caches[rank], comm: timed,
                                         threads: WorkSplitter(threads: threads), limit: limit)
-            return UncheckedBox((try program.forward(meshBatch), comm.traffic))
+            return UncheckedBox((try program.forward(meshBatch), comm.traffic, timed.seconds))
         }
+        wallSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        communicationSeconds += results.reduce(0) { $0 + $1.value.2 } / Double(results.count)
         for (rank, r) in results.enumerated() { traffic[rank] = traffic[rank] + r.value.1 }
         for input in batch { (input.cache as! MeshSequence).count += input.tokens.count }
         var logits = results[0].value.0
