@@ -24,7 +24,7 @@ struct MeshOptions: ParsableArguments {
     @Option(help: "Run a random-weight model instead of a file: palm-tiny or llama-tiny.") var modelConfig: String?
 
     var isSingleDevice: Bool {
-        (try? Mesh(parsing: mesh))?.deviceCount == 1 && prefillLayout == nil && decodeLayout == nil && attention == nil
+        (try? Mesh(parsing: mesh))?.deviceCount == 1 && !overlap && prefillLayout == nil && decodeLayout == nil && attention == nil
             && prefillAttention == nil && modelConfig == nil
     }
 }
@@ -38,9 +38,6 @@ struct Session {
     var generator: Generator { Generator(engine: engine, tokenizer: tokenizer) }
 
     init(model: ModelOptions, mesh options: MeshOptions, batchSize: Int) throws {
-        if options.overlap {
-            throw ValidationError("--overlap (looped collective einsum, §3.5) is not implemented yet")
-        }
         if options.isSingleDevice {
             let loaded = try model.load()
             engine = loaded.engine
@@ -77,7 +74,7 @@ struct Session {
         let decode = PhaseLayout(options.decodeLayout ?? (n > 1 ? .weightStationary2D : .weightStationary1D), attention)
         let prefill = PhaseLayout(options.prefillLayout ?? decode.feedForward, options.prefillAttention ?? attention)
         let engine = try MeshEngine(source: source, config: config, mesh: mesh, prefill: prefill, decode: decode,
-                                    format: model.weights, threads: model.threads)
+                                    format: model.weights, threads: model.threads, overlap: options.overlap)
         try engine.validate(batchSize: batchSize)
         self.engine = engine
         meshEngine = engine
@@ -92,6 +89,7 @@ struct Session {
         }
         return [
             "mesh": m.mesh.description,
+            "overlap": m.overlap,
             "layouts": [
                 "prefill": ["ffn": m.prefill.feedForward.rawValue, "attention": m.prefill.attention.rawValue],
                 "decode": ["ffn": m.decode.feedForward.rawValue, "attention": m.decode.attention.rawValue],

@@ -11,10 +11,16 @@ struct MeshTests {
     /// Tiny random models whose heads split over up to 8 devices: Llama with grouped-query
     /// attention (8 query heads, 2 KV heads, serial block) and PaLM with multiquery attention
     /// (parallel block, F = 4E).
-    static let models: [ModelConfig] = [
-        .llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96),
-        .palmTiny(layers: 2, modelDimension: 64, heads: 8, vocabularySize: 96),
-    ]
+    static let models: [ModelConfig] = {
+        let llama = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
+        let palm = ModelConfig.palmTiny(layers: 2, modelDimension: 64, heads: 8, vocabularySize: 96)
+        var llamaParallel = llama, palmSerial = palm
+        llamaParallel.block = .parallel
+        llamaParallel.name = "llama-tiny-parallel"
+        palmSerial.block = .serial
+        palmSerial.name = "palm-tiny-serial"
+        return [llama, palm, llamaParallel, palmSerial]
+    }()
     static let meshes = ["1", "2", "4", "2x2", "2x2x2"]
 
     struct Case: CustomTestStringConvertible, Sendable {
@@ -22,12 +28,19 @@ struct MeshTests {
         let mesh: String
         let ffn: FeedForwardLayout
         let attention: AttentionLayout
-        var testDescription: String { "\(model.name) \(mesh) \(ffn) \(attention)" }
+        var overlap = false
+        var testDescription: String { "\(model.name) \(mesh) \(ffn) \(attention)\(overlap ? " overlap" : "")" }
     }
 
+    /// Every model × mesh × layout, plus the overlapped (looped collective einsum) variant of
+    /// every layout on 2x2x2 and 2.
     static let cases: [Case] = models.flatMap { m in
         meshes.flatMap { mesh in
             FeedForwardLayout.allCases.flatMap { f in AttentionLayout.allCases.map { Case(model: m, mesh: mesh, ffn: f, attention: $0) } }
+        }
+    } + models.flatMap { m in
+        ["2", "2x2x2"].flatMap { mesh in
+            FeedForwardLayout.allCases.map { Case(model: m, mesh: mesh, ffn: $0, attention: .shardedOverBatch, overlap: true) }
         }
     }
 
@@ -42,10 +55,10 @@ struct MeshTests {
         let reference = Engine(weights: .random(config: c.model, seed: 17), threads: 1)
         let layout = PhaseLayout(c.ffn, c.attention)
         let sharded = try MeshEngine(source: source, config: c.model, mesh: mesh, prefill: layout, decode: layout,
-                                     format: .f32, threads: 2)
+                                     format: .f32, threads: 2, overlap: c.overlap)
         for batch in Set([n, n + 1]) {
             try sharded.validate(batchSize: batch)
-            let prompts = (0..<batch).map { b in (0..<(3 + b % 4)).map { ($0 * 7 + b * 5 + 1) % c.model.vocabularySize } }
+            let prompts = (0..<batch).map { b in (0..<((c.overlap ? 24 : 3) + b % 4)).map { ($0 * 7 + b * 5 + 1) % c.model.vocabularySize } }
             let refCaches = prompts.map { _ in reference.makeCache() }
             let meshCaches = prompts.map { _ in sharded.makeCache() }
             var expected = try reference.forward(zip(refCaches, prompts).map { SequenceInput(cache: $0, tokens: $1, logitsFrom: 0) })

@@ -107,10 +107,10 @@ struct RealModelTests {
         #expect(abs(result.perplexity - reference.perplexity(variant)) <= 0.1, "PPL \(result.perplexity)")
     }
 
-    /// The real model on meshes 2 and 4 (2D weight-stationary, attention over the batch — the
+    /// The real model on meshes 2, 4 and 2x2 (2D weight-stationary, attention over the batch — the
     /// 9 heads do not split over 2 or 4) gives the single-device greedy tokens for the four
     /// reference prompts run as one batch.
-    @Test(arguments: [Mesh(x: 2), Mesh(x: 2, y: 2)])
+    @Test(arguments: [Mesh(x: 2), Mesh(x: 4), Mesh(x: 2, y: 2)])
     func meshGreedyEqualsSingleDevice(_ mesh: Mesh) throws {
         let model = try ModelCache.shared.model(.f32)
         let layout = PhaseLayout(.weightStationary2D, .shardedOverBatch)

@@ -1,5 +1,6 @@
 import CKernels
 import Collectives
+import Foundation
 import Partitioning
 import Tensors
 import Transformer
@@ -48,6 +49,8 @@ struct DeviceProgram {
     let comm: any Communicator
     let threads: WorkSplitter
     let limit: Int
+    /// Overlap collectives with chunks of the adjacent matmul (§3.5).
+    var overlap = false
 
     var n: Int { mesh.deviceCount }
     var ffn: FeedForwardLayout { layout.feedForward }
@@ -131,13 +134,14 @@ struct DeviceProgram {
 
     enum Role { case input, output }
 
-    /// x · Wᵀ with this device's shard, all-gathering the shard first in weight-gathered
-    /// layouts (§3.2.3): input-role shards (rows F_yz, columns E_x) concatenate rows by i_yz
-    /// and columns by i_x; output-role shards the other way round.
-    func matmul(_ x: Matrix, _ w: ShardMatrix, _ role: Role, _ label: String) throws -> Matrix {
+    /// The matrix this device multiplies by: its shard, or in weight-gathered layouts (§3.2.3)
+    /// the shards of its weight-gather group all-gathered: input-role shards (rows F_yz,
+    /// columns E_x) concatenate rows by i_yz and columns by i_x; output-role shards the other
+    /// way round.
+    func linear(for w: ShardMatrix, _ role: Role, _ label: String) throws -> LinearWeight {
         let axes = ffn.weightGatherAxes
         let K = mesh.size(axes)
-        if K == 1 { return w.packed.apply(x, threads: threads) }
+        if K == 1 { return w.packed }
         let members = mesh.group(of: rank, over: axes)
         let all = try comm.allGather(w.values, over: axes, label: label + ".weights")
         func yz(_ r: Int) -> Int { let c = mesh.coordinates(of: r); return c[1] * mesh.z + c[2] }
@@ -153,7 +157,71 @@ struct DeviceProgram {
                 for c in 0..<w.columns { full[(r0 + r) * C + c0 + c] = all[m * w.rows * w.columns + r * w.columns + c] }
             }
         }
-        return LinearWeight(values: full, outputs: R, inputs: C, format: .f32).apply(x, threads: threads)
+        return LinearWeight(values: full, outputs: R, inputs: C, format: .f32)
+    }
+
+    /// All-gather the layer input over the layout's input axes, then multiply by each weight.
+    /// With overlap (looped collective einsum, §3.5), the rows are cut into chunks and the
+    /// all-gather of chunk i+1 runs while chunk i is multiplied.
+    func gatherThenMultiply(_ h: Matrix, _ weights: [ShardMatrix], _ label: String) throws -> [Matrix] {
+        let ws = try weights.map { try linear(for: $0, .input, label) }
+        let axes = ffn.inputGatherAxes
+        guard overlap, mesh.size(axes) > 1, h.rows >= 2 * minimumChunkRows else {
+            let hg = try gatherColumns(h, axes, label)
+            return ws.map { $0.apply(hg, threads: threads) }
+        }
+        let chunks = rowChunks(h.rows)
+        let gathered = Pipeline(count: chunks.count)
+        for (i, r) in chunks.enumerated() {
+            let part = h.selectingRows(Array(r))
+            gathered.submit(i) { try gatherColumns(part, axes, label) }
+        }
+        var pieces: [[Matrix]] = Array(repeating: [], count: ws.count)
+        for i in chunks.indices {
+            let hg = try gathered.result(i)
+            for (j, w) in ws.enumerated() { pieces[j].append(w.apply(hg, threads: threads)) }
+        }
+        return pieces.map(stackRows)
+    }
+
+    /// Σ xᵢ · Wᵢᵀ (the layer's output matmuls), then reduce-scatter over the layout's output
+    /// axes. With overlap, row chunk i is reduce-scattered while chunk i+1 is multiplied.
+    func multiplyThenReduce(_ pairs: [(Matrix, ShardMatrix)], _ label: String) throws -> Matrix {
+        let ws = try pairs.map { try linear(for: $0.1, .output, label) }
+        let rows = pairs[0].0.rows
+        func compute(_ r: Range<Int>) -> Matrix {
+            let outs = zip(pairs, ws).map { p, w in w.apply(r == 0..<rows ? p.0 : p.0.selectingRows(Array(r)), threads: threads) }
+            return outs.dropFirst().reduce(outs[0]) { add($0, $1) }
+        }
+        let axes = ffn.outputReduceAxes
+        guard overlap, mesh.size(axes) > 1, rows >= 2 * minimumChunkRows else { return try reduceScatterColumns(compute(0..<rows), axes, label) }
+        let chunks = rowChunks(rows)
+        let reduced = Pipeline(count: chunks.count)
+        for (i, r) in chunks.enumerated() {
+            let partial = compute(r)
+            reduced.submit(i) { try reduceScatterColumns(partial, axes, label) }
+        }
+        return stackRows(try chunks.indices.map { try reduced.result($0) })
+    }
+
+    /// Fewer rows than this per chunk and chunking costs more than it hides: each chunk reads
+    /// the whole weight again, so decode steps (a few rows) are never chunked.
+    var minimumChunkRows: Int { 16 }
+
+    /// Row ranges for the overlapped pipeline: up to 4 chunks of at least `minimumChunkRows`.
+    func rowChunks(_ rows: Int) -> [Range<Int>] {
+        let c = max(1, min(4, rows / minimumChunkRows))
+        return (0..<c).map { (rows * $0 / c)..<(rows * ($0 + 1) / c) }
+    }
+
+    func stackRows(_ parts: [Matrix]) -> Matrix {
+        let out = Matrix(rows: parts.reduce(0) { $0 + $1.rows }, columns: parts[0].columns)
+        var at = 0
+        for p in parts {
+            out.row(at).update(from: p.data, count: p.rows * p.columns)
+            at += p.rows
+        }
+        return out
     }
 
     func add(_ a: Matrix, _ b: Matrix) -> Matrix {
@@ -169,22 +237,25 @@ struct DeviceProgram {
         let h = try norm(x, w.attentionNorm, axes: ffn.residualAxes)
         switch config.block {
         case .serial:
-            let a = try attention(l, try gatherColumns(h, ffn.inputGatherAxes, "attention"), w, rows: rows, batch: batch)
-            let x1 = add(x, try reduceScatterColumns(a, ffn.outputReduceAxes, "attention"))
+            let qkv = try gatherThenMultiply(h, [w.qkv], "attention")[0]
+            let o = try attentionCore(l, qkv, rows: rows, batch: batch)
+            let x1 = add(x, try multiplyThenReduce([(o, w.attentionOutput)], "attention"))
             let h1 = try norm(x1, w.feedForwardNorm!, axes: ffn.residualAxes)
-            let f = try feedForward(try gatherColumns(h1, ffn.inputGatherAxes, "ffn"), w)
-            return add(x1, try reduceScatterColumns(f, ffn.outputReduceAxes, "ffn"))
+            let act = try feedForwardCore(try gatherThenMultiply(h1, [w.gateUp], "ffn")[0])
+            return add(x1, try multiplyThenReduce([(act, w.down)], "ffn"))
         case .parallel:
             // One gathered input for both branches and one reduction of their sum (§3.4).
-            let hg = try gatherColumns(h, ffn.inputGatherAxes, "block")
-            let sum = add(try attention(l, hg, w, rows: rows, batch: batch), try feedForward(hg, w))
-            return add(x, try reduceScatterColumns(sum, ffn.outputReduceAxes, "block"))
+            let projected = try gatherThenMultiply(h, [w.qkv, w.gateUp], "block")
+            let o = try attentionCore(l, projected[0], rows: rows, batch: batch)
+            let act = try feedForwardCore(projected[1])
+            return add(x, try multiplyThenReduce([(o, w.attentionOutput), (act, w.down)], "block"))
         }
     }
 
-    /// W_in → swiglu → W_out, returning W_out's partial sums (reduced by the caller).
-    func feedForward(_ hg: Matrix, _ w: DeviceLayer) throws -> Matrix {
-        var gu = try matmul(hg, w.gateUp, .input, "ffn")
+    /// Between W_in and W_out: (2D: reduce-scatter(x) of the partial sums) swiglu per block
+    /// (2D: all-gather(x) back to F_yz).
+    func feedForwardCore(_ projected: Matrix) throws -> Matrix {
+        var gu = projected
         if ffn == .weightStationary2D { gu = try reduceScatterColumns(gu, .x, "ffn") }
         let fb = config.feedForwardDimension / n
         let blocksHere = gu.columns / (2 * fb)
@@ -195,12 +266,12 @@ struct DeviceProgram {
             }
         }
         if ffn == .weightStationary2D { act = try gatherColumns(act, .x, "ffn") }
-        return try matmul(act, w.down, .output, "ffn")
+        return act
     }
 
-    /// W_qkv → attention (over heads or over batch) → W_o, returning W_o's partial sums.
-    func attention(_ l: Int, _ hg: Matrix, _ w: DeviceLayer, rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
-        var qkv = try matmul(hg, w.qkv, .input, "attention")
+    /// Between W_qkv and W_o: attention over heads or over batch on this device's columns.
+    func attentionCore(_ l: Int, _ projected: Matrix, rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
+        var qkv = projected
         if ffn == .weightStationary2D { qkv = try reduceScatterColumns(qkv, .x, "attention") }
         let owned = ffn.ownedBlocks(rank: rank, mesh: mesh)
         var out: Matrix
@@ -209,7 +280,7 @@ struct DeviceProgram {
         case .shardedOverBatch: out = try batchAttention(l, qkv, owned: owned, rows: rows, batch: batch)
         }
         if ffn == .weightStationary2D { out = try gatherColumns(out, .x, "attention") }
-        return try matmul(out, w.attentionOutput, .output, "attention")
+        return out
     }
 
     /// Heads layout (Fig. 5a): every block here holds whole heads; the KV cache keeps this
@@ -423,5 +494,34 @@ struct DeviceProgram {
         var counts = [Int](repeating: 0, count: mesh.size(ffn.batchAxes))
         for e in batch.entries { counts[mesh.index(of: home(e.sequence), within: ffn.batchAxes)] += logitCount(e) }
         return counts.max() ?? 0
+    }
+}
+
+/// Runs a device's collectives in order on a background thread while the device computes
+/// (the in-flight half of a looped collective einsum). Collectives stay in program order, one
+/// at a time, so the SPMD contract of the communicator holds.
+final class Pipeline: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "meshinfer.pipeline")
+    private var results: [Result<Matrix, Error>?]
+    private let done: [DispatchSemaphore]
+    private let lock = NSLock()
+
+    init(count: Int) {
+        results = Array(repeating: nil, count: count)
+        done = (0..<count).map { _ in DispatchSemaphore(value: 0) }
+    }
+
+    func submit(_ i: Int, _ body: @escaping () throws -> Matrix) {
+        let work = UncheckedBox(body)
+        queue.async {
+            let r = Result { try work.value() }
+            self.lock.withLock { self.results[i] = r }
+            self.done[i].signal()
+        }
+    }
+
+    func result(_ i: Int) throws -> Matrix {
+        done[i].wait()
+        return try lock.withLock { results[i]! }.get()
     }
 }

@@ -29,6 +29,8 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     public let mesh: Mesh
     public let prefill: PhaseLayout
     public let decode: PhaseLayout
+    /// Overlap collectives with chunks of the adjacent matmul (looped collective einsum, §3.5).
+    public let overlap: Bool
     let blocks: HiddenBlocks
     let devices: [DeviceWeights]
     let caches: [DeviceCaches]
@@ -43,8 +45,9 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     public private(set) var communicationSeconds = 0.0
 
     public init(source: TensorSource, config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout,
-                format: WeightFormat, threads: Int) throws {
+                format: WeightFormat, threads: Int, overlap: Bool = false) throws {
         try MeshEngine.validate(config: config, mesh: mesh, prefill: prefill, decode: decode)
+        self.overlap = overlap
         self.config = config
         self.mesh = mesh
         self.prefill = prefill
@@ -121,13 +124,13 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         let meshBatch = MeshBatch(entries: entries.filter { !$0.tokens.isEmpty })
         let layout = entries.contains { $0.tokens.count > 1 } ? prefill : decode
         let limit = batch.map(\.cache.limit).max() ?? config.contextLength
-        let (config, mesh, blocks, devices, caches, threads) = (config, mesh, blocks, devices, caches, threadsPerDevice)
+        let (config, mesh, blocks, devices, caches, threads, overlap) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap)
         let start = DispatchTime.now().uptimeNanoseconds
         let results = try runOnMesh(mesh) { rank, comm in
             let timed = TimedCommunicator(comm)
             let program = DeviceProgram(config: config, mesh: mesh, rank: rank, layout: layout, blocks: blocks,
                                         weights: devices[rank], caches: caches[rank], comm: timed,
-                                        threads: WorkSplitter(threads: threads), limit: limit)
+                                        threads: WorkSplitter(threads: threads), limit: limit, overlap: overlap)
             return UncheckedBox((try program.forward(meshBatch), comm.traffic, timed.seconds))
         }
         wallSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
