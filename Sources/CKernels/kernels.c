@@ -194,16 +194,16 @@ ALWAYS_INLINE void tile_int8(const int MR, const int NR, const int8_t *q, const 
                              const int32_t *xsum, int K, const uint8_t *wp, float *y, int64_t ldy) {
     const int nblk = K / MI_QB;
     const int64_t panel = (int64_t)nblk * MI_BLOCK_BYTES;
-    __m512 accf[6][2];
+    __m512 accf[6][4];
     for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) accf[m][j] = _mm512_setzero_ps();
     for (int b = 0; b < nblk; b++) {
-        __m512i acci[6][2];
+        __m512i acci[6][4];
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acci[m][j] = _mm512_setzero_si512();
         const uint8_t *wb = wp + (int64_t)b * MI_BLOCK_BYTES;
         const int8_t *qb = q + b * MI_QB;
         for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(wb + j * panel + 4 * MI_BLOCK_BYTES), _MM_HINT_T0);
         for (int g = 0; g < MI_QB / 4; g++) {
-            __m512i w[2];
+            __m512i w[4];
             for (int j = 0; j < NR; j++) w[j] = _mm512_loadu_si512((const void *)(wb + j * panel + g * 64));
             for (int m = 0; m < MR; m++) {
                 __m512i xb = _mm512_set1_epi32(load_i32(qb + (int64_t)m * K + g * 4));
@@ -211,7 +211,7 @@ ALWAYS_INLINE void tile_int8(const int MR, const int NR, const int8_t *q, const 
             }
         }
         // block sum = s_w·s_x·Σ u·q + min_w·s_x·Σ q
-        __m512 sv[2], mv[2];
+        __m512 sv[4], mv[4];
         for (int j = 0; j < NR; j++) {
             const uint8_t *params = wb + j * panel + MI_QB * 16;
             sv[j] = _mm512_loadu_ps((const float *)params);
@@ -237,14 +237,19 @@ void mi_gemm_int8(const int8_t *q, const float *xscales, const int32_t *xsums, i
     const int64_t panel = (int64_t)nblk * MI_BLOCK_BYTES;
 #if defined(MI_VNNI)
     for (int n = n0; n < n1;) {
-        int nr = (n1 - n >= 32) ? 2 : 1;
+        // Decode (1-2 rows) is memory-bound: four weight streams in flight; prefill uses
+        // 6 rows x 2 panels to reuse each loaded weight vector six times.
+        int nr = (M <= 2 && n1 - n >= 64) ? 4 : (n1 - n >= 32) ? 2 : 1;
         const uint8_t *wp = packed + (int64_t)(n / 16) * panel;
         for (int m = 0; m < M; m += 6) {
             int mr = M - m < 6 ? M - m : 6;
             const int8_t *qm = q + (int64_t)m * K;
             const float *xs = xscales + m * nblk;
             const int32_t *xsum = xsums + m * nblk;
-            if (nr == 2) { DISPATCH_MR(tile_int8, 2, mr, qm, xs, xsum, K, wp, y + m * ldy + n, ldy) }
+            if (nr == 4) {
+                if (mr == 1) tile_int8(1, 4, qm, xs, xsum, K, wp, y + m * ldy + n, ldy);
+                else tile_int8(2, 4, qm, xs, xsum, K, wp, y + m * ldy + n, ldy);
+            } else if (nr == 2) { DISPATCH_MR(tile_int8, 2, mr, qm, xs, xsum, K, wp, y + m * ldy + n, ldy) }
             else { DISPATCH_MR(tile_int8, 1, mr, qm, xs, xsum, K, wp, y + m * ldy + n, ldy) }
         }
         n += nr * 16;

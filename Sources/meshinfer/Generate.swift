@@ -48,9 +48,9 @@ struct Generate: ParsableCommand {
             return r
         }
         let streaming = !json && prompts.count == 1
-        if streaming { FileHandle.standardOutput.write(Data(prompts[0].utf8)) }
+        if streaming { writeOut(prompts[0]) }
         let results = try model.generator.generate(requests) { _, chunk in
-            if streaming { FileHandle.standardOutput.write(Data(chunk.utf8)) }
+            if streaming { writeOut(chunk) }
         }
         for (i, r) in results.enumerated() {
             let prefillRate = r.prefillSeconds > 0 ? Double(r.promptTokenIDs.count) / r.prefillSeconds : 0
@@ -72,7 +72,7 @@ struct Generate: ParsableCommand {
                     ],
                 ]) { $1 })
             } else {
-                if !streaming { print("--- prompt \(i)\n\(prompts[i])\(r.text)") } else { print() }
+                writeOut(streaming ? "\n" : "--- prompt \(i)\n\(prompts[i])\(r.text)\n")
                 printError(String(format: "\nprompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens, decode %.1f tok/s, seed %llu, weights %@, load %.2f s",
                                   r.promptTokenIDs.count, r.prefillSeconds, prefillRate, r.tokenIDs.count, decodeRate,
                                   parameters.seed, modelOptions.weights.rawValue, model.loadSeconds))
@@ -101,7 +101,7 @@ struct Chat: ParsableCommand {
         let interactive = isatty(0) != 0
         if interactive { printError("chat with \(model.engine.config.name); /exit or Ctrl-D to quit") }
         while true {
-            if interactive { FileHandle.standardOutput.write(Data("> ".utf8)) }
+            if interactive { writeOut("> ") }
             guard let line = readLine() else { break }
             if line == "/exit" || line == "/quit" { break }
             if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
@@ -117,9 +117,9 @@ struct Chat: ParsableCommand {
             request.sampling = parameters
             request.sampling.seed = parameters.seed &+ UInt64(messages.count)
             let result = try model.generator.generate([request], caches: [cache]) { _, chunk in
-                FileHandle.standardOutput.write(Data(chunk.utf8))
+                writeOut(chunk)
             }[0]
-            print()
+            writeOut("\n")
             cached = Array(tokens[..<common]) + request.promptTokens + result.tokenIDs.dropLast()
             messages.append(ChatMessage(role: "assistant", content: result.text))
             if interactive {

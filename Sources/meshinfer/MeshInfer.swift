@@ -65,6 +65,9 @@ func writeJSON(_ object: Any) {
     FileHandle.standardOutput.write(Data("\n".utf8))
 }
 
+/// Unbuffered stdout (streamed text and newlines must not be reordered by stdio buffering).
+func writeOut(_ s: String) { FileHandle.standardOutput.write(Data(s.utf8)) }
+
 func printError(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
 
 func rounded(_ x: Double, _ digits: Int = 4) -> Double {
