@@ -25,6 +25,7 @@ let package = Package(
         .target(name: "Partitioning", swiftSettings: fastSwift),
         .target(name: "Collectives", dependencies: ["Partitioning"], swiftSettings: fastSwift),
         .target(name: "Transformer", dependencies: ["Tensors", "GGUF", "Partitioning"], swiftSettings: fastSwift),
+        .target(name: "CostModel", dependencies: ["Transformer", "Partitioning"], swiftSettings: fastSwift),
         .target(
             name: "Runtime",
             dependencies: ["GGUF", "Tokenization", "Tensors", "Transformer", "Partitioning", "Collectives",
@@ -39,5 +40,6 @@ let package = Package(
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "CKernels"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
+        .testTarget(name: "CostModelTests", dependencies: ["CostModel", "Partitioning", "Transformer"]),
     ]
 )

@@ -1,0 +1,69 @@
+import Transformer
+
+/// An accelerator, as the cost model sees it (SPEC §2).
+public struct Hardware: Sendable, Equatable {
+    public var name: String
+    /// Peak matmul FLOP/s per chip (bf16 / fp16).
+    public var peakFLOPs: Double
+    /// Memory per chip, bytes.
+    public var memoryBytes: Double
+    /// Memory bandwidth per chip, bytes/s.
+    public var memoryBandwidth: Double
+    /// Interconnect bandwidth per chip, bytes/s (the paper's "network bandwidth").
+    public var interconnectBandwidth: Double
+
+    static let gib = 1024.0 * 1024 * 1024
+
+    /// TPU v4: 275 TFLOP/s bf16, 32 GiB HBM at 1200 GB/s, 270 GB/s ICI (SPEC §2.1).
+    public static let tpuV4 = Hardware(name: "tpu-v4", peakFLOPs: 275e12, memoryBytes: 32 * gib,
+                                       memoryBandwidth: 1200e9, interconnectBandwidth: 270e9)
+    /// A100 80 GB: 312 TFLOP/s dense bf16 (the peak the paper's FT MFUs use, SPEC §2.2),
+    /// 2039 GB/s HBM2e, NVLink 600 GB/s.
+    public static let a100 = Hardware(name: "a100-80g", peakFLOPs: 312e12, memoryBytes: 80 * gib,
+                                      memoryBandwidth: 2039e9, interconnectBandwidth: 600e9)
+    /// H100 SXM: 989 TFLOP/s dense bf16, 80 GB HBM3 at 3350 GB/s, NVLink 900 GB/s.
+    public static let h100 = Hardware(name: "h100-sxm", peakFLOPs: 989e12, memoryBytes: 80 * gib,
+                                      memoryBandwidth: 3350e9, interconnectBandwidth: 900e9)
+    /// H200: H100's compute with 141 GB HBM3e at 4800 GB/s.
+    public static let h200 = Hardware(name: "h200", peakFLOPs: 989e12, memoryBytes: 141e9,
+                                      memoryBandwidth: 4800e9, interconnectBandwidth: 900e9)
+
+    public static let catalog: [Hardware] = [.tpuV4, .a100, .h100, .h200]
+    public static func named(_ name: String) -> Hardware? { catalog.first { $0.name == name } }
+}
+
+/// A model for the cost model: its configuration and the nominal parameter count the paper
+/// uses for MFU (SPEC §3, §4.1).
+public struct ModelSpec: Sendable, Equatable {
+    public var config: ModelConfig
+    public var nominalParameters: Double
+
+    /// PaLM family: multiquery, parallel block, SwiGLU, 256k vocabulary, head dim 256 (SPEC §3.1).
+    static func palm(_ name: String, layers: Int, E: Int, heads: Int, nominal: Double) -> ModelSpec {
+        ModelSpec(config: ModelConfig(name: name, layers: layers, modelDimension: E, feedForwardDimension: 4 * E,
+                                      heads: heads, kvHeads: 1, headDimension: 256, vocabularySize: 256_000,
+                                      contextLength: 2048, block: .parallel, tiedEmbeddings: true),
+                  nominalParameters: nominal)
+    }
+
+    public static let palm8B = palm("palm-8b", layers: 32, E: 4096, heads: 16, nominal: 8e9)
+    public static let palm62B = palm("palm-62b", layers: 64, E: 8192, heads: 32, nominal: 62e9)
+    /// 48 heads padded to 64 for inference, as the paper did; MFU on the nominal 540B.
+    public static let palm540B = palm("palm-540b", layers: 118, E: 18432, heads: 64, nominal: 540e9)
+    /// The multihead variant of Table 1: 64 heads of 128.
+    public static let palm540BMultihead: ModelSpec = {
+        var m = palm("palm-540b-multihead", layers: 118, E: 18432, heads: 64, nominal: 540e9)
+        m.config.kvHeads = 64
+        m.config.headDimension = 128
+        return m
+    }()
+    /// Megatron-Turing NLG 530B (Table D.1): multihead, serial block; MFU on the nominal 530B.
+    public static let mtNLG530B = ModelSpec(
+        config: ModelConfig(name: "mt-nlg-530b", layers: 105, modelDimension: 20480, feedForwardDimension: 81920,
+                            heads: 128, kvHeads: 128, headDimension: 160, vocabularySize: 51200, contextLength: 2048,
+                            block: .serial, tiedEmbeddings: true),
+        nominalParameters: 530e9)
+
+    public static let catalog: [ModelSpec] = [.palm8B, .palm62B, .palm540B, .palm540BMultihead, .mtNLG530B]
+    public static func named(_ name: String) -> ModelSpec? { catalog.first { $0.config.name == name } }
+}
