@@ -104,8 +104,7 @@ public final class Engine: ForwardEngine, @unchecked Sendable {
 
         let x = Matrix(rows: tokens.count, columns: E)
         for (r, t) in tokens.enumerated() {
-            // Embedding rows were validated when the model was loaded; token ids just above.
-            try! weights.embedding.row(t, into: x.row(r))
+            try weights.embedding.row(t, into: x.row(r))
         }
         let executor = Executor(weights: weights, rows: placements, threads: threads)
         let hidden = transformerLayers(executor, config, embedded: x)
