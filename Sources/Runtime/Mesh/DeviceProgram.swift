@@ -232,26 +232,6 @@ struct DeviceProgram {
 
     // MARK: the layer
 
-    func layer(_ l: Int, _ x: Matrix, rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
-        let w = weights.layers(oneDimensional: ffn.storesOneDimensional)[l]
-        let h = try norm(x, w.attentionNorm, axes: ffn.residualAxes)
-        switch config.block {
-        case .serial:
-            let qkv = try gatherThenMultiply(h, [w.qkv], "attention")[0]
-            let o = try attentionCore(l, qkv, rows: rows, batch: batch)
-            let x1 = add(x, try multiplyThenReduce([(o, w.attentionOutput)], "attention"))
-            let h1 = try norm(x1, w.feedForwardNorm!, axes: ffn.residualAxes)
-            let act = try feedForwardCore(try gatherThenMultiply(h1, [w.gateUp], "ffn")[0])
-            return add(x1, try multiplyThenReduce([(act, w.down)], "ffn"))
-        case .parallel:
-            // One gathered input for both branches and one reduction of their sum (§3.4).
-            let projected = try gatherThenMultiply(h, [w.qkv, w.gateUp], "block")
-            let o = try attentionCore(l, projected[0], rows: rows, batch: batch)
-            let act = try feedForwardCore(projected[1])
-            return add(x, try multiplyThenReduce([(o, w.attentionOutput), (act, w.down)], "block"))
-        }
-    }
-
     /// Between W_in and W_out: (2D: reduce-scatter(x) of the partial sums) swiglu per block
     /// (2D: all-gather(x) back to F_yz).
     func feedForwardCore(_ projected: Matrix) throws -> Matrix {
@@ -454,7 +434,8 @@ struct DeviceProgram {
             try embedded.withUnsafeMutableBufferPointer { try weights.embedding.readRows("token_embd.weight", token..<(token + 1), into: $0.baseAddress!) }
             for c in 0..<width { x[r, c] = embedded[start + c] }
         }
-        for l in 0..<config.layers { x = try layer(l, x, rows: rows, batch: batch) }
+        let run = LayerRun(program: self, rows: rows, batch: batch)
+        for l in 0..<config.layers { x = try shardedLayer(run, block: config.block, layer: l, x) }
 
         // Logit rows: gather them whole on every device, then a vocabulary-sharded unembedding.
         var wanted: [Int] = []
@@ -524,4 +505,44 @@ final class Pipeline: @unchecked Sendable {
         done[i].wait()
         return try lock.withLock { results[i]! }.get()
     }
+}
+
+/// The executing interpreter of the sharded layer program: one device, one forward pass.
+struct LayerRun: ShardedLayerInterpreter {
+    let program: DeviceProgram
+    let rows: [RowInfo]
+    let batch: MeshBatch
+
+    func weights(_ l: Int) -> DeviceLayer { program.weights.layers(oneDimensional: program.ffn.storesOneDimensional)[l] }
+
+    func matrix(_ m: LayerMatrix, _ l: Int) -> ShardMatrix {
+        let w = weights(l)
+        switch m {
+        case .qkv: return w.qkv
+        case .attentionOutput: return w.attentionOutput
+        case .gateUp: return w.gateUp
+        case .down: return w.down
+        }
+    }
+
+    func norm(_ x: Matrix, feedForward: Bool, layer: Int) throws -> Matrix {
+        let w = weights(layer)
+        return try program.norm(x, feedForward ? w.feedForwardNorm! : w.attentionNorm, axes: program.ffn.residualAxes)
+    }
+
+    func gatherThenMultiply(_ h: Matrix, _ matrices: [LayerMatrix], layer: Int, label: String) throws -> [Matrix] {
+        try program.gatherThenMultiply(h, matrices.map { matrix($0, layer) }, label)
+    }
+
+    func attentionCore(_ qkv: Matrix, layer: Int) throws -> Matrix {
+        try program.attentionCore(layer, qkv, rows: rows, batch: batch)
+    }
+
+    func feedForwardCore(_ gateUp: Matrix) throws -> Matrix { try program.feedForwardCore(gateUp) }
+
+    func multiplyThenReduce(_ pairs: [(Matrix, LayerMatrix)], layer: Int, label: String) throws -> Matrix {
+        try program.multiplyThenReduce(pairs.map { ($0.0, matrix($0.1, layer)) }, label)
+    }
+
+    func add(_ a: Matrix, _ b: Matrix) -> Matrix { program.add(a, b) }
 }
