@@ -25,7 +25,7 @@ let package = Package(
         .target(name: "Partitioning", swiftSettings: fastSwift),
         .target(name: "Collectives", dependencies: ["Partitioning"], swiftSettings: fastSwift),
         .target(name: "Transformer", dependencies: ["Tensors", "GGUF", "Partitioning"], swiftSettings: fastSwift),
-        .target(name: "CostModel", dependencies: ["Transformer", "Partitioning"], swiftSettings: fastSwift),
+        .target(name: "CostModel", dependencies: ["Transformer", "Partitioning", "Collectives"], swiftSettings: fastSwift),
         .target(
             name: "Runtime",
             dependencies: ["GGUF", "Tokenization", "Tensors", "Transformer", "Partitioning", "Collectives",
@@ -40,6 +40,6 @@ let package = Package(
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "CKernels"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
-        .testTarget(name: "CostModelTests", dependencies: ["CostModel", "Partitioning", "Transformer"]),
+        .testTarget(name: "CostModelTests", dependencies: ["CostModel", "Partitioning", "Transformer", "Runtime", "Collectives"]),
     ]
 )
