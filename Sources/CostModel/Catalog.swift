@@ -38,6 +38,11 @@ public struct ModelSpec: Sendable, Equatable {
     public var config: ModelConfig
     public var nominalParameters: Double
 
+    public init(config: ModelConfig, nominalParameters: Double) {
+        self.config = config
+        self.nominalParameters = nominalParameters
+    }
+
     /// PaLM family: multiquery, parallel block, SwiGLU, 256k vocabulary, head dim 256 (SPEC §3.1).
     static func palm(_ name: String, layers: Int, E: Int, heads: Int, nominal: Double) -> ModelSpec {
         ModelSpec(config: ModelConfig(name: name, layers: layers, modelDimension: E, feedForwardDimension: 4 * E,

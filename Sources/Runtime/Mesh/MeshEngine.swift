@@ -67,14 +67,8 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     /// Checks a layout against the model and mesh before anything is allocated.
     public static func validate(config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout) throws(LayoutError) {
         let n = mesh.deviceCount
-        if config.modelDimension % n != 0 { throw .indivisible(what: "model dimension E", size: config.modelDimension, parts: n) }
-        if config.feedForwardDimension % n != 0 {
-            throw .indivisible(what: "feed-forward dimension F", size: config.feedForwardDimension, parts: n)
-        }
-        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: n)
-        for phase in [prefill, decode] where phase.attention == .shardedOverHeads && !blocks.headAligned && n > 1 {
-            throw .headsDoNotDivide(heads: config.heads, kvHeads: config.kvHeads, devices: n)
-        }
+        try prefill.validate(for: config, on: mesh)
+        try decode.validate(for: config, on: mesh)
         // The KV cache stays where prefill put it: both phases must place it alike.
         if prefill.attention != decode.attention {
             throw .incompatibleKVPlacement(prefill: "\(prefill)", decode: "\(decode)")

@@ -1,0 +1,100 @@
+import ArgumentParser
+import CostModel
+import Foundation
+import GGUF
+import Partitioning
+import Transformer
+
+extension Phase: ExpressibleByArgument {}
+extension WeightPrecision: ExpressibleByArgument {}
+extension BlockKind: ExpressibleByArgument {}
+
+struct Predict: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Predict latency, MFU and cost of one configuration with the paper's cost model (priced from the traced layer program).")
+
+    @Option(help: "palm-8b, palm-62b, palm-540b, palm-540b-multihead, mt-nlg-530b, or gguf:PATH.") var model: String
+    @Option(help: "tpu-v4, a100-80g, h100-sxm, h200.") var hardware: String
+    @Option(help: "Number of chips.") var chips: Int
+    @Option(help: "Mesh XxYxZ (default: X near the optimal 2D split √(n·E/F)).") var topology: String?
+    @Option(help: "prefill or decode.") var phase: Phase
+    @Option(help: "Sequences per batch.") var batch: Int
+    @Option(help: "Prompt tokens per sequence.") var inputTokens: Int
+    @Option(help: "Generated tokens per sequence (decode).") var generateTokens: Int = 64
+    @Option(help: "Tokens already cached before decode (default: --input-tokens).") var context: Int?
+    @Option(help: "ws1d, ws2d, wg-x, wg-xy, wg-xyz.") var ffnLayout: FeedForwardLayout = .weightStationary2D
+    @Option(help: "heads or batch.") var attention: AttentionLayout = .shardedOverBatch
+    @Option(help: "bf16, int8, f32, native.") var weights: WeightPrecision = .bf16
+    @Option(help: "parallel or serial block (overrides the model's).") var block: BlockKind?
+    @Option(help: "Override the number of layers.") var layers: Int?
+    @Option(help: "Fraction of memory reserved for the KV cache (max context).") var kvMemoryFraction: Double = 0.3
+    @Option(help: "Calibration: achieved fraction of peak FLOP/s.") var computeEfficiency: Double?
+    @Option(help: "Calibration: achieved fraction of memory bandwidth.") var memoryEfficiency: Double?
+    @Option(help: "Calibration: seconds per collective per chip spanned beyond the first.") var collectiveLatency: Double?
+    @Option(help: "Calibration: fraction of communication hidden behind compute/memory.") var overlap: Double?
+    @Flag(help: "Print JSON.") var json = false
+
+    var calibration: Calibration {
+        var c = Calibration()
+        if let v = computeEfficiency { c.computeEfficiency = v }
+        if let v = memoryEfficiency { c.memoryEfficiency = v }
+        if let v = collectiveLatency { c.collectiveLatency = v }
+        if let v = overlap { c.overlap = v }
+        return c
+    }
+
+    func run() throws {
+        var spec = try resolveModel(model)
+        if let block { spec.config.block = block }
+        if let layers { spec.config.layers = layers }
+        guard let hw = Hardware.named(hardware) else {
+            throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200; cpu needs `meshinfer calibrate`, not written yet)")
+        }
+        guard chips >= 1, batch >= 1, inputTokens >= 1, generateTokens >= 1 else { throw ValidationError("--chips, --batch and token counts must be positive") }
+        let mesh = try topology.map { try Mesh(parsing: $0) } ?? defaultTopology(chips: chips, config: spec.config)
+        guard mesh.deviceCount == chips else { throw ValidationError("--topology \(mesh) has \(mesh.deviceCount) chips, not \(chips)") }
+        let p = try CostModel(hardware: hw, calibration: calibration).predict(
+            model: spec, mesh: mesh, layout: PhaseLayout(ffnLayout, attention), phase: phase, batch: batch,
+            inputTokens: inputTokens, generateTokens: generateTokens, context: context, weights: weights,
+            kvMemoryFraction: kvMemoryFraction)
+        if json {
+            var object: [String: Any] = [
+                "latency_s": p.latencySeconds, "mfu": p.mfu, "cost_chip_ms_per_token": p.costChipMsPerToken,
+                "fits": p.fits, "memory_per_chip_bytes": p.memoryPerChipBytes, "max_context_tokens": Int(p.maxContextTokens),
+                "topology": mesh.description,
+                "breakdown": ["compute_s": p.computeSeconds, "memory_s": p.memorySeconds, "communication_s": p.communicationSeconds,
+                              "communication_bytes_per_chip": p.communicationBytesPerChip],
+            ]
+            if let t = p.perTokenMs { object["per_token_ms"] = t }
+            writeJSON(object)
+        } else {
+            print(String(format: "%@ %@ on %d x %@ (%@), %@ B=%d: latency %.4f s%@, MFU %.1f%%, cost %.3f chip-ms/token",
+                         spec.config.name, phase.rawValue, chips, hw.name, mesh.description, "\(ffnLayout)+\(attention)", batch,
+                         p.latencySeconds, p.perTokenMs.map { String(format: " (%.2f ms/token)", $0) } ?? "", p.mfu * 100, p.costChipMsPerToken))
+            print(String(format: "  compute %.4f s, memory %.4f s, communication %.4f s (%.3g bytes/chip); %.3g bytes/chip, %@; max context %.0f",
+                         p.computeSeconds, p.memorySeconds, p.communicationSeconds, p.communicationBytesPerChip,
+                         p.memoryPerChipBytes, p.fits ? "fits" : "does NOT fit", p.maxContextTokens))
+        }
+    }
+
+    func resolveModel(_ name: String) throws -> ModelSpec {
+        if name.hasPrefix("gguf:") {
+            let config = try ModelConfig(gguf: GGUFFile(path: String(name.dropFirst(5))))
+            return ModelSpec(config: config, nominalParameters: Double(config.parameterCount))
+        }
+        guard let m = ModelSpec.named(name) else {
+            throw ValidationError("unknown --model '\(name)' (\(ModelSpec.catalog.map(\.config.name).joined(separator: ", ")), gguf:PATH)")
+        }
+        return m
+    }
+
+    /// X near the optimal 2D split √(n·E/F) (a power of two dividing n); Y·Z as square as possible.
+    func defaultTopology(chips n: Int, config: ModelConfig) -> Mesh {
+        let target = Formulas.optimal2DSplit(chips: Double(n), E: Double(config.modelDimension), F: Double(config.feedForwardDimension)).x
+        let divisors = (1...n).filter { n % $0 == 0 }
+        let x = divisors.min { abs(log(Double($0) / target)) < abs(log(Double($1) / target)) } ?? 1
+        let yz = n / x
+        let y = (1...yz).filter { yz % $0 == 0 && $0 * $0 <= yz }.max() ?? 1
+        return Mesh(x: x, y: yz / y, z: y)
+    }
+}
