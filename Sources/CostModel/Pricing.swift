@@ -2,18 +2,21 @@ import Collectives
 import Partitioning
 import Transformer
 
-/// The cost model's few calibration parameters, each with a physical meaning.
+/// The cost model's few calibration parameters, each with a physical meaning. The defaults
+/// are fitted (`Calibration.fit`) to the paper's TPU v4 measurements in SPEC §5 (Table 2,
+/// Figure 1's 540B points and labelled 62B/8B points, Figure 7, Table D.2): 37 points, median
+/// error 12.7%, worst 34.4%.
 public struct Calibration: Sendable, Equatable, Codable {
-    /// Achieved fraction of peak FLOP/s in matmuls.
-    public var computeEfficiency = 0.8
-    /// Achieved fraction of peak memory bandwidth when streaming weights and KV cache.
-    public var memoryEfficiency = 0.8
-    /// Fixed cost of one collective per chip it spans beyond the first (seconds): per-hop
-    /// latency, which dominates small-batch decode (SPEC §4.3, §10; about 1 µs per hop on a
-    /// TPU v4 torus per the scaling book's figure).
+    /// Achieved fraction of peak FLOP/s in matmuls (fitted: 0.70).
+    public var computeEfficiency = 0.70
+    /// Achieved fraction of peak memory bandwidth streaming weights and KV cache (fitted: 0.50).
+    public var memoryEfficiency = 0.50
+    /// Seconds per latency step of a collective; a collective over some axes takes
+    /// Σ (axis size − 1) steps (fitted: 1 µs, the scaling book's per-hop figure).
     public var collectiveLatency = 1e-6
-    /// Fraction of communication hidden behind compute or memory time (§3.5).
-    public var overlap = 0.5
+    /// Fraction of activation communication hidden behind compute or memory time (fitted: 0;
+    /// weight all-gathers are always prefetched behind compute, §3.5).
+    public var overlap = 0.0
     public init() {}
 }
 
@@ -48,8 +51,27 @@ public struct Prediction: Sendable {
 
 public enum Phase: String, Sendable { case prefill, decode }
 
-/// Prices traces with the hardware's peak numbers and the calibration (roofline per pass:
-/// max(compute, memory) plus the communication not hidden behind it).
+/// A configuration traced once, ready to be priced under any calibration.
+public struct TracedConfiguration: Sendable {
+    public var model: ModelSpec
+    public var mesh: Mesh
+    public var phase: Phase
+    /// One pass (a prefill, or one decode step at the mean context).
+    public var trace: Trace
+    /// Passes in the phase: 1 for prefill, G for decode.
+    public var passes: Double
+    /// Tokens processed (prefill) or generated (decode).
+    public var tokens: Double
+    public var weights: WeightPrecision
+    public var memoryPerChipBytes: Double
+    public var maxContextTokens: Double
+}
+
+/// Prices traces with the hardware's peak numbers and the calibration. Per pass: weight
+/// all-gathers can be prefetched (§3.5), so they overlap compute and memory time fully;
+/// activation collectives sit on the critical path except the `overlap` fraction hidden
+/// behind the busy time:
+/// total = max(compute, memory, weight gathers) + activation comm − overlap·min(activation comm, busy).
 public struct CostModel: Sendable {
     public var hardware: Hardware
     public var calibration: Calibration
@@ -58,62 +80,78 @@ public struct CostModel: Sendable {
         self.calibration = calibration
     }
 
-    /// Seconds for one traced pass on one device.
-    func price(_ t: Trace, weightBytes: Double, activationBytes: Double) -> (total: Double, compute: Double, memory: Double, comm: Double, commBytes: Double) {
-        let compute = (t.matmulFLOPs + t.attentionFLOPs) / (hardware.peakFLOPs * calibration.computeEfficiency)
-        let memory = (t.weightElements * weightBytes + t.kvElements * activationBytes) / (hardware.memoryBandwidth * calibration.memoryEfficiency)
-        var comm = 0.0, bytes = 0.0
-        for c in t.collectives {
-            let b = c.label.hasSuffix(".weights") ? c.bytesSent(elementBytes: weightBytes) : c.bytesSent(elementBytes: activationBytes)
-            bytes += b
-            comm += b / hardware.interconnectBandwidth + calibration.collectiveLatency * Double(c.groupSize - 1)
+    static let activationBytes = 2.0  // bf16 activations and KV cache
+
+    /// Traces a prefill of B×L tokens, or the decode of G tokens after C cached ones.
+    public func trace(model: ModelSpec, mesh: Mesh, layout: PhaseLayout, phase: Phase, batch B: Int, inputTokens L: Int,
+                      generateTokens G: Int, context C: Int? = nil, weights: WeightPrecision,
+                      kvMemoryFraction: Double = 0.3) throws -> TracedConfiguration {
+        let config = model.config
+        try layout.validate(for: config, on: mesh)
+        let n = Double(mesh.deviceCount)
+        let context = C ?? L
+        let trace: Trace, passes: Double, tokens: Double
+        switch phase {
+        case .prefill:
+            trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
+                                       batch: TracedBatch(sequences: B, newTokens: L, context: L))
+            (passes, tokens) = (1, Double(B * L))
+        case .decode:
+            // G steps with the context growing from C to C + G: priced at the mean context.
+            trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
+                                       batch: TracedBatch(sequences: B, newTokens: 1, context: context + G / 2))
+            (passes, tokens) = (Double(G), Double(B * G))
         }
-        let busy = max(compute, memory)
-        let total = busy + comm - calibration.overlap * min(comm, busy)
-        return (total, compute, memory, comm, bytes)
+        // Memory per chip: weight shards plus the KV cache of B sequences at full context.
+        let weightBytes = Double(config.parameterCount) * weights.bytes / n
+        let kvPerToken = Formulas.kvBytesPerToken(layers: config.layers, kvHeads: config.kvHeads,
+                                                  headDimension: config.headDimension, bytes: Self.activationBytes)
+        let replicated = layout.attention == .shardedOverHeads && config.kvHeads < mesh.deviceCount
+        let kvTotal = kvPerToken * Double(B) * Double(context + (phase == .decode ? G : 0))
+        let memoryPerChip = weightBytes + (replicated ? kvTotal : kvTotal / n)
+        let maxContext = Formulas.maxContext(kvBytesPerToken: kvPerToken, batch: Double(B), chips: n, memoryPerChip: hardware.memoryBytes,
+                                             fraction: kvMemoryFraction, replicated: replicated)
+        return TracedConfiguration(model: model, mesh: mesh, phase: phase, trace: trace, passes: passes, tokens: tokens,
+                                   weights: weights, memoryPerChipBytes: memoryPerChip, maxContextTokens: maxContext)
     }
 
-    /// Predicts a prefill of B×L tokens, or the decode of G tokens after C cached ones.
+    public func price(_ tc: TracedConfiguration) -> Prediction {
+        let t = tc.trace
+        let c = calibration
+        let compute = (t.matmulFLOPs + t.attentionFLOPs) / (hardware.peakFLOPs * c.computeEfficiency)
+        let memory = (t.weightElements * tc.weights.bytes + t.kvElements * Self.activationBytes)
+            / (hardware.memoryBandwidth * c.memoryEfficiency)
+        var weightComm = 0.0, activationComm = 0.0, bytes = 0.0
+        for col in t.collectives {
+            let isWeights = col.label.hasSuffix(".weights")
+            let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : Self.activationBytes)
+            // A multi-axis collective runs axis by axis on the torus: Σ (size − 1) latency steps.
+            let steps = col.axes.axes.reduce(0) { $0 + tc.mesh.size($1) - 1 }
+            // Links are per axis: a collective over some axes of the 3D torus uses their share of
+            // the chip's interconnect bandwidth.
+            let bandwidth = hardware.interconnectBandwidth * Double(col.axes.axes.count) / 3
+            let seconds = b / bandwidth + c.collectiveLatency * Double(steps)
+            bytes += b
+            if isWeights { weightComm += seconds } else { activationComm += seconds }
+        }
+        let busy = max(compute, memory, weightComm)
+        let pass = busy + activationComm - c.overlap * min(activationComm, max(compute, memory))
+        let n = Double(tc.mesh.deviceCount)
+        let seconds = pass * tc.passes
+        return Prediction(
+            latencySeconds: seconds, computeSeconds: compute * tc.passes, memorySeconds: memory * tc.passes,
+            communicationSeconds: (weightComm + activationComm) * tc.passes, communicationBytesPerChip: bytes * tc.passes,
+            mfu: Formulas.mfu(parameters: tc.model.nominalParameters, tokens: tc.tokens, seconds: seconds, chips: n, peakFLOPs: hardware.peakFLOPs),
+            costChipMsPerToken: Formulas.cost(chips: n, seconds: seconds, tokens: tc.tokens) * 1e3,
+            memoryPerChipBytes: tc.memoryPerChipBytes, fits: tc.memoryPerChipBytes <= hardware.memoryBytes,
+            maxContextTokens: tc.maxContextTokens, perTokenMs: tc.phase == .decode ? pass * 1e3 : nil)
+    }
+
+    /// Traces and prices one configuration.
     public func predict(model: ModelSpec, mesh: Mesh, layout: PhaseLayout, phase: Phase, batch B: Int, inputTokens L: Int,
                         generateTokens G: Int, context C: Int? = nil, weights: WeightPrecision,
                         kvMemoryFraction: Double = 0.3) throws -> Prediction {
-        let config = model.config
-        try layout.validate(for: config, on: mesh)
-        let activationBytes = 2.0  // bf16 activations and KV cache
-        let n = Double(mesh.deviceCount)
-        let context = C ?? L
-        var seconds = 0.0, compute = 0.0, memory = 0.0, comm = 0.0, commBytes = 0.0, tokens = 0.0
-        switch phase {
-        case .prefill:
-            let t = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
-                                       batch: TracedBatch(sequences: B, newTokens: L, context: L))
-            (seconds, compute, memory, comm, commBytes) = price(t, weightBytes: weights.bytes, activationBytes: activationBytes)
-            tokens = Double(B * L)
-        case .decode:
-            // G steps with the context growing from C to C + G: priced at the mean context.
-            let t = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
-                                       batch: TracedBatch(sequences: B, newTokens: 1, context: context + G / 2))
-            let step = price(t, weightBytes: weights.bytes, activationBytes: activationBytes)
-            let g = Double(G)
-            (seconds, compute, memory, comm, commBytes) = (step.total * g, step.compute * g, step.memory * g, step.comm * g, step.commBytes * g)
-            tokens = Double(B * G)
-        }
-        // Memory per chip: weight shards, plus the KV cache of B sequences at full context.
-        let weightBytes = Double(config.parameterCount) * weights.bytes / n
-        let kvPerToken = Formulas.kvBytesPerToken(layers: config.layers, kvHeads: config.kvHeads, headDimension: config.headDimension,
-                                                  bytes: activationBytes)
-        let replicated = layout.attention == .shardedOverHeads && config.kvHeads < mesh.deviceCount
-        let kvPerChip = replicated ? kvPerToken * Double(B) * Double(context + G) : kvPerToken * Double(B) * Double(context + G) / n
-        let memoryPerChip = weightBytes + kvPerChip
-        let maxContext = Formulas.maxContext(kvBytesPerToken: kvPerToken, batch: Double(B), chips: n, memoryPerChip: hardware.memoryBytes,
-                                             fraction: kvMemoryFraction, replicated: replicated)
-        return Prediction(
-            latencySeconds: seconds, computeSeconds: compute, memorySeconds: memory, communicationSeconds: comm,
-            communicationBytesPerChip: commBytes,
-            mfu: Formulas.mfu(parameters: model.nominalParameters, tokens: tokens, seconds: seconds, chips: n, peakFLOPs: hardware.peakFLOPs),
-            costChipMsPerToken: Formulas.cost(chips: n, seconds: seconds, tokens: tokens) * 1e3,
-            memoryPerChipBytes: memoryPerChip, fits: memoryPerChip <= hardware.memoryBytes, maxContextTokens: maxContext,
-            perTokenMs: phase == .decode ? seconds / Double(G) * 1e3 : nil)
+        price(try trace(model: model, mesh: mesh, layout: layout, phase: phase, batch: B, inputTokens: L, generateTokens: G,
+                        context: C, weights: weights, kvMemoryFraction: kvMemoryFraction))
     }
 }
-

@@ -51,7 +51,7 @@ struct Predict: ParsableCommand {
             throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200; cpu needs `meshinfer calibrate`, not written yet)")
         }
         guard chips >= 1, batch >= 1, inputTokens >= 1, generateTokens >= 1 else { throw ValidationError("--chips, --batch and token counts must be positive") }
-        let mesh = try topology.map { try Mesh(parsing: $0) } ?? defaultTopology(chips: chips, config: spec.config)
+        let mesh = try topology.map { try Mesh(parsing: $0) } ?? Mesh.torus(chips: chips, config: spec.config)
         guard mesh.deviceCount == chips else { throw ValidationError("--topology \(mesh) has \(mesh.deviceCount) chips, not \(chips)") }
         let p = try CostModel(hardware: hw, calibration: calibration).predict(
             model: spec, mesh: mesh, layout: PhaseLayout(ffnLayout, attention), phase: phase, batch: batch,
@@ -86,15 +86,5 @@ struct Predict: ParsableCommand {
             throw ValidationError("unknown --model '\(name)' (\(ModelSpec.catalog.map(\.config.name).joined(separator: ", ")), gguf:PATH)")
         }
         return m
-    }
-
-    /// X near the optimal 2D split √(n·E/F) (a power of two dividing n); Y·Z as square as possible.
-    func defaultTopology(chips n: Int, config: ModelConfig) -> Mesh {
-        let target = Formulas.optimal2DSplit(chips: Double(n), E: Double(config.modelDimension), F: Double(config.feedForwardDimension)).x
-        let divisors = (1...n).filter { n % $0 == 0 }
-        let x = divisors.min { abs(log(Double($0) / target)) < abs(log(Double($1) / target)) } ?? 1
-        let yz = n / x
-        let y = (1...yz).filter { yz % $0 == 0 && $0 * $0 <= yz }.max() ?? 1
-        return Mesh(x: x, y: yz / y, z: y)
     }
 }
