@@ -20,7 +20,7 @@ extension Calibration {
         var best = Calibration(), bestLoss = Double.infinity
         for ce in stride(from: 0.4, through: 1.0, by: 0.05) {
             for me in stride(from: 0.3, through: 1.0, by: 0.05) {
-                for lat in [0.5e-6, 1e-6, 2e-6, 3e-6, 4e-6, 6e-6, 8e-6, 12e-6, 16e-6] {
+                for lat in [0.5e-6, 0.75e-6, 1e-6, 1.25e-6, 1.5e-6, 2e-6, 3e-6, 4e-6, 6e-6] {
                     for ov in stride(from: 0.0, through: 1.0, by: 0.25) {
                         var c = Calibration()
                         c.computeEfficiency = ce

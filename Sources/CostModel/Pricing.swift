@@ -3,17 +3,17 @@ import Partitioning
 import Transformer
 
 /// The cost model's few calibration parameters, each with a physical meaning. The defaults
-/// are fitted (`Calibration.fit`) to the paper's TPU v4 measurements in SPEC §5 (Table 2,
-/// Figure 1's 540B points and labelled 62B/8B points, Figure 7, Table D.2): 37 points, median
-/// error 12.7%, worst 34.4%.
+/// are fitted (`Calibration.fit`) to the paper's 37 TPU v4 measurements in SPEC §5 (Table 2,
+/// Figure 1's 540B points and labelled 62B/8B points, Figure 7, Table D.2): median error
+/// 11.7%, worst 41% (Table D.2's batch-16 generate, over-predicted).
 public struct Calibration: Sendable, Equatable, Codable {
     /// Achieved fraction of peak FLOP/s in matmuls (fitted: 0.70).
     public var computeEfficiency = 0.70
     /// Achieved fraction of peak memory bandwidth streaming weights and KV cache (fitted: 0.50).
     public var memoryEfficiency = 0.50
     /// Seconds per latency step of a collective; a collective over some axes takes
-    /// Σ (axis size − 1) steps (fitted: 1 µs, the scaling book's per-hop figure).
-    public var collectiveLatency = 1e-6
+    /// Σ (axis size − 1) steps (fitted: 1.5 µs; the scaling book gives about 1 µs per hop).
+    public var collectiveLatency = 1.5e-6
     /// Fraction of activation communication hidden behind compute or memory time (fitted: 0;
     /// weight all-gathers are always prefetched behind compute, §3.5).
     public var overlap = 0.0

@@ -147,12 +147,20 @@ public final class Tracer: ShardedLayerInterpreter {
         return ws.map { multiply(hg, $0) }
     }
 
+    public func scatterHidden(_ values: [SymbolicTensor], label: String) throws -> [SymbolicTensor] {
+        guard ffn == .weightStationary2D else { return values }
+        record(.reduceScatter, .x, label, values.reduce(0) { $0 + $1.rows * $1.columns })
+        return values.map { SymbolicTensor(rows: $0.rows, columns: $0.columns / mesh.x) }
+    }
+
+    public func gatherHidden(_ values: [SymbolicTensor], label: String) throws -> [SymbolicTensor] {
+        guard ffn == .weightStationary2D else { return values }
+        record(.allGather, .x, label, values.reduce(0) { $0 + $1.rows * $1.columns })
+        return values.map { SymbolicTensor(rows: $0.rows, columns: $0.columns * mesh.x) }
+    }
+
     public func attentionCore(_ qkv: SymbolicTensor, layer: Int) throws -> SymbolicTensor {
-        var x = qkv
-        if ffn == .weightStationary2D {
-            record(.reduceScatter, .x, "attention", x.rows * x.columns)
-            x.columns /= mesh.x
-        }
+        let x = qkv
         let Q = config.headDimension
         let owned = ffn.ownedBlocks(rank: rank, mesh: mesh)
         let outWidth = owned.count * blocks.attentionOutput[0].count * Q
@@ -180,26 +188,11 @@ public final class Tracer: ShardedLayerInterpreter {
         // Q·Kᵀ and P·V over the context, and one read of the cache per pass.
         trace.attentionFLOPs += 4 * Double(mine * batch.newTokens) * Double(batch.context) * Double(queryHeads * Q)
         trace.kvElements += 2 * Double(mine) * Double(batch.context) * Double(kvHeads * Q)
-        var out = SymbolicTensor(rows: x.rows, columns: outWidth)
-        if ffn == .weightStationary2D {
-            record(.allGather, .x, "attention", out.rows * out.columns)
-            out.columns *= mesh.x
-        }
-        return out
+        return SymbolicTensor(rows: x.rows, columns: outWidth)
     }
 
     public func feedForwardCore(_ gateUp: SymbolicTensor) throws -> SymbolicTensor {
-        var x = gateUp
-        if ffn == .weightStationary2D {
-            record(.reduceScatter, .x, "ffn", x.rows * x.columns)
-            x.columns /= mesh.x
-        }
-        x.columns /= 2
-        if ffn == .weightStationary2D {
-            record(.allGather, .x, "ffn", x.rows * x.columns)
-            x.columns *= mesh.x
-        }
-        return x
+        SymbolicTensor(rows: gateUp.rows, columns: gateUp.columns / 2)
     }
 
     public func multiplyThenReduce(_ pairs: [(SymbolicTensor, LayerMatrix)], layer: Int, label: String) throws -> SymbolicTensor {

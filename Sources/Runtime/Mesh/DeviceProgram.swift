@@ -232,35 +232,68 @@ struct DeviceProgram {
 
     // MARK: the layer
 
-    /// Between W_in and W_out: (2D: reduce-scatter(x) of the partial sums) swiglu per block
-    /// (2D: all-gather(x) back to F_yz).
-    func feedForwardCore(_ projected: Matrix) throws -> Matrix {
-        var gu = projected
-        if ffn == .weightStationary2D { gu = try reduceScatterColumns(gu, .x, "ffn") }
+    /// Between W_in and W_out: swiglu per hidden block.
+    func feedForwardCore(_ gu: Matrix) throws -> Matrix {
         let fb = config.feedForwardDimension / n
         let blocksHere = gu.columns / (2 * fb)
-        var act = Matrix(rows: gu.rows, columns: blocksHere * fb)
+        let act = Matrix(rows: gu.rows, columns: blocksHere * fb)
         for r in 0..<gu.rows {
             for b in 0..<blocksHere {
                 mi_swiglu(gu.row(r) + b * 2 * fb, gu.row(r) + b * 2 * fb + fb, Int32(fb), act.row(r) + b * fb)
             }
         }
-        if ffn == .weightStationary2D { act = try gatherColumns(act, .x, "ffn") }
         return act
     }
 
     /// Between W_qkv and W_o: attention over heads or over batch on this device's columns.
-    func attentionCore(_ l: Int, _ projected: Matrix, rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
-        var qkv = projected
-        if ffn == .weightStationary2D { qkv = try reduceScatterColumns(qkv, .x, "attention") }
+    func attentionCore(_ l: Int, _ qkv: Matrix, rows: [RowInfo], batch: MeshBatch) throws -> Matrix {
         let owned = ffn.ownedBlocks(rank: rank, mesh: mesh)
-        var out: Matrix
         switch layout.attention {
-        case .shardedOverHeads: out = headAttention(l, qkv, owned: owned, rows: rows)
-        case .shardedOverBatch: out = try batchAttention(l, qkv, owned: owned, rows: rows, batch: batch)
+        case .shardedOverHeads: return headAttention(l, qkv, owned: owned, rows: rows)
+        case .shardedOverBatch: return try batchAttention(l, qkv, owned: owned, rows: rows, batch: batch)
         }
-        if ffn == .weightStationary2D { out = try gatherColumns(out, .x, "attention") }
-        return out
+    }
+
+    /// 2D layout: one reduce-scatter over x for several tensors of partial sums. Each tensor's
+    /// columns are X chunks (chunk i for member i); they travel interleaved in one buffer.
+    func scatterHidden(_ parts: [Matrix], _ label: String) throws -> [Matrix] {
+        guard ffn == .weightStationary2D, mesh.x > 1 else { return parts }
+        let X = mesh.x
+        let widths = parts.map { $0.columns / X }
+        let fused = Matrix(rows: parts[0].rows, columns: widths.reduce(0, +) * X)
+        for r in 0..<fused.rows {
+            var at = 0
+            for i in 0..<X {
+                for (p, w) in zip(parts, widths) { (fused.row(r) + at).update(from: p.row(r) + i * w, count: w); at += w }
+            }
+        }
+        let mine = try reduceScatterColumns(fused, .x, label)
+        var offset = 0
+        return widths.map { w in defer { offset += w }; return mine.columns(offset, w) }
+    }
+
+    /// 2D layout: one all-gather over x for several tensors, each returned with its members'
+    /// pieces side by side.
+    func gatherHidden(_ parts: [Matrix], _ label: String) throws -> [Matrix] {
+        guard ffn == .weightStationary2D, mesh.x > 1 else { return parts }
+        let X = mesh.x
+        let widths = parts.map(\.columns)
+        let total = widths.reduce(0, +)
+        let fused = Matrix(rows: parts[0].rows, columns: total)
+        for r in 0..<fused.rows {
+            var at = 0
+            for (p, w) in zip(parts, widths) { (fused.row(r) + at).update(from: p.row(r), count: w); at += w }
+        }
+        let all = try gatherColumns(fused, .x, label)   // (R, X·total): member i's [p0 | p1 | …]
+        var offset = 0
+        return widths.map { w in
+            defer { offset += w }
+            let out = Matrix(rows: all.rows, columns: X * w)
+            for r in 0..<all.rows {
+                for i in 0..<X { (out.row(r) + i * w).update(from: all.row(r) + i * total + offset, count: w) }
+            }
+            return out
+        }
     }
 
     /// Heads layout (Fig. 5a): every block here holds whole heads; the KV cache keeps this
@@ -539,6 +572,10 @@ struct LayerRun: ShardedLayerInterpreter {
     }
 
     func feedForwardCore(_ gateUp: Matrix) throws -> Matrix { try program.feedForwardCore(gateUp) }
+
+    func scatterHidden(_ values: [Matrix], label: String) throws -> [Matrix] { try program.scatterHidden(values, label) }
+
+    func gatherHidden(_ values: [Matrix], label: String) throws -> [Matrix] { try program.gatherHidden(values, label) }
 
     func multiplyThenReduce(_ pairs: [(Matrix, LayerMatrix)], layer: Int, label: String) throws -> Matrix {
         try program.multiplyThenReduce(pairs.map { ($0.0, matrix($0.1, layer)) }, label)

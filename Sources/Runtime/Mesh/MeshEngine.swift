@@ -83,10 +83,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
 
     /// Checks that a batch of `batchSize` sequences can be split as the layouts say.
     public func validate(batchSize: Int) throws(LayoutError) {
-        for phase in [prefill, decode] {
-            let split = phase.attention == .shardedOverBatch ? mesh.deviceCount : mesh.size(phase.feedForward.batchAxes)
-            if batchSize < split { throw .batchTooSmall(batch: batchSize, needed: split, layout: "\(phase)") }
-        }
+        for phase in [prefill, decode] { try phase.validate(for: config, on: mesh, batch: batchSize) }
     }
 
     public func makeCache(limit: Int?) -> any SequenceState {
