@@ -33,7 +33,7 @@ let package = Package(
             swiftSettings: fastSwift),
         .executableTarget(
             name: "meshinfer",
-            dependencies: ["Runtime", "GGUF", "Tokenization", "Tensors", "Transformer", "Partitioning", "Collectives", "CostModel", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Runtime", "GGUF", "Tokenization", "Tensors", "CKernels", "Transformer", "Partitioning", "Collectives", "CostModel", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: fastSwift),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF"]),

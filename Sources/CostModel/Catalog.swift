@@ -11,12 +11,30 @@ public struct Hardware: Sendable, Equatable {
     public var memoryBandwidth: Double
     /// Interconnect bandwidth per chip, bytes/s (the paper's "network bandwidth").
     public var interconnectBandwidth: Double
+    /// Whether the interconnect is a 3D torus whose links belong to axes (a collective over
+    /// some axes gets their share); otherwise every collective gets the full bandwidth.
+    public var torusLinks = false
+    /// Bytes per activation and KV-cache element (bf16 on accelerators, f32 in this runtime).
+    public var activationBytes = 2.0
+    /// FLOP/s of attention's Q·Kᵀ and P·V (nil: the matmul peak, as on accelerators).
+    public var attentionFLOPs: Double?
+
+    public init(name: String, peakFLOPs: Double, memoryBytes: Double, memoryBandwidth: Double,
+                interconnectBandwidth: Double, torusLinks: Bool = false, activationBytes: Double = 2) {
+        self.activationBytes = activationBytes
+        self.name = name
+        self.peakFLOPs = peakFLOPs
+        self.memoryBytes = memoryBytes
+        self.memoryBandwidth = memoryBandwidth
+        self.interconnectBandwidth = interconnectBandwidth
+        self.torusLinks = torusLinks
+    }
 
     static let gib = 1024.0 * 1024 * 1024
 
     /// TPU v4: 275 TFLOP/s bf16, 32 GiB HBM at 1200 GB/s, 270 GB/s ICI (SPEC §2.1).
     public static let tpuV4 = Hardware(name: "tpu-v4", peakFLOPs: 275e12, memoryBytes: 32 * gib,
-                                       memoryBandwidth: 1200e9, interconnectBandwidth: 270e9)
+                                       memoryBandwidth: 1200e9, interconnectBandwidth: 270e9, torusLinks: true)
     /// A100 80 GB: 312 TFLOP/s dense bf16 (the peak the paper's FT MFUs use, SPEC §2.2),
     /// 2039 GB/s HBM2e, NVLink 600 GB/s.
     public static let a100 = Hardware(name: "a100-80g", peakFLOPs: 312e12, memoryBytes: 80 * gib,
@@ -71,4 +89,55 @@ public struct ModelSpec: Sendable, Equatable {
 
     public static let catalog: [ModelSpec] = [.palm8B, .palm62B, .palm540B, .palm540BMultihead, .mtNLG530B]
     public static func named(_ name: String) -> ModelSpec? { catalog.first { $0.config.name == name } }
+}
+
+/// This host, as measured by `meshinfer calibrate` (achieved numbers, not data-sheet peaks).
+public struct HostCalibration: Sendable, Codable, Equatable {
+    /// Achieved f32 and int8 GEMM rates of one thread, FLOP/s (int8: multiply-adds × 2).
+    public var f32FLOPsPerThread: Double
+    public var int8OPsPerThread: Double
+    /// Achieved weight-streaming bandwidth (decode-like matvec) with 1 and with all threads, bytes/s.
+    public var memoryBandwidthOneThread: Double
+    public var memoryBandwidthAllThreads: Double
+    public var threads: Int
+    /// In-process collectives between 2 devices: seconds per call (8-byte all-gather) and bytes/s (large all-gather).
+    public var collectiveLatency: Double
+    public var collectiveBandwidth: Double
+    public var memoryBytes: Double
+    /// Achieved attention FLOP/s of one thread (prefill-shaped causal attention).
+    public var attentionFLOPsPerThread: Double?
+
+    public init(f32FLOPsPerThread: Double, int8OPsPerThread: Double, memoryBandwidthOneThread: Double, memoryBandwidthAllThreads: Double,
+                threads: Int, collectiveLatency: Double, collectiveBandwidth: Double, memoryBytes: Double) {
+        self.f32FLOPsPerThread = f32FLOPsPerThread
+        self.int8OPsPerThread = int8OPsPerThread
+        self.memoryBandwidthOneThread = memoryBandwidthOneThread
+        self.memoryBandwidthAllThreads = memoryBandwidthAllThreads
+        self.threads = threads
+        self.collectiveLatency = collectiveLatency
+        self.collectiveBandwidth = collectiveBandwidth
+        self.memoryBytes = memoryBytes
+    }
+
+    /// The host as one "chip" per device of a mesh, each device running `threadsPerDevice`
+    /// threads, with `activeThreads` threads in use in all.
+    public func hardware(weights: WeightPrecision, threadsPerDevice: Int, activeThreads: Int) -> Hardware {
+        let peak = (weights == .int8Grouped || weights == .native ? int8OPsPerThread : f32FLOPsPerThread) * Double(threadsPerDevice)
+        let bw = activeThreads > 1 ? memoryBandwidthAllThreads : memoryBandwidthOneThread
+        let devices = max(1, activeThreads / max(1, threadsPerDevice))
+        var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
+                         interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
+        h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) }
+        return h
+    }
+
+    /// Measured numbers are achieved rates: efficiencies 1, the measured per-call latency.
+    public var calibration: Calibration {
+        var c = Calibration()
+        c.computeEfficiency = 1
+        c.memoryEfficiency = 1
+        c.collectiveLatency = collectiveLatency
+        c.overlap = 0
+        return c
+    }
 }

@@ -23,6 +23,8 @@ public struct Calibration: Sendable, Equatable, Codable {
 /// Bytes per element of each tensor class.
 public enum WeightPrecision: String, Sendable, CaseIterable {
     case bf16, int8, f32, native
+    /// This runtime's 8-bit weights: one f32 scale and minimum per 32 weights.
+    case int8Grouped = "int8-g32"
     /// Bytes per weight element.
     public var bytes: Double {
         switch self {
@@ -30,6 +32,7 @@ public enum WeightPrecision: String, Sendable, CaseIterable {
         case .int8: 1
         case .f32: 4
         case .native: 0.625  // Q4_1: 20 bytes per 32 weights
+        case .int8Grouped: 1.25
         }
     }
 }
@@ -80,7 +83,6 @@ public struct CostModel: Sendable {
         self.calibration = calibration
     }
 
-    static let activationBytes = 2.0  // bf16 activations and KV cache
 
     /// Traces a prefill of B×L tokens, or the decode of G tokens after C cached ones.
     public func trace(model: ModelSpec, mesh: Mesh, layout: PhaseLayout, phase: Phase, batch B: Int, inputTokens L: Int,
@@ -105,7 +107,7 @@ public struct CostModel: Sendable {
         // Memory per chip: weight shards plus the KV cache of B sequences at full context.
         let weightBytes = Double(config.parameterCount) * weights.bytes / n
         let kvPerToken = Formulas.kvBytesPerToken(layers: config.layers, kvHeads: config.kvHeads,
-                                                  headDimension: config.headDimension, bytes: Self.activationBytes)
+                                                  headDimension: config.headDimension, bytes: hardware.activationBytes)
         let replicated = layout.attention == .shardedOverHeads && config.kvHeads < mesh.deviceCount
         let kvTotal = kvPerToken * Double(B) * Double(context + (phase == .decode ? G : 0))
         let memoryPerChip = weightBytes + (replicated ? kvTotal : kvTotal / n)
@@ -118,18 +120,20 @@ public struct CostModel: Sendable {
     public func price(_ tc: TracedConfiguration) -> Prediction {
         let t = tc.trace
         let c = calibration
-        let compute = (t.matmulFLOPs + t.attentionFLOPs) / (hardware.peakFLOPs * c.computeEfficiency)
-        let memory = (t.weightElements * tc.weights.bytes + t.kvElements * Self.activationBytes)
+        let compute = (t.matmulFLOPs / hardware.peakFLOPs + t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs))
+            / c.computeEfficiency
+        let memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.activationBytes)
             / (hardware.memoryBandwidth * c.memoryEfficiency)
         var weightComm = 0.0, activationComm = 0.0, bytes = 0.0
         for col in t.collectives {
             let isWeights = col.label.hasSuffix(".weights")
-            let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : Self.activationBytes)
+            let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
             // A multi-axis collective runs axis by axis on the torus: Σ (size − 1) latency steps.
             let steps = col.axes.axes.reduce(0) { $0 + tc.mesh.size($1) - 1 }
             // Links are per axis: a collective over some axes of the 3D torus uses their share of
             // the chip's interconnect bandwidth.
-            let bandwidth = hardware.interconnectBandwidth * Double(col.axes.axes.count) / 3
+            let bandwidth = hardware.torusLinks ? hardware.interconnectBandwidth * Double(col.axes.axes.count) / 3
+                                                : hardware.interconnectBandwidth
             let seconds = b / bandwidth + c.collectiveLatency * Double(steps)
             bytes += b
             if isWeights { weightComm += seconds } else { activationComm += seconds }

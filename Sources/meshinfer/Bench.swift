@@ -2,6 +2,8 @@ import ArgumentParser
 import Foundation
 import Runtime
 import Tensors
+import CostModel
+import Partitioning
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -79,7 +81,15 @@ struct Bench: ParsableCommand {
                                           m.mesh.description, test.0 == "pp" ? "\(m.prefill)" : "\(m.decode)",
                                           stepSeconds * 1e3, stepSeconds * (1 - share) * 1e3, stepSeconds * share * 1e3)
                     }
+                    // The cost model's prediction for the same run, from `meshinfer calibrate`'s numbers.
+                    var predictedText = ""
+                    if let predicted = try predictedRate(session: session, test: test.0, tokens: test.1, format: format, threads: t) {
+                        row["predicted_tokens_per_s"] = rounded(predicted, 2)
+                        row["predicted_error"] = rounded(predicted / median - 1, 4)
+                        predictedText = String(format: "  predicted %.2f tok/s (%+.0f%%)", predicted, (predicted / median - 1) * 100)
+                    }
                     rows.append(row)
+                    meshText += predictedText
                     if !json {
                         print(String(format: "%-8@ %-7@ threads %2d batch %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s  %7.2f GFLOP/s%@",
                                      "\(test.0)\(test.1)", format.rawValue, t, batch, median, rates.first!, rates.last!, gbps,
@@ -89,6 +99,27 @@ struct Bench: ParsableCommand {
             }
         }
         if json { writeJSON(["model": model ?? ModelStore().defaultModelPath, "simd_level": Tensors.simdLevel, "results": rows]) }
+    }
+
+    /// Tokens/s the cost model predicts for a pp or tg run, if this host has been calibrated.
+    func predictedRate(session: Session, test: String, tokens: Int, format: WeightFormat, threads t: Int) throws -> Double? {
+        guard let host = loadHostCalibration() else { return nil }
+        let mesh = session.meshEngine?.mesh ?? Mesh.single
+        let precision: WeightPrecision = switch format {
+        case .int8: .int8Grouped
+        case .f32: .f32
+        case .native: .native
+        }
+        let prefill = test == "pp"
+        let single = PhaseLayout(.weightStationary1D, .shardedOverHeads)
+        let layout = prefill ? (session.meshEngine?.prefill ?? single) : (session.meshEngine?.decode ?? single)
+        let hw = host.hardware(weights: mesh.deviceCount > 1 ? .f32 : precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
+        let config = session.engine.config
+        let p = try CostModel(hardware: hw, calibration: host.calibration).predict(
+            model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh, layout: layout,
+            phase: prefill ? .prefill : .decode, batch: batch, inputTokens: prefill ? tokens : 1,
+            generateTokens: prefill ? 1 : tokens, context: prefill ? nil : 0, weights: mesh.deviceCount > 1 ? (format == .int8 ? .int8Grouped : .f32) : precision)
+        return Double(batch * tokens) / p.latencySeconds
     }
 
     /// One pp or tg run on a fresh cache; returns tokens per second.

@@ -14,7 +14,7 @@ struct Predict: ParsableCommand {
         abstract: "Predict latency, MFU and cost of one configuration with the paper's cost model (priced from the traced layer program).")
 
     @Option(help: "palm-8b, palm-62b, palm-540b, palm-540b-multihead, mt-nlg-530b, or gguf:PATH.") var model: String
-    @Option(help: "tpu-v4, a100-80g, h100-sxm, h200.") var hardware: String
+    @Option(help: "tpu-v4, a100-80g, h100-sxm, h200, or cpu (this host, after `meshinfer calibrate`).") var hardware: String
     @Option(help: "Number of chips.") var chips: Int
     @Option(help: "Mesh XxYxZ (default: X near the optimal 2D split √(n·E/F)).") var topology: String?
     @Option(help: "prefill or decode.") var phase: Phase
@@ -47,8 +47,19 @@ struct Predict: ParsableCommand {
         var spec = try resolveModel(model)
         if let block { spec.config.block = block }
         if let layers { spec.config.layers = layers }
-        guard let hw = Hardware.named(hardware) else {
-            throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200; cpu needs `meshinfer calibrate`, not written yet)")
+        var calibration = self.calibration
+        let hw: Hardware
+        if hardware == "cpu" {
+            guard let host = loadHostCalibration() else {
+                throw ValidationError("--hardware cpu needs this host's measurements: run `meshinfer calibrate` first")
+            }
+            hw = host.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
+            calibration = host.calibration
+        } else {
+            guard let h = Hardware.named(hardware) else {
+                throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200, cpu)")
+            }
+            hw = h
         }
         guard chips >= 1, batch >= 1, inputTokens >= 1, generateTokens >= 1 else { throw ValidationError("--chips, --batch and token counts must be positive") }
         let mesh = try topology.map { try Mesh(parsing: $0) } ?? Mesh.torus(chips: chips, config: spec.config)

@@ -1,0 +1,101 @@
+import ArgumentParser
+import Collectives
+import CostModel
+import Foundation
+import Partitioning
+import Runtime
+import Tensors
+import CKernels
+
+/// Where `calibrate` stores this host's measurements (read by `predict --hardware cpu` and `bench`).
+func hostCalibrationPath() -> String { ModelStore().directory + "/cpu-calibration.json" }
+
+func loadHostCalibration() -> HostCalibration? {
+    guard let data = FileManager.default.contents(atPath: hostCalibrationPath()) else { return nil }
+    return try? JSONDecoder().decode(HostCalibration.self, from: data)
+}
+
+struct Calibrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure this host (GEMM rates, weight-streaming bandwidth, in-process collective latency and bandwidth) for the cost model.")
+
+    @Option(help: "Collective transport to measure (inprocess; mpi is not written yet).") var transport: String = "inprocess"
+    @Option(help: "Output file (default: the model cache's cpu-calibration.json).") var output: String?
+
+    func run() throws {
+        guard transport == "inprocess" else { throw ValidationError("--transport \(transport): only inprocess exists so far") }
+        let threads = ProcessInfo.processInfo.activeProcessorCount
+        func median(_ f: () -> Double) -> Double { (0..<5).map { _ in f() }.sorted()[2] }
+        func time(_ body: () -> Void) -> Double { let s = Date(); body(); return Date().timeIntervalSince(s) }
+
+        // GEMM rates on one thread: a prefill-shaped (512 x 576) x (576 -> 1536) product.
+        let M = 512, K = 576, N = 1536
+        let x = Matrix(rows: M, columns: K, values: (0..<(M * K)).map { Float(($0 % 97) - 48) / 50 })
+        let w = (0..<(N * K)).map { Float(($0 % 89) - 44) / 60 }
+        let one = WorkSplitter(threads: 1), all = WorkSplitter(threads: threads)
+        var rates: [String: Double] = [:]
+        for format in [WeightFormat.f32, .int8] {
+            let weight = LinearWeight(values: w, outputs: N, inputs: K, format: format)
+            _ = weight.apply(x, threads: one)
+            rates[format.rawValue] = 2 * Double(M * N * K) / median { time { _ = weight.apply(x, threads: one) } }
+        }
+        // Causal attention of 512 positions, 9 heads of 64 over 3 KV heads (the default model's shape).
+        let L = 512, H = 9, KV = 3, Q = 64
+        let qkv = (0..<(L * H * Q)).map { Float($0 % 17) / 17 }, kv = (0..<(L * KV * Q)).map { Float($0 % 13) / 13 }
+        var scratch = [Float](repeating: 0, count: L), out = [Float](repeating: 0, count: H * Q)
+        let attentionSeconds = median {
+            time {
+                for i in 0..<L {
+                    qkv.withUnsafeBufferPointer { q in
+                        mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, kv, Int64(KV * Q), Int32(i + 1),
+                                         0.125, &scratch, &out)
+                    }
+                }
+            }
+        }
+        let attentionRate = 4 * Double(H * Q) * Double(L * (L + 1) / 2) / attentionSeconds
+        // Weight streaming: decode-like matvecs over ~200 MB of 8-bit weights (beyond the caches),
+        // in matrices of a small model's shape (1536 x 576), as decode reads them.
+        let pattern = (0..<(1536 * 576)).map { Float(($0 % 251) - 125) / 200 }
+        let big = (0..<180).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .int8) }
+        let v = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
+        let bytes = Double(big.reduce(0) { $0 + $1.byteCount })
+        func stream(_ t: WorkSplitter) -> Double { bytes / median { time { for b in big { _ = b.apply(v, threads: t) } } } }
+        let bw1 = stream(one), bwAll = stream(all)
+        // In-process collectives between two devices.
+        let small = try meshTime(count: 2, calls: 2000)
+        let largeCount = 1 << 20
+        let large = try meshTime(count: largeCount, calls: 20)
+        let bandwidth = Double(4 * largeCount) / max(1e-9, large - small)
+        var result = HostCalibration(
+            f32FLOPsPerThread: rates["f32"]!, int8OPsPerThread: rates["int8"]!, memoryBandwidthOneThread: bw1,
+            memoryBandwidthAllThreads: bwAll, threads: threads, collectiveLatency: small, collectiveBandwidth: bandwidth,
+            memoryBytes: Double(ProcessInfo.processInfo.physicalMemory))
+        result.attentionFLOPsPerThread = attentionRate
+        let path = output ?? hostCalibrationPath()
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(result).write(to: URL(fileURLWithPath: path))
+        print(String(format: "attention %.1f GFLOP/s per thread", attentionRate / 1e9))
+        print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads); in-process collective %.1f us per call, %.1f GB/s",
+                     result.f32FLOPsPerThread / 1e9, result.int8OPsPerThread / 1e9, bw1 / 1e9, bwAll / 1e9, threads,
+                     small * 1e6, bandwidth / 1e9))
+        print("saved to \(path)")
+    }
+
+    /// Seconds per all-gather of `count` floats between 2 in-process devices (median of 3 runs).
+    func meshTime(count: Int, calls: Int) throws -> Double {
+        let data = [Float](repeating: 1, count: count)
+        var runs: [Double] = []
+        for _ in 0..<3 {
+            let start = Date()
+            _ = try runOnMesh(Mesh(x: 2)) { _, comm in
+                for _ in 0..<calls { _ = try comm.allGather(data, over: .x, label: "calibrate") }
+                return 0
+            }
+            runs.append(Date().timeIntervalSince(start) / Double(calls))
+        }
+        return runs.sorted()[1]
+    }
+}
