@@ -147,6 +147,8 @@ public final class LinearWeight: @unchecked Sendable {
         let M = x.rows, K = inputs
         let y = Matrix(rows: M, columns: paddedOutputs)
         if M == 0 { return y.columns(0, outputs) }
+        // Waking threads costs more than a small matmul gains from them (decode on a small model).
+        let threads = M * outputs * inputs >= 2_000_000 ? threads : WorkSplitter(threads: 1)
         switch storage {
         case let .f32(w):
             threads.parallelFor(paddedOutputs, granule: 32) { r in
