@@ -87,15 +87,12 @@ public final class Tracer: ShardedLayerInterpreter {
         return all
     }
 
-    // Sequences are homed on device id % n, as the runtime does.
-    func home(_ s: Int) -> Int { s % n }
+    var placement: BatchPlacement { BatchPlacement(mesh: mesh, layout: ffn) }
+    func home(_ s: Int) -> Int { placement.home(s) }
+    var tokens: [(sequence: Int, count: Int)] { (0..<batch.sequences).map { ($0, batch.newTokens) } }
 
-    /// Rows on a device: the largest batch-axes group's tokens (padding, as the runtime pads).
-    var paddedRows: Int {
-        var counts = [Int](repeating: 0, count: mesh.size(ffn.batchAxes))
-        for s in 0..<batch.sequences { counts[mesh.index(of: home(s), within: ffn.batchAxes)] += batch.newTokens }
-        return counts.max() ?? 0
-    }
+    /// Rows on a device, padded as the runtime pads.
+    var paddedRows: Int { placement.paddedRows(tokens) }
 
     func record(_ kind: CollectiveKind, _ axes: AxisSet, _ label: String, _ count: Int) {
         let k = mesh.size(axes)
@@ -175,9 +172,7 @@ public final class Tracer: ShardedLayerInterpreter {
             kvHeads = owned.reduce(0) { acc, f in acc + blocks.qkv[f].filter { if case .key = $0 { true } else { false } }.count }
         case .shardedOverBatch:
             let axes = ffn.hiddenAxes
-            var perHome = [Int: Int]()
-            for s in 0..<batch.sequences { perHome[home(s), default: 0] += batch.newTokens }
-            let chunkRows = perHome.values.max() ?? 0
+            let chunkRows = placement.chunkRows(tokens)
             let k = mesh.size(axes)
             record(.allToAll, axes, "attention.all_to_all", k * chunkRows * x.columns)
             record(.allToAll, axes, "attention.all_to_all", k * chunkRows * outWidth)

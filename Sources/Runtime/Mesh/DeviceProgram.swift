@@ -54,7 +54,8 @@ struct DeviceProgram {
 
     var n: Int { mesh.deviceCount }
     var ffn: FeedForwardLayout { layout.feedForward }
-    func home(_ sequence: Int) -> Int { sequence % n }
+    var placement: BatchPlacement { BatchPlacement(mesh: mesh, layout: ffn) }
+    func home(_ sequence: Int) -> Int { placement.home(sequence) }
 
     // MARK: rows
 
@@ -70,12 +71,7 @@ struct DeviceProgram {
     }
 
     /// Rows per device after padding: the largest batch-axes group.
-    func paddedRowCount(_ batch: MeshBatch) -> Int {
-        let axes = ffn.batchAxes
-        var counts = [Int](repeating: 0, count: mesh.size(axes))
-        for e in batch.entries { counts[mesh.index(of: home(e.sequence), within: axes)] += e.tokens.count }
-        return counts.max() ?? 0
-    }
+    func paddedRowCount(_ batch: MeshBatch) -> Int { placement.paddedRows(batch.entries.map { ($0.sequence, $0.tokens.count) }) }
 
     // MARK: collectives on activations
 
@@ -356,7 +352,7 @@ struct DeviceProgram {
         func member(_ info: RowInfo) -> Int { mesh.index(of: home(info.sequence), within: axes) }
         var chunks = [[Int]](repeating: [], count: K)   // local row indices per member
         for (r, info) in rows.enumerated() where !info.isPadding { chunks[member(info)].append(r) }
-        let chunkRows = maxChunkRows(batch, axes: axes)
+        let chunkRows = placement.chunkRows(batch.entries.map { ($0.sequence, $0.tokens.count) })
         let width = qkv.columns
         var send = [Float](repeating: 0, count: K * chunkRows * width)
         for j in 0..<K {
@@ -439,13 +435,6 @@ struct DeviceProgram {
             }
         }
         return out
-    }
-
-    /// The most rows any device sends one member in the batch all-to-all (every device pads to it).
-    func maxChunkRows(_ batch: MeshBatch, axes: AxisSet) -> Int {
-        var counts: [Int: Int] = [:]
-        for e in batch.entries { counts[home(e.sequence), default: 0] += e.tokens.count }
-        return counts.values.max() ?? 0
     }
 
     // MARK: the whole pass
