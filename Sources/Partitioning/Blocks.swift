@@ -19,7 +19,7 @@ public enum LayoutError: Error, Equatable, CustomStringConvertible {
         case let .headsDoNotDivide(h, k, n):
             "attention sharded over heads needs the \(h) query heads to split evenly over \(n) devices and the \(k) KV heads to split over them or be replicated evenly (K % n == 0 or n % K == 0); use --attention batch"
         case let .batchTooSmall(b, n, layout):
-            "layout \(layout) splits the batch \(n) ways but the batch has \(b) sequences"
+            "layout \(layout) splits the batch \(n) ways but the batch has \(b) sequences: run at least \(n) sequences (repeat --prompt), or use --attention heads where the heads divide over the mesh"
         case let .incompatibleKVPlacement(p, d):
             "prefill layout \(p) and decode layout \(d) place the KV cache on different devices; use the same attention layout (and, for heads, the same feed-forward layout) in both phases"
         }
