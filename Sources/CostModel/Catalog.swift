@@ -106,6 +106,11 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var memoryBytes: Double
     /// Achieved attention FLOP/s of one thread (prefill-shaped causal attention).
     public var attentionFLOPsPerThread: Double?
+    /// The in-place Q4_1 kernel (`native` weights): GEMM rate of one thread, and weight
+    /// streaming with 1 and with all threads.
+    public var nativeOPsPerThread: Double?
+    public var nativeBandwidthOneThread: Double?
+    public var nativeBandwidthAllThreads: Double?
 
     public init(f32FLOPsPerThread: Double, int8OPsPerThread: Double, memoryBandwidthOneThread: Double, memoryBandwidthAllThreads: Double,
                 threads: Int, collectiveLatency: Double, collectiveBandwidth: Double, memoryBytes: Double) {
@@ -122,8 +127,11 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// The host as one "chip" per device of a mesh, each device running `threadsPerDevice`
     /// threads, with `activeThreads` threads in use in all.
     public func hardware(weights: WeightPrecision, threadsPerDevice: Int, activeThreads: Int) -> Hardware {
-        let peak = (weights == .int8Grouped || weights == .native ? int8OPsPerThread : f32FLOPsPerThread) * Double(threadsPerDevice)
-        let bw = activeThreads > 1 ? memoryBandwidthAllThreads : memoryBandwidthOneThread
+        let native = weights == .native && nativeOPsPerThread != nil
+        let perThread = native ? nativeOPsPerThread! : weights == .int8Grouped ? int8OPsPerThread : f32FLOPsPerThread
+        let peak = perThread * Double(threadsPerDevice)
+        let bw = native ? (activeThreads > 1 ? nativeBandwidthAllThreads! : nativeBandwidthOneThread!)
+                        : (activeThreads > 1 ? memoryBandwidthAllThreads : memoryBandwidthOneThread)
         let devices = max(1, activeThreads / max(1, threadsPerDevice))
         var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Collectives
 import CostModel
 import Foundation
+import GGUF
 import Partitioning
 import Runtime
 import Tensors
@@ -62,6 +63,17 @@ struct Calibrate: ParsableCommand {
         let bytes = Double(big.reduce(0) { $0 + $1.byteCount })
         func stream(_ t: WorkSplitter) -> Double { bytes / median { time { for b in big { _ = b.apply(v, threads: t) } } } }
         let bw1 = stream(one), bwAll = stream(all)
+        // The same two measurements for the in-place Q4_1 kernel (`--weights native`), on a
+        // Q4_1 tensor written to an in-memory GGUF file.
+        let q4 = try nativeWeights(rows: 1536, columns: 576)
+        let qx = Matrix(rows: M, columns: 576, values: (0..<(M * 576)).map { Float(($0 % 97) - 48) / 50 })
+        _ = q4.apply(qx, threads: one)
+        let nativeRate = 2 * Double(M * 1536 * 576) / median { time { _ = q4.apply(qx, threads: one) } }
+        let nativeBig = try (0..<180).map { _ in try nativeWeights(rows: 1536, columns: 576) }
+        let nativeBytes = Double(nativeBig.reduce(0) { $0 + $1.byteCount })
+        let qv = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
+        func nativeStream(_ t: WorkSplitter) -> Double { nativeBytes / median { time { for b in nativeBig { _ = b.apply(qv, threads: t) } } } }
+        let nbw1 = nativeStream(one), nbwAll = nativeStream(all)
         // In-process collectives between two devices.
         let small = try meshTime(count: 2, calls: 2000)
         let largeCount = 1 << 20
@@ -72,16 +84,36 @@ struct Calibrate: ParsableCommand {
             memoryBandwidthAllThreads: bwAll, threads: threads, collectiveLatency: small, collectiveBandwidth: bandwidth,
             memoryBytes: Double(ProcessInfo.processInfo.physicalMemory))
         result.attentionFLOPsPerThread = attentionRate
+        result.nativeOPsPerThread = nativeRate
+        result.nativeBandwidthOneThread = nbw1
+        result.nativeBandwidthAllThreads = nbwAll
         let path = output ?? hostCalibrationPath()
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(result).write(to: URL(fileURLWithPath: path))
-        print(String(format: "attention %.1f GFLOP/s per thread", attentionRate / 1e9))
+        print(String(format: "attention %.1f GFLOP/s per thread; native Q4_1 %.1f GOP/s per thread, streaming %.1f / %.1f GB/s",
+                     attentionRate / 1e9, nativeRate / 1e9, nbw1 / 1e9, nbwAll / 1e9))
         print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads); in-process collective %.1f us per call, %.1f GB/s",
                      result.f32FLOPsPerThread / 1e9, result.int8OPsPerThread / 1e9, bw1 / 1e9, bwAll / 1e9, threads,
                      small * 1e6, bandwidth / 1e9))
         print("saved to \(path)")
+    }
+
+    /// A Q4_1 matrix (rows × columns) with varied blocks, loaded as `native` weights.
+    func nativeWeights(rows: Int, columns: Int) throws -> LinearWeight {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(rows * columns / 32 * 20)
+        for b in 0..<(rows * columns / 32) {
+            let d = Float16(0.01 + Float(b % 7) * 0.001), m = Float16(-0.08)
+            withUnsafeBytes(of: d.bitPattern) { bytes += $0 }
+            withUnsafeBytes(of: m.bitPattern) { bytes += $0 }
+            for i in 0..<16 { bytes.append(UInt8((b * 7 + i * 3) & 0xFF)) }
+        }
+        var writer = GGUFWriter()
+        writer.addTensor(name: "w", dimensions: [columns, rows], type: .q4_1, data: bytes)
+        let file = try GGUFFile(bytes: writer.serialized())
+        return try LinearWeight(file: file, parts: [TensorRows(try file.tensor("w"))], format: .native)
     }
 
     /// Seconds per all-gather of `count` floats between 2 in-process devices (median of 3 runs).
