@@ -119,9 +119,8 @@ public final class Tracer: ShardedLayerInterpreter {
         let axes = ffn.weightGatherAxes
         guard mesh.size(axes) > 1 else { return s }
         record(.allGather, axes, label + ".weights", s.rows * s.columns)
-        let members = mesh.group(of: rank, over: axes)
-        let xs = Set(members.map { mesh.coordinates(of: $0)[0] }).count
-        let yzs = Set(members.map { let c = mesh.coordinates(of: $0); return c[1] * mesh.z + c[2] }).count
+        let grid = ffn.weightGatherGrid(rank: rank, mesh: mesh)
+        let (xs, yzs) = (grid.xs.count, grid.yzs.count)
         return input ? (s.rows * yzs, s.columns * xs) : (s.rows * xs, s.columns * yzs)
     }
 

@@ -70,17 +70,12 @@ extension FeedForwardLayout {
     /// columns are laid out.
     public func ownedBlocks(rank: Int, mesh: Mesh) -> [Int] {
         let X = mesh.x
-        let c = mesh.coordinates(of: rank)
-        let ix = c[0], iyz = c[1] * mesh.z + c[2]
+        let ix = mesh.coordinates(of: rank)[0], iyz = mesh.yzIndex(of: rank)
         switch self {
         case .weightStationary1D: return [rank]
         case .weightStationary2D: return [iyz * X + ix]
         case .weightGatheredX, .weightGatheredXY, .weightGatheredXYZ:
-            let iyzs = Set(mesh.group(of: rank, over: weightGatherAxes).map { m -> Int in
-                let mc = mesh.coordinates(of: m)
-                return mc[1] * mesh.z + mc[2]
-            }).sorted()
-            return iyzs.flatMap { v in (0..<X).map { v * X + $0 } }
+            return weightGatherGrid(rank: rank, mesh: mesh).yzs.flatMap { v in (0..<X).map { v * X + $0 } }
         }
     }
 
@@ -88,8 +83,24 @@ extension FeedForwardLayout {
     /// X blocks of its i_yz.
     public func storedBlocks(rank: Int, mesh: Mesh) -> [Int] {
         if storesOneDimensional { return [rank] }
-        let c = mesh.coordinates(of: rank)
-        let iyz = c[1] * mesh.z + c[2]
+        let iyz = mesh.yzIndex(of: rank)
         return (0..<mesh.x).map { iyz * mesh.x + $0 }
     }
+}
+
+extension FeedForwardLayout {
+    /// How a device's weight all-gather group tiles the gathered matrix: the distinct x
+    /// indices (E_x column blocks of input-role shards) and yz indices (F_yz row blocks), in
+    /// ascending order. One rule for the runtime's gather and the tracer's shapes.
+    public func weightGatherGrid(rank: Int, mesh: Mesh) -> (xs: [Int], yzs: [Int]) {
+        let members = mesh.group(of: rank, over: weightGatherAxes)
+        let xs = Set(members.map { mesh.coordinates(of: $0)[0] }).sorted()
+        let yzs = Set(members.map { mesh.yzIndex(of: $0) }).sorted()
+        return (xs, yzs)
+    }
+}
+
+extension Mesh {
+    /// i_y·Z + i_z: a rank's index over the y and z axes.
+    public func yzIndex(of rank: Int) -> Int { let c = coordinates(of: rank); return c[1] * z + c[2] }
 }

@@ -55,30 +55,8 @@ struct Executor: Interpreter {
 
     func attention(_ qkv: Matrix, layer: Int) -> Matrix {
         let c = weights.config
-        let H = c.heads, K = c.kvHeads, Q = c.headDimension
-        let out = Matrix(rows: qkv.rows, columns: H * Q)
-        // RoPE, then append this batch's keys and values to the caches.
-        for r in 0..<qkv.rows {
-            let row = qkv.row(r)
-            for h in 0..<(H + K) { rope.apply(row + h * Q, row: r) }
-            let place = rows[r]
-            place.cache.key(layer: layer, position: place.position).update(from: row + H * Q, count: K * Q)
-            place.cache.value(layer: layer, position: place.position).update(from: row + (H + K) * Q, count: K * Q)
-        }
-        // Causal attention: row r sees positions 0...position of its own sequence.
-        let scale = 1 / Float(Q).squareRoot()
-        threads.parallelFor(qkv.rows) { range in
-            let maxCount = range.map { rows[$0].position + 1 }.max() ?? 0
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, maxCount))
-            defer { scratch.deallocate() }
-            for r in range {
-                let place = rows[r]
-                mi_attention_row(qkv.row(r), Int32(H), Int32(K), Int32(Q),
-                                 place.cache.key(layer: layer, position: 0), place.cache.value(layer: layer, position: 0),
-                                 Int64(K * Q), Int32(place.position + 1), scale, scratch, out.row(r))
-            }
-        }
-        return out
+        return causalAttention(qkv, heads: c.heads, kvHeads: c.kvHeads, headDimension: c.headDimension, rope: rope,
+                               caches: rows.map(\.cache), positions: rows.map(\.position), layer: layer, threads: threads)
     }
 
     func swiglu(_ gateUp: Matrix) -> Matrix {
@@ -88,12 +66,33 @@ struct Executor: Interpreter {
         return out
     }
 
-    func add(_ a: Matrix, _ b: Matrix) -> Matrix {
-        precondition(a.rows == b.rows && a.columns == b.columns)
-        let out = Matrix(rows: a.rows, columns: a.columns)
-        for i in 0..<(a.rows * a.columns) { out.data[i] = a.data[i] + b.data[i] }
-        return out
+    func add(_ a: Matrix, _ b: Matrix) -> Matrix { a.adding(b) }
+}
+
+/// Attention for rows laid out q (H heads) | k (K) | v (K), each Q wide: RoPE on q and k,
+/// append k and v at each row's position in its cache, then causal softmax attention over
+/// positions 0...position (grouped-query: query head h reads KV head h / (H/K)). Returns (rows, H·Q).
+func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension Q: Int, rope: RopeTable,
+                     caches: [KVCache], positions: [Int], layer: Int, threads: WorkSplitter) -> Matrix {
+    let out = Matrix(rows: qkv.rows, columns: H * Q)
+    for r in 0..<qkv.rows {
+        let row = qkv.row(r)
+        for h in 0..<(H + K) { rope.apply(row + h * Q, row: r) }
+        caches[r].reserve(positions[r] + 1)
+        caches[r].key(layer: layer, position: positions[r]).update(from: row + H * Q, count: K * Q)
+        caches[r].value(layer: layer, position: positions[r]).update(from: row + (H + K) * Q, count: K * Q)
     }
+    let scale = 1 / Float(Q).squareRoot()
+    threads.parallelFor(qkv.rows) { range in
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (range.map { positions[$0] }.max() ?? 0) + 1))
+        defer { scratch.deallocate() }
+        for r in range {
+            mi_attention_row(qkv.row(r), Int32(H), Int32(K), Int32(Q), caches[r].key(layer: layer, position: 0),
+                             caches[r].value(layer: layer, position: 0), Int64(K * Q), Int32(positions[r] + 1), scale,
+                             scratch, out.row(r))
+        }
+    }
+    return out
 }
 
 /// cos/sin of RoPE for the rows of a batch. GGML "normal" mode: pairs (2i, 2i+1) rotate by

@@ -41,6 +41,14 @@ public final class Matrix: @unchecked Sendable {
         return out
     }
 
+    /// Elementwise sum with a matrix of the same shape.
+    public func adding(_ other: Matrix) -> Matrix {
+        precondition(rows == other.rows && columns == other.columns)
+        let out = Matrix(rows: rows, columns: columns)
+        for i in 0..<(rows * columns) { out.data[i] = data[i] + other.data[i] }
+        return out
+    }
+
     /// The given rows, as a new matrix.
     public func selectingRows(_ indices: [Int]) -> Matrix {
         let out = Matrix(rows: indices.count, columns: columns)
@@ -72,8 +80,8 @@ public struct WorkSplitter: Sendable {
     }
 }
 
-/// Hands a value to worker threads whose accesses are disjoint by construction.
-struct UncheckedSendable<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
+/// Hands a value to other threads whose accesses are disjoint or ordered by construction.
+public struct UncheckedSendable<T>: @unchecked Sendable {
+    public let value: T
+    public init(_ value: T) { self.value = value }
 }

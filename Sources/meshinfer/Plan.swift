@@ -8,7 +8,7 @@ struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Search chips, batch, topology, layouts and weight formats; print the cost/latency Pareto frontier and a choice.")
 
-    @Option(help: "palm-8b, palm-62b, palm-540b, palm-540b-multihead, mt-nlg-530b.") var model: String
+    @Option(help: "palm-8b, palm-62b, palm-540b, palm-540b-multihead, mt-nlg-530b, or gguf:PATH.") var model: String
     @Option(help: "tpu-v4, a100-80g, h100-sxm, h200.") var hardware: String
     @Option(help: "prefill or decode.") var phase: Phase
     @Option(help: "Tokens already cached before decode (default: --input-tokens).") var context: Int?
@@ -21,7 +21,7 @@ struct Plan: ParsableCommand {
     @Option(help: "Draw the frontier (cost vs latency, like the paper's Figure 1) as SVG.") var plot: String?
 
     func run() throws {
-        guard let spec = ModelSpec.named(model) else { throw ValidationError("unknown --model '\(model)'") }
+        let spec = try resolveModelSpec(model)
         guard let hw = Hardware.named(hardware) else { throw ValidationError("unknown --hardware '\(hardware)'") }
         let formats = try weights.split(separator: ",").map { s -> WeightPrecision in
             guard let w = WeightPrecision(rawValue: String(s)) else { throw ValidationError("unknown weight format '\(s)'") }

@@ -44,7 +44,7 @@ struct Predict: ParsableCommand {
     }
 
     func run() throws {
-        var spec = try resolveModel(model)
+        var spec = try resolveModelSpec(model)
         if let block { spec.config.block = block }
         if let layers { spec.config.layers = layers }
         var calibration = self.calibration
@@ -87,15 +87,17 @@ struct Predict: ParsableCommand {
                          p.memoryPerChipBytes, p.fits ? "fits" : "does NOT fit", p.maxContextTokens))
         }
     }
+}
 
-    func resolveModel(_ name: String) throws -> ModelSpec {
-        if name.hasPrefix("gguf:") {
-            let config = try ModelConfig(gguf: GGUFFile(path: String(name.dropFirst(5))))
-            return ModelSpec(config: config, nominalParameters: Double(config.parameterCount))
-        }
-        guard let m = ModelSpec.named(name) else {
-            throw ValidationError("unknown --model '\(name)' (\(ModelSpec.catalog.map(\.config.name).joined(separator: ", ")), gguf:PATH)")
-        }
-        return m
+/// A catalog model name or `gguf:PATH` (configuration read from the file; nominal size = its
+/// parameter count).
+func resolveModelSpec(_ name: String) throws -> ModelSpec {
+    if name.hasPrefix("gguf:") {
+        let config = try ModelConfig(gguf: GGUFFile(path: String(name.dropFirst(5))))
+        return ModelSpec(config: config, nominalParameters: Double(config.parameterCount))
     }
+    guard let m = ModelSpec.named(name) else {
+        throw ValidationError("unknown --model '\(name)' (\(ModelSpec.catalog.map(\.config.name).joined(separator: ", ")), gguf:PATH)")
+    }
+    return m
 }

@@ -140,9 +140,8 @@ struct DeviceProgram {
         if K == 1 { return w.packed }
         let members = mesh.group(of: rank, over: axes)
         let all = try comm.allGather(w.values, over: axes, label: label + ".weights")
-        func yz(_ r: Int) -> Int { let c = mesh.coordinates(of: r); return c[1] * mesh.z + c[2] }
-        let xs = Array(Set(members.map { mesh.coordinates(of: $0)[0] })).sorted()
-        let yzs = Array(Set(members.map(yz))).sorted()
+        func yz(_ r: Int) -> Int { mesh.yzIndex(of: r) }
+        let (xs, yzs) = ffn.weightGatherGrid(rank: rank, mesh: mesh)
         let (rowKeys, colKeys) = role == .input ? (yzs, xs) : (xs, yzs)
         let R = w.rows * rowKeys.count, C = w.columns * colKeys.count
         var full = [Float](repeating: 0, count: R * C)
@@ -220,11 +219,7 @@ struct DeviceProgram {
         return out
     }
 
-    func add(_ a: Matrix, _ b: Matrix) -> Matrix {
-        let out = Matrix(rows: a.rows, columns: a.columns)
-        for i in 0..<(a.rows * a.columns) { out.data[i] = a.data[i] + b.data[i] }
-        return out
-    }
+    func add(_ a: Matrix, _ b: Matrix) -> Matrix { a.adding(b) }
 
     // MARK: the layer
 
@@ -389,25 +384,10 @@ struct DeviceProgram {
                 for q in 0..<Q { full[t, dst + q] = received[(i * chunkRows + t) * width + within + q] }
             }
         }
-        let attended = Matrix(rows: mine.count, columns: H * Q)
-        let rope = RopeTable(config: config, positions: mine.map(\.position))
-        for (t, info) in mine.enumerated() {
-            for h in 0..<(H + KV) { rope.apply(full.row(t) + h * Q, row: t) }
-            let cache = caches.cache(info.sequence, config: config, kvDimension: KV * Q, limit: limit)
-            cache.reserve(info.position + 1)
-            cache.key(layer: l, position: info.position).update(from: full.row(t) + H * Q, count: KV * Q)
-            cache.value(layer: l, position: info.position).update(from: full.row(t) + (H + KV) * Q, count: KV * Q)
-        }
-        threads.parallelFor(mine.count) { range in
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: limit + 1)
-            defer { scratch.deallocate() }
-            for t in range {
-                let cache = caches.caches[mine[t].sequence]!
-                mi_attention_row(full.row(t), Int32(H), Int32(KV), Int32(Q), cache.key(layer: l, position: 0),
-                                 cache.value(layer: l, position: 0), Int64(KV * Q), Int32(mine[t].position + 1),
-                                 1 / Float(Q).squareRoot(), scratch, attended.row(t))
-            }
-        }
+        let attended = causalAttention(
+            full, heads: H, kvHeads: KV, headDimension: Q, rope: RopeTable(config: config, positions: mine.map(\.position)),
+            caches: mine.map { caches.cache($0.sequence, config: config, kvDimension: KV * Q, limit: limit) },
+            positions: mine.map(\.position), layer: l, threads: threads)
         // Back: member j gets my rows' attention output for the W_o input columns it holds.
         let outSlots = blocks.attentionOutput[0].count
         let outWidth = owned.count * outSlots * Q
@@ -515,7 +495,7 @@ final class Pipeline: @unchecked Sendable {
     }
 
     func submit(_ i: Int, _ body: @escaping () throws -> Matrix) {
-        let work = UncheckedBox(body)
+        let work = UncheckedSendable(body)
         queue.async {
             let r = Result { try work.value() }
             self.lock.withLock { self.results[i] = r }

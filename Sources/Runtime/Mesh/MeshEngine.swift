@@ -122,7 +122,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
             let program = DeviceProgram(config: config, mesh: mesh, rank: rank, layout: layout, blocks: blocks,
                                         weights: devices[rank], caches: caches[rank], comm: timed,
                                         threads: WorkSplitter(threads: threads), limit: limit, overlap: overlap)
-            return UncheckedBox((try program.forward(meshBatch), comm.traffic, timed.seconds))
+            return UncheckedSendable((try program.forward(meshBatch), comm.traffic, timed.seconds))
         }
         wallSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         communicationSeconds += results.reduce(0) { $0 + $1.value.2 } / Double(results.count)
@@ -131,9 +131,4 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         var logits = results[0].value.0
         return batch.map { $0.tokens.isEmpty ? Matrix(rows: 0, columns: V) : logits.removeFirst() }
     }
-}
-
-struct UncheckedBox<T>: @unchecked Sendable {
-    let value: T
-    init(_ value: T) { self.value = value }
 }
