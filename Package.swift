@@ -1,10 +1,25 @@
 // swift-tools-version: 6.0
+import Foundation
 import PackageDescription
 
 // Hot loops live in the C target (AVX-512 / VNNI intrinsics, scalar fallbacks); it is
 // built for the host CPU like llama.cpp's GGML_NATIVE. Swift code is orchestration.
 let nativeC: [CSetting] = [.unsafeFlags(["-O3", "-march=native", "-ffp-contract=fast"])]
 let fastSwift: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+// Open MPI (issue 5): found by its header; `MESHINFER_MPI_HOME` overrides the search. Without it
+// the CMPI shim compiles stubs that report "no MPI", and everything else builds and runs.
+// After installing or removing MPI, touch this file so SwiftPM re-reads it.
+let mpiHome: String? = {
+    let env = ProcessInfo.processInfo.environment
+    let candidates = [env["MESHINFER_MPI_HOME"]].compactMap { $0 } + [
+        "/usr/lib/x86_64-linux-gnu/openmpi", "/usr/lib/aarch64-linux-gnu/openmpi", "/usr/lib64/openmpi",
+        "/usr/local", "/opt/homebrew", "/usr",
+    ]
+    return candidates.first { FileManager.default.fileExists(atPath: "\($0)/include/mpi.h") }
+}()
+let mpiC: [CSetting] = mpiHome.map { [.define("MESHINFER_HAVE_MPI"), .unsafeFlags(["-I\($0)/include"])] } ?? []
+let mpiLink: [LinkerSetting] = mpiHome.map { [.unsafeFlags(["-L\($0)/lib"]), .linkedLibrary("mpi")] } ?? []
 
 let package = Package(
     name: "MeshInfer",
@@ -23,7 +38,8 @@ let package = Package(
         .target(name: "CKernels", cSettings: nativeC),
         .target(name: "Tensors", dependencies: ["CKernels", "GGUF"], swiftSettings: fastSwift),
         .target(name: "Partitioning", swiftSettings: fastSwift),
-        .target(name: "Collectives", dependencies: ["Partitioning"], swiftSettings: fastSwift),
+        .target(name: "CMPI", cSettings: mpiC, linkerSettings: mpiLink),
+        .target(name: "Collectives", dependencies: ["Partitioning", "CMPI"], swiftSettings: fastSwift),
         .target(name: "Transformer", dependencies: ["Tensors", "GGUF", "Partitioning"], swiftSettings: fastSwift),
         .target(name: "CostModel", dependencies: ["Transformer", "Partitioning", "Collectives"], swiftSettings: fastSwift),
         .target(

@@ -77,3 +77,15 @@ public func collectiveBytes(_ kind: CollectiveKind, count n: Int, groupSize k: I
     case .allReduce: return 2 * 4 * n * (k - 1) / k
     }
 }
+
+/// The control plane of a mesh whose devices are separate processes: rank 0 (the leader) tells
+/// the other ranks what to run next, and collects what they report. Messages are bytes.
+public protocol MeshControl: AnyObject, Sendable {
+    var rank: Int { get }
+    var size: Int { get }
+    /// `root`'s message, delivered to every rank (the others pass anything). `timeout` nil: the
+    /// default; ≤ 0: wait forever (a follower idling until the leader's next command).
+    func broadcast(_ message: [UInt8], root: Int, timeout: Double?) throws -> [UInt8]
+    /// Every rank's message, in rank order, on every rank.
+    func allGather(_ message: [UInt8], timeout: Double?) throws -> [[UInt8]]
+}

@@ -243,7 +243,7 @@ public final class LocalCommunicator: Communicator {
 }
 
 /// out[j] = ((b0[s+j] + b1[s+j]) + b2[s+j]) + … — member order, so identical on every member.
-private func sumInOrder(_ buffers: [[Float]], from start: Int, count: Int) -> [Float] {
+func sumInOrder(_ buffers: [[Float]], from start: Int, count: Int) -> [Float] {
     var out = Array(buffers[0][start..<(start + count)])
     out.withUnsafeMutableBufferPointer { o in
         for m in 1..<buffers.count {

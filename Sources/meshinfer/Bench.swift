@@ -20,6 +20,12 @@ struct Bench: ParsableCommand {
     @OptionGroup var meshOptions: MeshOptions
 
     func run() throws {
+        var options = ModelOptions()
+        options.model = model
+        try runAcrossRanks(model: options, mesh: meshOptions) { try lead() }
+    }
+
+    func lead() throws {
         let formats = try weights.split(separator: ",").map { s -> WeightFormat in
             guard let f = WeightFormat(rawValue: String(s)) else { throw ValidationError("unknown weight format '\(s)'") }
             return f
@@ -47,7 +53,7 @@ struct Bench: ParsableCommand {
                     var commShare: [Double] = []
                     _ = try runOnce(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) })   // warm-up
                     for _ in 0..<repetitions {
-                        session.meshEngine?.resetTraffic()
+                        try session.meshEngine?.resetCounters()
                         rates.append(try runOnce(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) }))
                         if let m = session.meshEngine, m.wallSeconds > 0 { commShare.append(m.communicationSeconds / m.wallSeconds) }
                     }

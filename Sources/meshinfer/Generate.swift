@@ -20,7 +20,9 @@ struct Generate: ParsableCommand {
     @Option(help: "Record the K highest logits at every generated position (JSON output).") var topLogits: Int = 0
     @Flag(help: "Print one JSON object per prompt instead of streaming text.") var json = false
 
-    func run() throws {
+    func run() throws { try runAcrossRanks(model: modelOptions, mesh: meshOptions) { try lead() } }
+
+    func lead() throws {
         var prompts = prompt
         if let f = promptFile {
             guard let text = try? String(contentsOfFile: f, encoding: .utf8) else {
@@ -91,7 +93,9 @@ struct Chat: ParsableCommand {
     @Option(help: "System message (default: the template's own).") var system: String?
     @Option(help: "Maximum tokens per reply.") var maxTokens: Int = 512
 
-    func run() throws {
+    func run() throws { try runAcrossRanks(model: modelOptions, mesh: meshOptions) { try lead() } }
+
+    func lead() throws {
         let parameters = try sampling.parameters()
         let model = try Session(model: modelOptions, mesh: meshOptions, batchSize: 1)
         let tokenizer = model.tokenizer

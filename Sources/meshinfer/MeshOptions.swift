@@ -22,10 +22,14 @@ struct MeshOptions: ParsableArguments {
     var prefillAttention: AttentionLayout?
     @Flag(help: "Overlap collectives with matmul chunks (looped collective einsum, §3.5).") var overlap = false
     @Option(help: "Run a random-weight model instead of a file: palm-tiny or llama-tiny.") var modelConfig: String?
+    @Option(help: "How devices talk: inprocess (threads of this process) or mpi (one device per rank; start with mpirun -np N).")
+    var transport: Transport = .inprocess
+    @Option(help: "Seconds a collective waits for its peers before the run fails (mpi transport).")
+    var collectiveTimeout: Double = 30
 
     var isSingleDevice: Bool {
         (try? Mesh(parsing: mesh))?.deviceCount == 1 && !overlap && prefillLayout == nil && decodeLayout == nil && attention == nil
-            && prefillAttention == nil && modelConfig == nil
+            && prefillAttention == nil && modelConfig == nil && transport == .inprocess
     }
 }
 
@@ -33,7 +37,7 @@ struct MeshOptions: ParsableArguments {
 struct Session {
     let engine: any ForwardEngine
     let tokenizer: Tokenizer
-    let meshEngine: MeshEngine?
+    let meshEngine: (any MeshRunner)?
     let loadSeconds: Double
     var generator: Generator { Generator(engine: engine, tokenizer: tokenizer) }
 
@@ -48,37 +52,71 @@ struct Session {
         }
         let start = Date()
         let mesh = try Mesh(parsing: options.mesh)
-        let source: TensorSource
-        let config: ModelConfig
-        if let name = options.modelConfig {
-            switch name {
-            case "palm-tiny": config = .palmTiny()
-            case "llama-tiny": config = .llamaTiny()
-            default: throw ValidationError("unknown --model-config '\(name)' (palm-tiny, llama-tiny)")
+        guard model.threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if options.transport == .mpi {
+            // Rank 0 read the prompts and announces the batch size (`runAcrossRanks`), so every rank
+            // picks the same layouts.
+            guard let world = MPIWorld.current else { throw MPIError.failed("MPI was not started") }
+            if world.rank == 0 { try beginSession(world, model: model, batchSize: batchSize) }
+            let comm = try MPICommunicator(world: world, mesh: mesh, timeout: options.collectiveTimeout)
+            var tokenizer: Tokenizer?
+            let engine = try ProcessMeshEngine(
+                load: {
+                    let (source, config, t) = try Session.source(model: model, options: options)
+                    tokenizer = t
+                    let (prefill, decode) = Session.layouts(options, config: config, mesh: mesh, batchSize: batchSize)
+                    return (source, config, prefill, decode)
+                },
+                comm: comm, control: world, format: model.weights,
+                threads: max(1, model.threads / MPIWorld.ranksOnThisHost), overlap: options.overlap)
+            if world.rank == 0 {
+                registerSession(engine)
+                try engine.validate(batchSize: batchSize)
             }
-            source = RandomWeights(config: config, seed: 0)
-            tokenizer = try Tokenizer(.byteLevel(size: config.vocabularySize))
-        } else {
-            let path = try model.model ?? ModelStore().defaultModel()
-            let file = try GGUFFile(path: path)
-            config = try ModelConfig(gguf: file)
-            source = file
-            tokenizer = try Tokenizer(Vocabulary(gguf: file))
+            self.engine = engine
+            self.tokenizer = tokenizer!
+            meshEngine = engine
+            loadSeconds = Date().timeIntervalSince(start)
+            return
         }
-        let n = mesh.deviceCount
-        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: n)
-        // §7: decode is 2D weight-stationary with batch-sharded attention once the batch covers
-        // the mesh; prefill uses the same attention (the KV cache stays where prefill put it).
-        let attention = options.attention
-            ?? (batchSize >= n || !blocks.headAligned ? AttentionLayout.shardedOverBatch : .shardedOverHeads)
-        let decode = PhaseLayout(options.decodeLayout ?? (n > 1 ? .weightStationary2D : .weightStationary1D), attention)
-        let prefill = PhaseLayout(options.prefillLayout ?? decode.feedForward, options.prefillAttention ?? attention)
+        let (source, config, tokenizer) = try Session.source(model: model, options: options)
+        self.tokenizer = tokenizer
+        let (prefill, decode) = Session.layouts(options, config: config, mesh: mesh, batchSize: batchSize)
         let engine = try MeshEngine(source: source, config: config, mesh: mesh, prefill: prefill, decode: decode,
                                     format: model.weights, threads: model.threads, overlap: options.overlap)
         try engine.validate(batchSize: batchSize)
         self.engine = engine
         meshEngine = engine
         loadSeconds = Date().timeIntervalSince(start)
+    }
+
+    /// The model file (memory-mapped; each device reads only its shards) or a random-weight model.
+    static func source(model: ModelOptions, options: MeshOptions) throws -> (TensorSource, ModelConfig, Tokenizer) {
+        if let name = options.modelConfig {
+            let config: ModelConfig
+            switch name {
+            case "palm-tiny": config = .palmTiny()
+            case "llama-tiny": config = .llamaTiny()
+            default: throw ValidationError("unknown --model-config '\(name)' (palm-tiny, llama-tiny)")
+            }
+            return (RandomWeights(config: config, seed: 0), config, try Tokenizer(.byteLevel(size: config.vocabularySize)))
+        }
+        let path = try model.model ?? ModelStore().defaultModel()
+        let file = try GGUFFile(path: path)
+        return (file, try ModelConfig(gguf: file), try Tokenizer(Vocabulary(gguf: file)))
+    }
+
+    /// The layouts the options name, with §7's defaults: decode is 2D weight-stationary with
+    /// batch-sharded attention once the batch covers the mesh; prefill uses the same attention
+    /// (the KV cache stays where prefill put it).
+    static func layouts(_ options: MeshOptions, config: ModelConfig, mesh: Mesh, batchSize: Int) -> (PhaseLayout, PhaseLayout) {
+        let n = mesh.deviceCount
+        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: n)
+        let attention = options.attention
+            ?? (batchSize >= n || !blocks.headAligned ? AttentionLayout.shardedOverBatch : .shardedOverHeads)
+        let decode = PhaseLayout(options.decodeLayout ?? (n > 1 ? .weightStationary2D : .weightStationary1D), attention)
+        let prefill = PhaseLayout(options.prefillLayout ?? decode.feedForward, options.prefillAttention ?? attention)
+        return (prefill, decode)
     }
 
     /// `mesh`, `layouts` and per-device `collective_bytes` (bytes sent per collective kind).
@@ -94,7 +132,8 @@ struct Session {
                 "prefill": ["ffn": m.prefill.feedForward.rawValue, "attention": m.prefill.attention.rawValue],
                 "decode": ["ffn": m.decode.feedForward.rawValue, "attention": m.decode.attention.rawValue],
             ],
-            "collective_bytes": m.traffic.enumerated().map { rank, t in
+            "transport": m is ProcessMeshEngine ? "mpi" : "inprocess",
+            "collective_bytes": ((try? m.trafficByDevice()) ?? []).enumerated().map { rank, t in
                 [
                     "device": rank,
                     "sent": Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map { ($0.rawValue, t.sentBytes(kind: $0)) }),
@@ -102,5 +141,33 @@ struct Session {
                 ] as [String: Any]
             },
         ]
+    }
+}
+
+enum Transport: String, ExpressibleByArgument, CaseIterable {
+    case inprocess, mpi
+}
+
+extension MeshOptions {
+    /// Starts MPI for `--transport mpi` and checks the launch against the mesh.
+    func startMPI() throws -> MPIWorld {
+        guard MPIWorld.isCompiledWithMPI else {
+            throw MPIError.unavailable("this meshinfer was built without Open MPI; run scripts/setup.sh, or install "
+                + "libopenmpi-dev and openmpi-bin, then `touch Package.swift && swift build -c release`")
+        }
+        let world = try MPIWorld.start(timeout: collectiveTimeout)
+        let devices = try Mesh(parsing: mesh).deviceCount
+        guard world.size == devices else {
+            throw MPIError.badLaunch("the mesh \(mesh) has \(devices) devices but this job has \(world.size) rank(s); "
+                + "start it with: mpirun -np \(devices) meshinfer ... --transport mpi --mesh \(mesh)")
+        }
+        return world
+    }
+
+    /// Refuses to run N copies of an in-process job under mpirun (each would print its own output).
+    func checkLaunch() throws {
+        if transport == .inprocess, let n = MPIWorld.launchedSize, n > 1 {
+            throw ValidationError("started by mpirun with \(n) ranks but --transport is inprocess; add --transport mpi")
+        }
     }
 }

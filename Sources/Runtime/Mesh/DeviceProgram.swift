@@ -15,8 +15,8 @@ struct RowInfo: Equatable {
 }
 
 /// The batch of one forward pass, as every device sees it: new tokens per sequence.
-struct MeshBatch {
-    struct Entry {
+struct MeshBatch: Codable {
+    struct Entry: Codable {
         let sequence: Int       // stable id; its home device is sequence % n
         let start: Int          // first new position
         let tokens: [Int]

@@ -101,20 +101,8 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     }
 
     public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
-        guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw EngineError.emptyInput }
-        let V = config.vocabularySize
-        var entries: [MeshBatch.Entry] = []
-        for input in batch {
-            guard let s = input.cache as? MeshSequence else { preconditionFailure("MeshEngine needs caches it made") }
-            let end = s.count + input.tokens.count
-            if end > s.limit { throw EngineError.contextOverflow(requested: end, limit: s.limit) }
-            for t in input.tokens where t < 0 || t >= V { throw EngineError.invalidToken(id: t, vocabularySize: V) }
-            entries.append(.init(sequence: s.id, start: s.count, tokens: input.tokens, logitsFrom: input.logitsFrom))
-        }
-        if Set(entries.map(\.sequence)).count != entries.count { throw EngineError.duplicateSequence }
-        let meshBatch = MeshBatch(entries: entries.filter { !$0.tokens.isEmpty })
-        let layout = entries.contains { $0.tokens.count > 1 } ? prefill : decode
-        let limit = batch.map(\.cache.limit).max() ?? config.contextLength
+        let (meshBatch, limit) = try MeshBatch.checked(batch, config: config)
+        let layout = meshBatch.isPrefill ? prefill : decode
         let (config, mesh, blocks, devices, caches, threads, overlap) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap)
         let start = DispatchTime.now().uptimeNanoseconds
         let results = try runOnMesh(mesh) { rank, comm in
@@ -127,8 +115,64 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         wallSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         communicationSeconds += results.reduce(0) { $0 + $1.value.2 } / Double(results.count)
         for (rank, r) in results.enumerated() { traffic[rank] = traffic[rank] + r.value.1 }
+        return MeshBatch.finish(batch, logits: results[0].value.0, vocabularySize: config.vocabularySize)
+    }
+}
+
+extension MeshBatch {
+    /// Checks a batch against the model and the sequences' limits; returns the batch every
+    /// device runs (sequences with no new tokens left out) and the longest cache limit.
+    static func checked(_ batch: [SequenceInput], config: ModelConfig) throws -> (MeshBatch, limit: Int) {
+        guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw EngineError.emptyInput }
+        let V = config.vocabularySize
+        var entries: [MeshBatch.Entry] = []
+        for input in batch {
+            guard let s = input.cache as? MeshSequence else { preconditionFailure("a mesh engine needs caches it made") }
+            let end = s.count + input.tokens.count
+            if end > s.limit { throw EngineError.contextOverflow(requested: end, limit: s.limit) }
+            for t in input.tokens where t < 0 || t >= V { throw EngineError.invalidToken(id: t, vocabularySize: V) }
+            entries.append(.init(sequence: s.id, start: s.count, tokens: input.tokens, logitsFrom: input.logitsFrom))
+        }
+        if Set(entries.map(\.sequence)).count != entries.count { throw EngineError.duplicateSequence }
+        let limit = batch.map(\.cache.limit).max() ?? config.contextLength
+        return (MeshBatch(entries: entries.filter { !$0.tokens.isEmpty }), limit)
+    }
+
+    /// Prefill when any sequence brings more than one new token.
+    var isPrefill: Bool { entries.contains { $0.tokens.count > 1 } }
+
+    /// Advances the sequences past their new tokens and hands each input its logits.
+    static func finish(_ batch: [SequenceInput], logits: [Matrix], vocabularySize V: Int) -> [Matrix] {
         for input in batch { (input.cache as! MeshSequence).count += input.tokens.count }
-        var logits = results[0].value.0
+        var logits = logits
         return batch.map { $0.tokens.isEmpty ? Matrix(rows: 0, columns: V) : logits.removeFirst() }
     }
+}
+
+/// A model partitioned over a mesh, whichever transport connects its devices (threads of this
+/// process, or MPI ranks): what `generate --json` and `bench` report about it.
+public protocol MeshRunner: ForwardEngine {
+    var mesh: Mesh { get }
+    var prefill: PhaseLayout { get }
+    var decode: PhaseLayout { get }
+    var overlap: Bool { get }
+    /// Wall time of forward passes and the time spent inside collectives since the last reset.
+    var wallSeconds: Double { get }
+    var communicationSeconds: Double { get }
+    /// Zeroes byte counters and timers (on every device).
+    func resetCounters() throws
+    /// Every device's byte counters, in rank order.
+    func trafficByDevice() throws -> [TrafficCounter]
+    /// Checks that a batch of `batchSize` sequences can be split as the layouts say.
+    func validate(batchSize: Int) throws(LayoutError)
+}
+
+extension MeshEngine: MeshRunner {
+    public func resetCounters() { resetTraffic() }
+    public func trafficByDevice() -> [TrafficCounter] { traffic }
+}
+
+extension ProcessMeshEngine: MeshRunner {
+    public func resetCounters() throws { try resetTraffic() }
+    public func trafficByDevice() throws -> [TrafficCounter] { try gatherTraffic() }
 }
