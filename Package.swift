@@ -56,6 +56,8 @@ let package = Package(
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "CKernels"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
+        // Launches the built `meshinfer` under mpirun (build the product first: scripts/test.sh does).
+        .testTarget(name: "MPITests"),
         .testTarget(name: "CostModelTests", dependencies: ["CostModel", "Partitioning", "Transformer", "Runtime", "Collectives"]),
     ]
 )

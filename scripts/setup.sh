@@ -8,10 +8,14 @@ need=()
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 [ -f /usr/share/common-licenses/GPL-3 ] || need+=(base-files)
+# Open MPI, for `--transport mpi` (the build finds mpi.h; without it everything else still works).
+command -v mpirun >/dev/null || need+=(openmpi-bin)
+ls /usr/lib/*/openmpi/include/mpi.h >/dev/null 2>&1 || need+=(libopenmpi-dev)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq "${need[@]}"
+    touch Package.swift   # SwiftPM re-reads the manifest, which looks for mpi.h
 fi
 command -v swift >/dev/null || { echo "setup: Swift 6 is required (https://swift.org/install); not found on PATH" >&2; exit 1; }
 

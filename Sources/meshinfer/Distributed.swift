@@ -13,18 +13,23 @@ nonisolated(unsafe) private var servedEngines: [ProcessMeshEngine] = []
 /// the leader broadcasts, until the leader ends the session; then they wait for the next one.
 ///
 /// Session messages, broadcast by the leader: a `SessionSpec` (a session starts), "end" (the
-/// command finished: everyone exits 0) or "fail" (the leader failed before or between
-/// sessions: everyone exits 1; only the leader prints the error).
+/// command finished: everyone exits 0) or "fail" (the leader failed: it has printed the error;
+/// everyone exits 1). A failed session (the leader's error, or a rank that could not load its
+/// shards) is followed by "fail".
 func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws -> Void) throws {
     try mesh.checkLaunch()
     guard mesh.transport == .mpi else { return try leader() }
     let world: MPIWorld
     do { world = try mesh.startMPI() } catch {
-        // A bad launch is seen alike by every rank: only rank 0 reports it.
-        if let w = MPIWorld.current, w.rank != 0 { w.finalize(); throw ExitCode(1) }
-        MPIWorld.current?.finalize()
-        throw error
+        // A bad launch is seen alike by every rank: rank 0 reports it before anyone exits
+        // (the launcher kills the job as soon as one rank exits non-zero).
+        guard let w = MPIWorld.current else { throw error }
+        if w.rank == 0 { printError(MeshInfer.fullMessage(for: error)) }
+        try? w.barrier(timeout: 10)
+        w.finalize()
+        throw ExitCode(MeshInfer.exitCode(for: error).rawValue)
     }
+    installTerminationMessage(rank: world.rank)
     if world.rank != 0 { return try follow(world, model: model, mesh: mesh) }
     do {
         try leader()
@@ -32,11 +37,12 @@ func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws ->
         _ = try world.broadcast(Array("end".utf8), root: 0, timeout: 0)
         world.finalize()
     } catch {
-        let inSession = !servedEngines.isEmpty
+        // Print first: the followers exit once told, and the launcher then stops this rank too.
+        printError(MeshInfer.fullMessage(for: error))
         endSessions(failed: true)
-        if !inSession { _ = try? world.broadcast(Array("fail".utf8), root: 0, timeout: 0) }
+        _ = try? world.broadcast(Array("fail".utf8), root: 0, timeout: 0)
         world.finalize()
-        throw error
+        throw ExitCode(MeshInfer.exitCode(for: error).rawValue)
     }
 }
 
@@ -75,17 +81,30 @@ private func follow(_ world: MPIWorld, model: ModelOptions, mesh: MeshOptions) t
             let session = try Session(model: model, mesh: mesh, batchSize: spec.batchSize)
             try (session.meshEngine as! ProcessMeshEngine).serve()
         } catch ProcessMeshError.leaderFailed {
-            world.finalize()
-            throw ExitCode(1)
+            continue   // "fail" follows, once rank 0 has printed its error
         } catch ProcessMeshError.loadFailed {
-            // Every rank saw the failed load; rank 0 names the rank and the reason.
-            world.finalize()
-            throw ExitCode(1)
+            continue   // every rank saw it; rank 0 names the rank and the reason, then sends "fail"
         } catch {
             // This rank cannot go on while the others may be mid-pass: stop the whole job.
             printError("meshinfer rank \(world.rank) (\(world.processorName)): \(error)")
             world.abort(code: 1)
             throw ExitCode(1)
         }
+    }
+}
+
+/// The message a rank prints when the launcher terminates it (mpirun sends SIGTERM to every
+/// rank when one of them dies or exits non-zero), so each rank says why it stopped.
+nonisolated(unsafe) private var terminationMessage: UnsafeMutableBufferPointer<UInt8>?
+
+private func installTerminationMessage(rank: Int) {
+    let text = Array("meshinfer rank \(rank): terminated by the MPI launcher (another rank failed, or the job was cancelled)\n".utf8)
+    let buffer = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: text.count)
+    _ = buffer.initialize(from: text)
+    terminationMessage = buffer
+    signal(SIGTERM) { _ in
+        // Only async-signal-safe calls here: write(2) and _exit(2).
+        if let m = terminationMessage { _ = write(2, m.baseAddress, m.count) }
+        _exit(143)
     }
 }

@@ -8,7 +8,7 @@ struct MeshInfer: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshinfer",
         abstract: "Transformer inference after Pope et al., \"Efficiently Scaling Transformer Inference\".",
-        subcommands: [Generate.self, Chat.self, Tokenize.self, Perplexity.self, Bench.self, Layouts.self, Predict.self, Plan.self, Calibrate.self, Pull.self])
+        subcommands: [Generate.self, Chat.self, Tokenize.self, Perplexity.self, Bench.self, Layouts.self, Predict.self, Plan.self, Calibrate.self, Pull.self, MPICheck.self])
 }
 
 /// Options shared by every command that loads a model.
