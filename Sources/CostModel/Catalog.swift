@@ -111,6 +111,20 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var nativeOPsPerThread: Double?
     public var nativeBandwidthOneThread: Double?
     public var nativeBandwidthAllThreads: Double?
+    /// MPI collectives (`calibrate --transport mpi`), measured like the in-process pair:
+    /// seconds per call and bytes/s, with the rank count they were measured on.
+    public var mpiCollectiveLatency: Double?
+    public var mpiCollectiveBandwidth: Double?
+    public var mpiRanks: Int?
+
+    /// This host with its collectives on MPI (nil until `calibrate --transport mpi` has run).
+    public var overMPI: HostCalibration? {
+        guard let latency = mpiCollectiveLatency, let bandwidth = mpiCollectiveBandwidth else { return nil }
+        var c = self
+        c.collectiveLatency = latency
+        c.collectiveBandwidth = bandwidth
+        return c
+    }
 
     public init(f32FLOPsPerThread: Double, int8OPsPerThread: Double, memoryBandwidthOneThread: Double, memoryBandwidthAllThreads: Double,
                 threads: Int, collectiveLatency: Double, collectiveBandwidth: Double, memoryBytes: Double) {

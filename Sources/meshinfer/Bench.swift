@@ -109,7 +109,11 @@ struct Bench: ParsableCommand {
 
     /// Tokens/s the cost model predicts for a pp or tg run, if this host has been calibrated.
     func predictedRate(session: Session, test: String, tokens: Int, format: WeightFormat, threads t: Int) throws -> Double? {
-        guard let host = loadHostCalibration() else { return nil }
+        guard var host = loadHostCalibration() else { return nil }
+        if session.meshEngine is ProcessMeshEngine {
+            guard let mpi = host.overMPI else { return nil }   // run `calibrate --transport mpi`
+            host = mpi
+        }
         let mesh = session.meshEngine?.mesh ?? Mesh.single
         let precision: WeightPrecision = switch format {
         case .int8: .int8Grouped

@@ -20,11 +20,13 @@ struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure this host (GEMM rates, weight-streaming bandwidth, in-process collective latency and bandwidth) for the cost model.")
 
-    @Option(help: "Collective transport to measure (inprocess; mpi is not written yet).") var transport: String = "inprocess"
+    @Option(help: "Collectives to measure: inprocess (and the whole host), or mpi (run under mpirun with 2 or more ranks; adds MPI collective latency and bandwidth to the saved measurements).")
+    var transport: Transport = .inprocess
     @Option(help: "Output file (default: the model cache's cpu-calibration.json).") var output: String?
 
     func run() throws {
-        guard transport == "inprocess" else { throw ValidationError("--transport \(transport): only inprocess exists so far") }
+        if transport == .mpi { return try calibrateMPI() }
+        try MeshOptions.parse([]).checkLaunch()
         let threads = ProcessInfo.processInfo.activeProcessorCount
         func median(_ f: () -> Double) -> Double { (0..<5).map { _ in f() }.sorted()[2] }
         func time(_ body: () -> Void) -> Double { let s = Date(); body(); return Date().timeIntervalSince(s) }
@@ -114,6 +116,48 @@ struct Calibrate: ParsableCommand {
         writer.addTensor(name: "w", dimensions: [columns, rows], type: .q4_1, data: bytes)
         let file = try GGUFFile(bytes: writer.serialized())
         return try LinearWeight(file: file, parts: [TensorRows(try file.tensor("w"))], format: .native)
+    }
+
+    /// MPI collectives between 2 ranks (the x axis of a 2 × N/2 mesh): seconds per all-gather call
+    /// and bytes/s, merged into the saved host measurements by rank 0.
+    func calibrateMPI() throws {
+        let size = MPIWorld.launchedSize ?? 1
+        guard size >= 2, size % 2 == 0 else {
+            throw ValidationError("calibrate --transport mpi needs an even number of ranks, at least 2: mpirun -np 2 meshinfer calibrate --transport mpi")
+        }
+        let options = try MeshOptions.parse(["--transport", "mpi", "--mesh", "2x\(size / 2)"])
+        let world = try options.startMPI()
+        defer { world.finalize() }
+        let comm = try MPICommunicator(world: world, mesh: Mesh(x: 2, y: size / 2), timeout: 60)
+        func seconds(count: Int, calls: Int) throws -> Double {
+            let data = [Float](repeating: 1, count: count)
+            var runs: [Double] = []
+            for _ in 0..<3 {
+                try world.barrier()
+                let start = Date()
+                for _ in 0..<calls { _ = try comm.allGather(data, over: .x, label: "calibrate") }
+                runs.append(Date().timeIntervalSince(start) / Double(calls))
+            }
+            return runs.sorted()[1]
+        }
+        let small = try seconds(count: 2, calls: 2000)
+        let largeCount = 1 << 20
+        let large = try seconds(count: largeCount, calls: 20)
+        let bandwidth = Double(4 * largeCount) / max(1e-9, large - small)
+        guard world.rank == 0 else { return }
+        let path = output ?? hostCalibrationPath()
+        guard let data = FileManager.default.contents(atPath: path),
+              var host = try? JSONDecoder().decode(HostCalibration.self, from: data) else {
+            throw ValidationError("no host measurements at \(path): run `meshinfer calibrate` (without mpirun) first")
+        }
+        host.mpiCollectiveLatency = small
+        host.mpiCollectiveBandwidth = bandwidth
+        host.mpiRanks = size
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(host).write(to: URL(fileURLWithPath: path))
+        print(String(format: "MPI collective (%d ranks, %@): %.1f us per call, %.2f GB/s; saved to %@", size,
+                     world.libraryVersion.split(separator: ",").first.map(String.init) ?? "MPI", small * 1e6, bandwidth / 1e9, path))
     }
 
     /// Seconds per all-gather of `count` floats between 2 in-process devices (median of 3 runs).

@@ -43,6 +43,9 @@ struct Predict: ParsableCommand {
         return c
     }
 
+    @Option(help: "With --hardware cpu: price collectives as measured on this transport (inprocess or mpi).")
+    var transport: Transport = .inprocess
+
     func run() throws {
         var spec = try resolveModelSpec(model)
         if let block { spec.config.block = block }
@@ -50,8 +53,14 @@ struct Predict: ParsableCommand {
         var calibration = self.calibration
         let hw: Hardware
         if hardware == "cpu" {
-            guard let host = loadHostCalibration() else {
+            guard var host = loadHostCalibration() else {
                 throw ValidationError("--hardware cpu needs this host's measurements: run `meshinfer calibrate` first")
+            }
+            if transport == .mpi {
+                guard let mpi = host.overMPI else {
+                    throw ValidationError("--transport mpi needs MPI measurements: run `mpirun -np 2 meshinfer calibrate --transport mpi` first")
+                }
+                host = mpi
             }
             hw = host.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
             calibration = host.calibration

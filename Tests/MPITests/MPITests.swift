@@ -44,7 +44,12 @@ struct MPITests {
     @Test func killedRankStopsTheJob() throws {
         let process = try MPI.start(2, ["generate", "--transport", "mpi", "--mesh", "2", "--weights", "f32", "--prompt", "a",
                                         "--prompt", "b", "--max-tokens", "100000", "--ignore-eos", "--json"])
-        defer { if process.process.isRunning { process.process.terminate() } }
+        let launcher = process.process.processIdentifier
+        defer {
+            // Never leave ranks behind, whatever the outcome.
+            for pid in MPI.ranks(of: launcher) { kill(pid, SIGKILL) }
+            if process.process.isRunning { process.process.terminate() }
+        }
         // Wait until both ranks are generating (their loads are done), then kill rank 1.
         var victim: Int32?
         let start = Date()
