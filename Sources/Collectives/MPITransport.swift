@@ -92,7 +92,7 @@ public final class MPIWorld: MeshControl, @unchecked Sendable {
     public var processorName: String {
         var buffer = [CChar](repeating: 0, count: 256)
         guard mi_processor_name(&buffer, Int32(buffer.count)) == 0 else { return "?" }
-        return String(cString: buffer)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Ends MPI cleanly (every rank must call it).
