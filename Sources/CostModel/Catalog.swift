@@ -11,8 +11,10 @@ public struct Hardware: Sendable, Equatable {
     public var memoryBandwidth: Double
     /// Interconnect bandwidth per chip, bytes/s (the paper's "network bandwidth").
     public var interconnectBandwidth: Double
-    /// Whether the interconnect is a 3D torus whose links belong to axes (a collective over
-    /// some axes gets their share); otherwise every collective gets the full bandwidth.
+    /// Whether the interconnect is a TPU-style 3D torus whose links belong to axes, with
+    /// wraparound only in slices of whole 4×4×4 cubes (`wrapsAround`); a collective along one
+    /// axis without wraparound gets half the bandwidth (Pricing). Otherwise (a switch) every
+    /// collective gets the full bandwidth.
     public var torusLinks = false
     /// Bytes per activation and KV-cache element (bf16 on accelerators, f32 in this runtime).
     public var activationBytes = 2.0
@@ -153,11 +155,13 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         return h
     }
 
-    /// Measured numbers are achieved rates: efficiencies 1, the measured per-call latency.
+    /// Measured numbers are achieved rates: efficiencies 1, the measured per-call latency, and
+    /// no overlap (in-process "communication" is copying on the cores the matmuls use).
     public var calibration: Calibration {
         var c = Calibration()
         c.computeEfficiency = 1
         c.memoryEfficiency = 1
+        c.interconnectEfficiency = 1
         c.collectiveLatency = collectiveLatency
         c.overlap = 0
         return c

@@ -76,6 +76,25 @@ extension Measurement {
         }
         return m
     }()
+
+    /// SPEC §5 measurements kept out of the fit, to check it on: the rest of Figure 7's sweep,
+    /// and Figure 1's points whose chip count and batch are clear but that `paper` leaves out
+    /// (bf16 and int8 batch-1 prefill, int8 batch-2/4 and 512-sequence prefill, bf16 batch-512
+    /// decode). Figure 1's int8 prefill points at C/B = 1 and 1/2 (15.68 s, 22.57 s) are left
+    /// out because their chip count is ambiguous, and its int8 point at 43.50 s because it
+    /// repeats the bf16 one.
+    public static let heldOut: [Measurement] = [
+        .prefillMFU("Fig 7 WS 128 seq", sequences: 128, mfu: 0.401, ffn: .weightStationary2D),
+        .prefillMFU("Fig 7 WS 256 seq", sequences: 256, mfu: 0.401, ffn: .weightStationary2D),
+        .prefillMFU("Fig 7 WG 64 seq", sequences: 64, mfu: 0.284, ffn: .weightGatheredXYZ),
+        .prefill("Fig 1 540B bf16 C64 B1", .palm540B, chips: 64, batch: 1, seconds: 0.288),
+        .prefill("Fig 1 540B int8 C64 B1", .palm540B, chips: 64, batch: 1, seconds: 0.283, weights: .int8),
+        .prefill("Fig 1 540B int8 C64 B2", .palm540B, chips: 64, batch: 2, seconds: 0.551, weights: .int8),
+        .prefill("Fig 1 540B int8 C64 B4", .palm540B, chips: 64, batch: 4, seconds: 1.092, weights: .int8),
+        .prefill("Fig 1 540B int8 C64 B512", .palm540B, chips: 64, batch: 512, seconds: 85.79, weights: .int8,
+                 ffn: .weightGatheredXYZ, attention: .shardedOverBatch),
+        .decode("Fig 1 540B bf16 C64 B512", .palm540B, chips: 64, batch: 512, msPerToken: 92.16),
+    ]
 }
 
 extension CostModel {

@@ -2,21 +2,35 @@ import Collectives
 import Partitioning
 import Transformer
 
-/// The cost model's few calibration parameters, each with a physical meaning. The defaults
+/// The cost model's five calibration parameters, each a physical rate or fraction. The defaults
 /// are fitted (`Calibration.fit`) to the paper's 37 TPU v4 measurements in SPEC §5 (Table 2,
-/// Figure 1's 540B points and labelled 62B/8B points, Figure 7, Table D.2): median error
-/// 11.7%, worst 41% (Table D.2's batch-16 generate, over-predicted).
+/// Figure 1's 540B points and labelled 62B/8B points, Figure 7, Table D.2's PaLM columns):
+/// median error 4.6%, worst 14.5% (Figure 1's 8B decode on 16 chips); on the 9 SPEC points kept
+/// out of the fit (`Measurement.heldOut`) median 6.3%, worst 8.2%.
 public struct Calibration: Sendable, Equatable, Codable {
-    /// Achieved fraction of peak FLOP/s in matmuls (fitted: 0.70).
-    public var computeEfficiency = 0.70
-    /// Achieved fraction of peak memory bandwidth streaming weights and KV cache (fitted: 0.50).
-    public var memoryEfficiency = 0.50
-    /// Seconds per latency step of a collective; a collective over some axes takes
-    /// Σ (axis size − 1) steps (fitted: 1.5 µs; the scaling book gives about 1 µs per hop).
-    public var collectiveLatency = 1.5e-6
-    /// Fraction of activation communication hidden behind compute or memory time (fitted: 0;
-    /// weight all-gathers are always prefetched behind compute, §3.5).
-    public var overlap = 0.0
+    /// Achieved fraction of peak FLOP/s in matmuls and attention (fitted: 0.884).
+    public var computeEfficiency = 0.88
+    /// Achieved fraction of peak memory bandwidth streaming weights and KV cache (fitted: 1.0,
+    /// the top of its range: the traced bytes include this runtime's per-block copies of the
+    /// multiquery K/V projections, ~13% of PaLM 540B's weights, which a TPU implementation would
+    /// not read, so the real fraction is nearer 0.9).
+    public var memoryEfficiency = 1.0
+    /// Achieved fraction of the chip's interconnect bandwidth by any collective, whatever torus
+    /// axes it spans (i.e. 47 GB/s of TPU v4's 270 GB/s: about the two links of one
+    /// bidirectional ring at half their 45 GB/s each — the paper's collectives are loops of
+    /// collective-permutes on a ring, §3.5). The measurements rule out bandwidth growing with the
+    /// axes spanned: the XYZ weight all-gather of Fig. 7 runs no faster per byte than 2D
+    /// weight-stationary's one- and two-axis collectives. (Fitted: 0.174.)
+    public var interconnectEfficiency = 0.175
+    /// Seconds per hop of a collective: one over some axes takes Σ (axis size − 1) ring steps
+    /// (fitted: 2.5 µs; the scaling book puts one hop near 1 µs, before synchronisation). At
+    /// small batch this latency, not bandwidth, dominates the measured decode steps (PaLM 540B
+    /// on 64 chips: 45 hops per layer, 13 ms of a 28–36 ms step).
+    public var collectiveLatency = 2.5e-6
+    /// Fraction of activation communication hidden behind compute — Looped CollectiveEinsum
+    /// (§3.5) overlaps collectives with the matmuls they feed, but never with the streaming of
+    /// weights or KV cache, which the same dependent steps wait on (fitted: 0.46).
+    public var overlap = 0.46
     public init() {}
 }
 
@@ -70,11 +84,18 @@ public struct TracedConfiguration: Sendable {
     public var maxContextTokens: Double
 }
 
-/// Prices traces with the hardware's peak numbers and the calibration. Per pass: weight
-/// all-gathers can be prefetched (§3.5), so they overlap compute and memory time fully;
-/// activation collectives sit on the critical path except the `overlap` fraction hidden
-/// behind the busy time:
-/// total = max(compute, memory, weight gathers) + activation comm − overlap·min(activation comm, busy).
+/// Prices traces with the hardware's peak numbers and the calibration. Per pass, with compute
+/// C, memory M (weights and KV cache), activation communication A and weight all-gathers W:
+///
+///     pass = max(C + (1 − overlap)·A, M + A, W) + collectiveLatency · hops
+///
+/// Matmuls overlap everything else; activation collectives overlap compute only in part and
+/// memory streaming not at all (at small batch a decode step is memory plus communication plus
+/// latency); weight all-gathers are prefetched behind everything (§3.5). Every collective moves
+/// its traced bytes at `interconnectEfficiency` × the chip's interconnect bandwidth, except that
+/// a collective along a single TPU torus axis without wraparound (slices smaller than a 4×4×4
+/// cube are meshes, not tori; Cloud TPU v4 docs) has no ring to run on — a line or a pair of
+/// chips — and gets half.
 public struct CostModel: Sendable {
     public var hardware: Hardware
     public var calibration: Calibration
@@ -118,33 +139,22 @@ public struct CostModel: Sendable {
     }
 
     public func price(_ tc: TracedConfiguration) -> Prediction {
-        let t = tc.trace
+        price(tc, totals: PassTotals(tc, hardware: hardware))
+    }
+
+    func price(_ tc: TracedConfiguration, totals t: PassTotals) -> Prediction {
         let c = calibration
-        let compute = (t.matmulFLOPs / hardware.peakFLOPs + t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs))
-            / c.computeEfficiency
-        let memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.activationBytes)
-            / (hardware.memoryBandwidth * c.memoryEfficiency)
-        var weightComm = 0.0, activationComm = 0.0, bytes = 0.0
-        for col in t.collectives {
-            let isWeights = col.label.hasSuffix(".weights")
-            let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
-            // A multi-axis collective runs axis by axis on the torus: Σ (size − 1) latency steps.
-            let steps = col.axes.axes.reduce(0) { $0 + tc.mesh.size($1) - 1 }
-            // Links are per axis: a collective over some axes of the 3D torus uses their share of
-            // the chip's interconnect bandwidth.
-            let bandwidth = hardware.torusLinks ? hardware.interconnectBandwidth * Double(col.axes.axes.count) / 3
-                                                : hardware.interconnectBandwidth
-            let seconds = b / bandwidth + c.collectiveLatency * Double(steps)
-            bytes += b
-            if isWeights { weightComm += seconds } else { activationComm += seconds }
-        }
-        let busy = max(compute, memory, weightComm)
-        let pass = busy + activationComm - c.overlap * min(activationComm, max(compute, memory))
+        let compute = t.compute / c.computeEfficiency
+        let memory = t.memory / c.memoryEfficiency
+        let activations = t.activationCommunication / c.interconnectEfficiency
+        let weightGathers = t.weightCommunication / c.interconnectEfficiency
+        let latency = c.collectiveLatency * t.hops
+        let pass = max(compute + (1 - c.overlap) * activations, memory + activations, weightGathers) + latency
         let n = Double(tc.mesh.deviceCount)
         let seconds = pass * tc.passes
         return Prediction(
             latencySeconds: seconds, computeSeconds: compute * tc.passes, memorySeconds: memory * tc.passes,
-            communicationSeconds: (weightComm + activationComm) * tc.passes, communicationBytesPerChip: bytes * tc.passes,
+            communicationSeconds: (activations + weightGathers + latency) * tc.passes, communicationBytesPerChip: t.bytes * tc.passes,
             mfu: Formulas.mfu(parameters: tc.model.nominalParameters, tokens: tc.tokens, seconds: seconds, chips: n, peakFLOPs: hardware.peakFLOPs),
             costChipMsPerToken: Formulas.cost(chips: n, seconds: seconds, tokens: tc.tokens) * 1e3,
             memoryPerChipBytes: tc.memoryPerChipBytes, fits: tc.memoryPerChipBytes <= hardware.memoryBytes,
@@ -157,5 +167,45 @@ public struct CostModel: Sendable {
                         kvMemoryFraction: Double = 0.3) throws -> Prediction {
         price(try trace(model: model, mesh: mesh, layout: layout, phase: phase, batch: B, inputTokens: L, generateTokens: G,
                         context: C, weights: weights, kvMemoryFraction: kvMemoryFraction))
+    }
+}
+
+/// One pass of a trace at the hardware's peak rates, before any calibration: seconds of compute,
+/// memory and communication at 100% efficiency, and the collectives' latency hops.
+struct PassTotals {
+    var compute = 0.0
+    var memory = 0.0
+    /// Activation collectives, seconds at the full interconnect bandwidth.
+    var activationCommunication = 0.0
+    /// Weight all-gathers (weight-gathered layouts), seconds at the full interconnect bandwidth.
+    var weightCommunication = 0.0
+    /// Σ over collectives of Σ (axis size − 1).
+    var hops = 0.0
+    var bytes = 0.0
+
+    init(_ tc: TracedConfiguration, hardware: Hardware) {
+        let t = tc.trace
+        compute = t.matmulFLOPs / hardware.peakFLOPs + t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs)
+        memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.activationBytes) / hardware.memoryBandwidth
+        for col in t.collectives {
+            let isWeights = col.label.hasSuffix(".weights")
+            let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
+            let spanned = col.axes.axes.filter { tc.mesh.size($0) > 1 }
+            let ring = spanned.count != 1 || hardware.wrapsAround(spanned[0], in: tc.mesh)
+            let seconds = b / (hardware.interconnectBandwidth * (ring ? 1 : 0.5))
+            hops += Double(spanned.reduce(0) { $0 + tc.mesh.size($1) - 1 })
+            bytes += b
+            if isWeights { weightCommunication += seconds } else { activationCommunication += seconds }
+        }
+    }
+}
+
+extension Hardware {
+    /// Whether a torus axis of the mesh has wraparound links. On TPU v4 only slices built of whole
+    /// 4×4×4 cubes are tori, and then along axes that are multiples of 4; smaller slices are
+    /// meshes (Cloud TPU v4 docs). Switched interconnects (`torusLinks` false) always have a ring.
+    public func wrapsAround(_ axis: Axis, in mesh: Mesh) -> Bool {
+        guard torusLinks else { return true }
+        return mesh.deviceCount >= 64 && mesh.size(axis) % 4 == 0
     }
 }

@@ -84,6 +84,14 @@ public final class Tracer: ShardedLayerInterpreter {
         let one = t.trace
         var all = Trace()
         for _ in 0..<config.layers { all = all + one }
+        // The unembedding (E → V; the paper's 2N FLOPs per token count it): one logit row per
+        // sequence, on every device, against its vocabulary shard of ⌈V/n⌉ rows, as the runtime
+        // does (DeviceWeights.output). The gathers around it (logit rows in, logits out to every
+        // device for sampling) are this runtime's, not the layouts', and are not traced (the paper
+        // samples from sharded logits on device, §3.6).
+        let vocabularyShard = (config.vocabularySize + mesh.deviceCount - 1) / mesh.deviceCount
+        all.matmulFLOPs += 2 * Double(batch.sequences) * Double(config.modelDimension) * Double(vocabularyShard)
+        all.weightElements += Double(config.modelDimension) * Double(vocabularyShard)
         return all
     }
 

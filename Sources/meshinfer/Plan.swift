@@ -17,6 +17,8 @@ struct Plan: ParsableCommand {
     @Option(help: "Latency target in ms (per token for decode, for the whole prefill otherwise).") var latencyTargetMs: Double?
     @Option(help: "Largest chip count to consider.") var maxChips: Int = 256
     @Option(help: "Comma-separated weight formats to consider.") var weights: String = "bf16,int8"
+    @Flag(help: "Also search X- and XY-weight-gathered feed-forward layouts (never measured by the paper; the model is optimistic about them).")
+    var allLayouts = false
     @Flag(help: "Print JSON.") var json = false
     @Option(help: "Draw the frontier (cost vs latency, like the paper's Figure 1) as SVG.") var plot: String?
 
@@ -29,7 +31,8 @@ struct Plan: ParsableCommand {
         }
         guard maxChips >= 1 else { throw ValidationError("--max-chips must be positive") }
         let planner = Planner(model: spec, costModel: CostModel(hardware: hw), phase: phase, inputTokens: inputTokens,
-                              generateTokens: generateTokens, context: context)
+                              generateTokens: generateTokens, context: context,
+                              layouts: allLayouts ? FeedForwardLayout.allCases : Planner.measuredLayouts)
         let chips = (0...10).map { 1 << $0 }.filter { $0 >= 8 && $0 <= maxChips }
         let batches = (0...10).map { 1 << $0 }
         let start = Date()

@@ -30,14 +30,16 @@ struct Predict: ParsableCommand {
     @Option(help: "Fraction of memory reserved for the KV cache (max context).") var kvMemoryFraction: Double = 0.3
     @Option(help: "Calibration: achieved fraction of peak FLOP/s.") var computeEfficiency: Double?
     @Option(help: "Calibration: achieved fraction of memory bandwidth.") var memoryEfficiency: Double?
-    @Option(help: "Calibration: seconds per collective per chip spanned beyond the first.") var collectiveLatency: Double?
-    @Option(help: "Calibration: fraction of communication hidden behind compute/memory.") var overlap: Double?
+    @Option(help: "Calibration: achieved fraction of the interconnect bandwidth.") var interconnectEfficiency: Double?
+    @Option(help: "Calibration: seconds per hop (Σ (axis size − 1) per collective).") var collectiveLatency: Double?
+    @Option(help: "Calibration: fraction of activation communication hidden behind compute.") var overlap: Double?
     @Flag(help: "Print JSON.") var json = false
 
     var calibration: Calibration {
         var c = Calibration()
         if let v = computeEfficiency { c.computeEfficiency = v }
         if let v = memoryEfficiency { c.memoryEfficiency = v }
+        if let v = interconnectEfficiency { c.interconnectEfficiency = v }
         if let v = collectiveLatency { c.collectiveLatency = v }
         if let v = overlap { c.overlap = v }
         return c
