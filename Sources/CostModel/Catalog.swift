@@ -113,6 +113,10 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var nativeOPsPerThread: Double?
     public var nativeBandwidthOneThread: Double?
     public var nativeBandwidthAllThreads: Double?
+    /// Weight streaming of the f32 kernel (decode-like matvecs) with 1 and with all threads;
+    /// the 8-bit pair above is `memoryBandwidth…`.
+    public var f32BandwidthOneThread: Double?
+    public var f32BandwidthAllThreads: Double?
     /// MPI collectives (`calibrate --transport mpi`), measured like the in-process pair:
     /// seconds per call and bytes/s, with the rank count they were measured on.
     public var mpiCollectiveLatency: Double?
@@ -146,8 +150,10 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         let native = weights == .native && nativeOPsPerThread != nil
         let perThread = native ? nativeOPsPerThread! : weights == .int8Grouped ? int8OPsPerThread : f32FLOPsPerThread
         let peak = perThread * Double(threadsPerDevice)
+        let f32 = weights == .f32 && f32BandwidthOneThread != nil
         let bw = native ? (activeThreads > 1 ? nativeBandwidthAllThreads! : nativeBandwidthOneThread!)
-                        : (activeThreads > 1 ? memoryBandwidthAllThreads : memoryBandwidthOneThread)
+            : f32 ? (activeThreads > 1 ? f32BandwidthAllThreads! : f32BandwidthOneThread!)
+            : (activeThreads > 1 ? memoryBandwidthAllThreads : memoryBandwidthOneThread)
         let devices = max(1, activeThreads / max(1, threadsPerDevice))
         var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)

@@ -56,7 +56,10 @@ struct Calibrate: ParsableCommand {
                 }
             }
         }
-        let attentionRate = 4 * Double(H * Q) * Double(L * (L + 1) / 2) / attentionSeconds
+        // In the cost model's accounting (Tracer): 4·H·Q FLOPs per query per context position,
+        // over the full L × L square as an accelerator computes it. This runtime skips the masked
+        // half, which the measured rate then includes.
+        let attentionRate = 4 * Double(H * Q) * Double(L * L) / attentionSeconds
         // Weight streaming: decode-like matvecs over ~200 MB of 8-bit weights (beyond the caches),
         // in matrices of a small model's shape (1536 x 576), as decode reads them.
         let pattern = (0..<(1536 * 576)).map { Float(($0 % 251) - 125) / 200 }
@@ -65,6 +68,12 @@ struct Calibrate: ParsableCommand {
         let bytes = Double(big.reduce(0) { $0 + $1.byteCount })
         func stream(_ t: WorkSplitter) -> Double { bytes / median { time { for b in big { _ = b.apply(v, threads: t) } } } }
         let bw1 = stream(one), bwAll = stream(all)
+        // The same for f32 weights (a different kernel: f32 decode reads 3.2x the bytes per
+        // weight and does no dequantization, so it streams at its own rate).
+        let bigF32 = (0..<60).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .f32) }
+        let bytesF32 = Double(bigF32.reduce(0) { $0 + $1.byteCount })
+        func streamF32(_ t: WorkSplitter) -> Double { bytesF32 / median { time { for b in bigF32 { _ = b.apply(v, threads: t) } } } }
+        let fbw1 = streamF32(one), fbwAll = streamF32(all)
         // The same two measurements for the in-place Q4_1 kernel (`--weights native`), on a
         // Q4_1 tensor written to an in-memory GGUF file.
         let q4 = try nativeWeights(rows: 1536, columns: 576)
@@ -89,11 +98,20 @@ struct Calibrate: ParsableCommand {
         result.nativeOPsPerThread = nativeRate
         result.nativeBandwidthOneThread = nbw1
         result.nativeBandwidthAllThreads = nbwAll
+        result.f32BandwidthOneThread = fbw1
+        result.f32BandwidthAllThreads = fbwAll
         let path = output ?? hostCalibrationPath()
+        // Keep MPI measurements from an earlier `calibrate --transport mpi`.
+        if let data = FileManager.default.contents(atPath: path), let old = try? JSONDecoder().decode(HostCalibration.self, from: data) {
+            result.mpiCollectiveLatency = old.mpiCollectiveLatency
+            result.mpiCollectiveBandwidth = old.mpiCollectiveBandwidth
+            result.mpiRanks = old.mpiRanks
+        }
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(result).write(to: URL(fileURLWithPath: path))
+        print(String(format: "f32 weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)", fbw1 / 1e9, fbwAll / 1e9, threads))
         print(String(format: "attention %.1f GFLOP/s per thread; native Q4_1 %.1f GOP/s per thread, streaming %.1f / %.1f GB/s",
                      attentionRate / 1e9, nativeRate / 1e9, nbw1 / 1e9, nbwAll / 1e9))
         print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads); in-process collective %.1f us per call, %.1f GB/s",

@@ -83,6 +83,11 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
                       const float *k, const float *v, int64_t kvStride, int count,
                       float scale, float *scratch, float *out);
 
+/* Keeps freed blocks of up to 32 MiB in the heap instead of returning them to the kernel, and
+ * trims the heap only beyond 1 GiB free (glibc; no-op elsewhere). Per-op activation buffers then
+ * reuse warm pages instead of faulting in fresh zeroed ones on every allocation. */
+void mi_keep_freed_memory(void);
+
 #ifdef __cplusplus
 }
 #endif
