@@ -145,7 +145,8 @@ public final class LinearWeight: @unchecked Sendable {
     public func apply(_ x: Matrix, threads: WorkSplitter) -> Matrix {
         precondition(x.columns == inputs, "linear: input has \(x.columns) columns, weight expects \(inputs)")
         let M = x.rows, K = inputs
-        let y = Matrix(rows: M, columns: paddedOutputs)
+        // Every kernel stores (does not accumulate into) each output it computes.
+        let y = Matrix(uninitializedRows: M, columns: paddedOutputs)
         if M == 0 { return y.columns(0, outputs) }
         // Waking threads costs more than a small matmul gains from them (decode on a small model).
         let threads = M * outputs * inputs >= 2_000_000 ? threads : WorkSplitter(threads: 1)

@@ -7,17 +7,24 @@ public final class Matrix: @unchecked Sendable {
     public let columns: Int
     public let data: UnsafeMutablePointer<Float>  // (rows, columns)
 
-    public init(rows: Int, columns: Int) {
+    /// A zero-filled matrix.
+    public convenience init(rows: Int, columns: Int) {
+        self.init(uninitializedRows: rows, columns: columns)
+        data.initialize(repeating: 0, count: max(1, rows * columns))
+    }
+
+    /// A matrix whose elements the caller writes, every one, before reading any (a GEMM output,
+    /// a copy): skips zero-filling, which for per-op activation buffers costs as much as a copy.
+    public init(uninitializedRows rows: Int, columns: Int) {
         precondition(rows >= 0 && columns >= 0)
         self.rows = rows
         self.columns = columns
         data = .allocate(capacity: max(1, rows * columns))
-        data.initialize(repeating: 0, count: max(1, rows * columns))
     }
 
     public convenience init(rows: Int, columns: Int, values: [Float]) {
         precondition(values.count == rows * columns)
-        self.init(rows: rows, columns: columns)
+        self.init(uninitializedRows: rows, columns: columns)
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: values.count) }
     }
 
@@ -36,7 +43,7 @@ public final class Matrix: @unchecked Sendable {
     /// Columns [start, start + count) of every row, as a new matrix.
     public func columns(_ start: Int, _ count: Int) -> Matrix {
         precondition(start >= 0 && start + count <= columns)
-        let out = Matrix(rows: rows, columns: count)
+        let out = Matrix(uninitializedRows: rows, columns: count)
         for r in 0..<rows { out.row(r).update(from: row(r) + start, count: count) }
         return out
     }
@@ -44,14 +51,14 @@ public final class Matrix: @unchecked Sendable {
     /// Elementwise sum with a matrix of the same shape.
     public func adding(_ other: Matrix) -> Matrix {
         precondition(rows == other.rows && columns == other.columns)
-        let out = Matrix(rows: rows, columns: columns)
+        let out = Matrix(uninitializedRows: rows, columns: columns)
         for i in 0..<(rows * columns) { out.data[i] = data[i] + other.data[i] }
         return out
     }
 
     /// The given rows, as a new matrix.
     public func selectingRows(_ indices: [Int]) -> Matrix {
-        let out = Matrix(rows: indices.count, columns: columns)
+        let out = Matrix(uninitializedRows: indices.count, columns: columns)
         for (i, r) in indices.enumerated() { out.row(i).update(from: row(r), count: columns) }
         return out
     }

@@ -81,7 +81,7 @@ struct DeviceProgram {
         if K == 1 { return x }
         let all = try comm.allGather(x.values, over: axes, label: label)
         let R = x.rows, c = x.columns
-        let out = Matrix(rows: R, columns: K * c)
+        let out = Matrix(uninitializedRows: R, columns: K * c)
         all.withUnsafeBufferPointer { a in
             for m in 0..<K {
                 for r in 0..<R { (out.row(r) + m * c).update(from: a.baseAddress! + m * R * c + r * c, count: c) }
@@ -210,7 +210,7 @@ struct DeviceProgram {
     }
 
     func stackRows(_ parts: [Matrix]) -> Matrix {
-        let out = Matrix(rows: parts.reduce(0) { $0 + $1.rows }, columns: parts[0].columns)
+        let out = Matrix(uninitializedRows: parts.reduce(0) { $0 + $1.rows }, columns: parts[0].columns)
         var at = 0
         for p in parts {
             out.row(at).update(from: p.data, count: p.rows * p.columns)
@@ -251,7 +251,7 @@ struct DeviceProgram {
         guard ffn == .weightStationary2D, mesh.x > 1 else { return parts }
         let X = mesh.x
         let widths = parts.map { $0.columns / X }
-        let fused = Matrix(rows: parts[0].rows, columns: widths.reduce(0, +) * X)
+        let fused = Matrix(uninitializedRows: parts[0].rows, columns: widths.reduce(0, +) * X)
         for r in 0..<fused.rows {
             var at = 0
             for i in 0..<X {
@@ -270,7 +270,7 @@ struct DeviceProgram {
         let X = mesh.x
         let widths = parts.map(\.columns)
         let total = widths.reduce(0, +)
-        let fused = Matrix(rows: parts[0].rows, columns: total)
+        let fused = Matrix(uninitializedRows: parts[0].rows, columns: total)
         for r in 0..<fused.rows {
             var at = 0
             for (p, w) in zip(parts, widths) { (fused.row(r) + at).update(from: p.row(r), count: w); at += w }
@@ -279,7 +279,7 @@ struct DeviceProgram {
         var offset = 0
         return widths.map { w in
             defer { offset += w }
-            let out = Matrix(rows: all.rows, columns: X * w)
+            let out = Matrix(uninitializedRows: all.rows, columns: X * w)
             for r in 0..<all.rows {
                 for i in 0..<X { (out.row(r) + i * w).update(from: all.row(r) + i * total + offset, count: w) }
             }
