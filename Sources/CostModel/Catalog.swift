@@ -117,6 +117,14 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// the 8-bit pair above is `memoryBandwidth…`.
     public var f32BandwidthOneThread: Double?
     public var f32BandwidthAllThreads: Double?
+    /// Achieved fraction of the kernel rates above in a whole forward pass of a real model
+    /// (norms, RoPE, activation quantization, copies and allocation between the matmuls), per
+    /// weight precision (`WeightPrecision.rawValue`): prefill time for compute, decode time for
+    /// memory. `calibrate` measures them on one device with one thread; they then price every
+    /// mesh and thread count. Missing: 1.
+    public var passComputeEfficiency: [String: Double]?
+    public var passMemoryEfficiency: [String: Double]?
+
     /// MPI collectives (`calibrate --transport mpi`), measured like the in-process pair:
     /// seconds per call and bytes/s, with the rank count they were measured on.
     public var mpiCollectiveLatency: Double?
@@ -161,12 +169,13 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         return h
     }
 
-    /// Measured numbers are achieved rates: efficiencies 1, the measured per-call latency, and
-    /// no overlap (in-process "communication" is copying on the cores the matmuls use).
-    public var calibration: Calibration {
+    /// Measured numbers are achieved rates: kernel efficiencies 1 (times the whole-pass
+    /// efficiencies for `weights`, when measured), the measured per-call latency, and no overlap
+    /// (in-process "communication" is copying on the cores the matmuls use).
+    public func calibration(for weights: WeightPrecision? = nil) -> Calibration {
         var c = Calibration()
-        c.computeEfficiency = 1
-        c.memoryEfficiency = 1
+        c.computeEfficiency = weights.flatMap { passComputeEfficiency?[$0.rawValue] } ?? 1
+        c.memoryEfficiency = weights.flatMap { passMemoryEfficiency?[$0.rawValue] } ?? 1
         c.interconnectEfficiency = 1
         c.collectiveLatency = collectiveLatency
         c.overlap = 0

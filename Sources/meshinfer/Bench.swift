@@ -51,10 +51,10 @@ struct Bench: ParsableCommand {
                 for test in [("pp", promptTokens), ("tg", genTokens)] where test.1 > 0 {
                     var rates: [Double] = []
                     var commShare: [Double] = []
-                    _ = try runOnce(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) })   // warm-up
+                    _ = try timeRun(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) })   // warm-up
                     for _ in 0..<repetitions {
                         try session.meshEngine?.resetCounters()
-                        rates.append(try runOnce(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) }))
+                        rates.append(try timeRun(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) }))
                         if let m = session.meshEngine, m.wallSeconds > 0 { commShare.append(m.communicationSeconds / m.wallSeconds) }
                     }
                     rates.sort()
@@ -115,32 +115,35 @@ struct Bench: ParsableCommand {
             host = mpi
         }
         let mesh = session.meshEngine?.mesh ?? Mesh.single
+        // On a mesh, native weights run as f32 shards; int8 shards stay 8-bit.
         let precision: WeightPrecision = switch format {
         case .int8: .int8Grouped
         case .f32: .f32
-        case .native: .native
+        case .native: mesh.deviceCount > 1 ? .f32 : .native
         }
         let prefill = test == "pp"
         let single = PhaseLayout(.weightStationary1D, .shardedOverHeads)
         let layout = prefill ? (session.meshEngine?.prefill ?? single) : (session.meshEngine?.decode ?? single)
-        let hw = host.hardware(weights: mesh.deviceCount > 1 ? .f32 : precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
+        let hw = host.hardware(weights: precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
         let config = session.engine.config
-        let p = try CostModel(hardware: hw, calibration: host.calibration).predict(
+        let p = try CostModel(hardware: hw, calibration: host.calibration(for: precision)).predict(
             model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh, layout: layout,
             phase: prefill ? .prefill : .decode, batch: batch, inputTokens: prefill ? tokens : 1,
-            generateTokens: prefill ? 1 : tokens, context: prefill ? nil : 0, weights: mesh.deviceCount > 1 ? (format == .int8 ? .int8Grouped : .f32) : precision)
+            generateTokens: prefill ? 1 : tokens, context: prefill ? nil : 0, weights: precision)
         return Double(batch * tokens) / p.latencySeconds
     }
 
-    /// One pp or tg run on a fresh cache; returns tokens per second.
-    func runOnce(_ engine: any ForwardEngine, _ kind: String, _ n: Int, _ tokens: [[Int]]) throws -> Double {
-        let caches = tokens.map { _ in engine.makeCache(limit: n + 1) }
-        let start = Date()
-        if kind == "pp" {
-            _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: $1) })
-        } else {
-            for i in 0..<n { _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: [$1[i]]) }) }
-        }
-        return Double(n * tokens.count) / Date().timeIntervalSince(start)
+}
+
+/// One pp (a single prefill of n tokens per sequence) or tg (n decode steps) run on fresh
+/// caches; returns tokens per second over all sequences.
+func timeRun(_ engine: any ForwardEngine, _ kind: String, _ n: Int, _ tokens: [[Int]]) throws -> Double {
+    let caches = tokens.map { _ in engine.makeCache(limit: n + 1) }
+    let start = Date()
+    if kind == "pp" {
+        _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: $1) })
+    } else {
+        for i in 0..<n { _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: [$1[i]]) }) }
     }
+    return Double(n * tokens.count) / Date().timeIntervalSince(start)
 }

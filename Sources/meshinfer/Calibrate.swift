@@ -23,6 +23,8 @@ struct Calibrate: ParsableCommand {
     @Option(help: "Collectives to measure: inprocess (and the whole host), or mpi (run under mpirun with 2 or more ranks; adds MPI collective latency and bandwidth to the saved measurements).")
     var transport: Transport = .inprocess
     @Option(help: "Output file (default: the model cache's cpu-calibration.json).") var output: String?
+    @Option(help: "GGUF model whose whole forward pass is timed for the pass efficiencies (default: the cached default model).")
+    var model: String?
 
     func run() throws {
         if transport == .mpi { return try calibrateMPI() }
@@ -100,6 +102,7 @@ struct Calibrate: ParsableCommand {
         result.nativeBandwidthAllThreads = nbwAll
         result.f32BandwidthOneThread = fbw1
         result.f32BandwidthAllThreads = fbwAll
+        try measurePassEfficiencies(&result)
         let path = output ?? hostCalibrationPath()
         // Keep MPI measurements from an earlier `calibrate --transport mpi`.
         if let data = FileManager.default.contents(atPath: path), let old = try? JSONDecoder().decode(HostCalibration.self, from: data) {
@@ -118,6 +121,43 @@ struct Calibrate: ParsableCommand {
                      result.f32FLOPsPerThread / 1e9, result.int8OPsPerThread / 1e9, bw1 / 1e9, bwAll / 1e9, threads,
                      small * 1e6, bandwidth / 1e9))
         print("saved to \(path)")
+    }
+
+    /// Whole-pass efficiencies on the model file (default: the cached default model; skipped if
+    /// absent): for each weight format, one device and one thread, a 256-token prefill and 32
+    /// decode steps, each the median of 3, against the cost model's time at kernel rates.
+    func measurePassEfficiencies(_ host: inout HostCalibration) throws {
+        guard let path = model ?? (try? ModelStore().defaultModel()) else {
+            print("no model file: whole-pass efficiencies not measured (run `meshinfer pull`)")
+            return
+        }
+        var compute: [String: Double] = [:], memory: [String: Double] = [:]
+        for format in [WeightFormat.f32, .int8, .native] {
+            let loaded = try LoadedModel(path: path, format: format, threads: 1)
+            let config = loaded.weights.config
+            let precision: WeightPrecision = format == .int8 ? .int8Grouped : format == .f32 ? .f32 : .native
+            let spec = ModelSpec(config: config, nominalParameters: Double(config.parameterCount))
+            let model = CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: 1, activeThreads: 1),
+                                  calibration: host.calibration())
+            let layout = PhaseLayout(.weightStationary1D, .shardedOverHeads)
+            var rng = SplitMix64(seed: 7)
+            let tokens = (0..<256).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) }
+            func rate(_ kind: String, _ n: Int) throws -> Double {
+                _ = try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))])
+                return try (0..<3).map { _ in try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))]) }.sorted()[1]
+            }
+            let pp = try model.predict(model: spec, mesh: .single, layout: layout, phase: .prefill, batch: 1, inputTokens: 256,
+                                       generateTokens: 1, weights: precision)
+            let tg = try model.predict(model: spec, mesh: .single, layout: layout, phase: .decode, batch: 1, inputTokens: 1,
+                                       generateTokens: 32, context: 0, weights: precision)
+            // measured rate / predicted rate: the fraction of the kernel rates a whole pass achieves.
+            compute[precision.rawValue] = min(1.5, try rate("pp", 256) * pp.latencySeconds / 256)
+            memory[precision.rawValue] = min(1.5, try rate("tg", 32) * tg.latencySeconds / 32)
+        }
+        host.passComputeEfficiency = compute
+        host.passMemoryEfficiency = memory
+        print("whole-pass efficiency (prefill / decode): " + compute.keys.sorted().map {
+            String(format: "%@ %.2f / %.2f", $0, compute[$0]!, memory[$0]!) }.joined(separator: ", "))
     }
 
     /// A Q4_1 matrix (rows × columns) with varied blocks, loaded as `native` weights.

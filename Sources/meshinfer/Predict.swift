@@ -65,7 +65,7 @@ struct Predict: ParsableCommand {
                 host = mpi
             }
             hw = host.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
-            calibration = host.calibration
+            calibration = host.calibration(for: weights)
         } else {
             guard let h = Hardware.named(hardware) else {
                 throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200, cpu)")
