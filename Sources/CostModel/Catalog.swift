@@ -113,6 +113,9 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var nativeOPsPerThread: Double?
     public var nativeBandwidthOneThread: Double?
     public var nativeBandwidthAllThreads: Double?
+    /// GEMM rate of all `threads` threads together, per weight precision (`rawValue`): with every
+    /// thread busy a thread may get less than its solo rate (shared execution units, power).
+    public var allThreadsOPs: [String: Double]?
     /// Weight streaming of the f32 kernel (decode-like matvecs) with 1 and with all threads;
     /// the 8-bit pair above is `memoryBandwidth…`.
     public var f32BandwidthOneThread: Double?
@@ -156,7 +159,10 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// threads, with `activeThreads` threads in use in all.
     public func hardware(weights: WeightPrecision, threadsPerDevice: Int, activeThreads: Int) -> Hardware {
         let native = weights == .native && nativeOPsPerThread != nil
-        let perThread = native ? nativeOPsPerThread! : weights == .int8Grouped ? int8OPsPerThread : f32FLOPsPerThread
+        var perThread = native ? nativeOPsPerThread! : weights == .int8Grouped ? int8OPsPerThread : f32FLOPsPerThread
+        if activeThreads > 1, let all = allThreadsOPs?[native ? "native" : weights == .int8Grouped ? "int8-g32" : "f32"] {
+            perThread = all / Double(max(1, threads))
+        }
         let peak = perThread * Double(threadsPerDevice)
         let f32 = weights == .f32 && f32BandwidthOneThread != nil
         let bw = native ? (activeThreads > 1 ? nativeBandwidthAllThreads! : nativeBandwidthOneThread!)
