@@ -86,6 +86,45 @@ struct MPITests {
     }
 }
 
+extension MPITests {
+    /// `calibrate --transport mpi` adds MPI collective latency and bandwidth to an existing host
+    /// calibration and keeps the rest.
+    @Test func calibrateMeasuresMPICollectives() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-calibration-\(getpid()).json")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let base: [String: Any] = [
+            "f32FLOPsPerThread": 1e11, "int8OPsPerThread": 2e11, "memoryBandwidthOneThread": 1e10,
+            "memoryBandwidthAllThreads": 1e10, "threads": 2, "collectiveLatency": 2e-5, "collectiveBandwidth": 5e9,
+            "memoryBytes": 1e10,
+        ]
+        try JSONSerialization.data(withJSONObject: base).write(to: file)
+        let r = try MPI.mpirun(2, ["calibrate", "--transport", "mpi", "--output", file.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let saved = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as? [String: Any])
+        let latency = try #require(saved["mpiCollectiveLatency"] as? Double)
+        let bandwidth = try #require(saved["mpiCollectiveBandwidth"] as? Double)
+        #expect(latency > 0 && latency < 0.01, "latency \(latency) s")
+        #expect(bandwidth > 1e6, "bandwidth \(bandwidth) B/s")
+        #expect(saved["mpiRanks"] as? Int == 2)
+        #expect(saved["f32FLOPsPerThread"] as? Double == 1e11)
+    }
+
+    /// `bench --transport mpi` runs on the ranks and reports the mesh's step split into compute
+    /// and communication.
+    @Test func benchRunsOverMPI() throws {
+        let r = try MPI.mpirun(2, ["bench", "--transport", "mpi", "--mesh", "2", "--weights", "f32", "--batch", "2",
+                                   "-p", "16", "-n", "4", "-r", "1", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let results = try #require(r.json.first?["results"] as? [[String: Any]])
+        #expect(results.map { $0["test"] as? String } == ["pp16", "tg4"])
+        for row in results {
+            #expect(row["mesh"] as? String == "2x1x1")
+            #expect((row["tokens_per_s_median"] as? Double ?? 0) > 0)
+            #expect((row["communication_s"] as? Double ?? 0) > 0)
+        }
+    }
+}
+
 enum MPI {
     static let mpirunPath = ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "mpirun"
     static var available: Bool { FileManager.default.isExecutableFile(atPath: mpirunPath) }
