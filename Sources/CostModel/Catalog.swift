@@ -1,3 +1,4 @@
+import Partitioning
 import Transformer
 
 /// An accelerator, as the cost model sees it (SPEC §2).
@@ -16,6 +17,10 @@ public struct Hardware: Sendable, Equatable {
     /// axis without wraparound gets half the bandwidth (Pricing). Otherwise (a switch) every
     /// collective gets the full bandwidth.
     public var torusLinks = false
+    /// Per-axis bandwidth (x, y, z), bytes/s, when the axes differ: e.g. a mesh whose x axis
+    /// crosses hosts over the network while y and z stay inside a host. A collective moves at
+    /// the slowest spanned axis's rate. nil: every axis has `interconnectBandwidth`.
+    public var axisBandwidth: [Double]?
     /// Bytes per activation and KV-cache element (bf16 on accelerators, f32 in this runtime).
     public var activationBytes = 2.0
     /// FLOP/s of attention's Q·Kᵀ and P·V (nil: the matmul peak, as on accelerators).
@@ -33,6 +38,13 @@ public struct Hardware: Sendable, Equatable {
     }
 
     static let gib = 1024.0 * 1024 * 1024
+
+    /// Bandwidth of a collective spanning `axes`: the slowest of them (§4.3's collectives are
+    /// loops over every spanned axis, so the slowest link paces them).
+    public func bandwidth(spanning axes: [Axis]) -> Double {
+        guard let perAxis = axisBandwidth, perAxis.count == 3 else { return interconnectBandwidth }
+        return axes.map { perAxis[$0.rawValue] }.min() ?? interconnectBandwidth
+    }
 
     /// TPU v4: 275 TFLOP/s bf16, 32 GiB HBM at 1200 GB/s, 270 GB/s ICI (SPEC §2.1).
     public static let tpuV4 = Hardware(name: "tpu-v4", peakFLOPs: 275e12, memoryBytes: 32 * gib,

@@ -192,7 +192,7 @@ struct PassTotals {
             let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
             let spanned = col.axes.axes.filter { tc.mesh.size($0) > 1 }
             let ring = spanned.count != 1 || hardware.wrapsAround(spanned[0], in: tc.mesh)
-            let seconds = b / (hardware.interconnectBandwidth * (ring ? 1 : 0.5))
+            let seconds = b / (hardware.bandwidth(spanning: spanned) * (ring ? 1 : 0.5))
             hops += Double(spanned.reduce(0) { $0 + tc.mesh.size($1) - 1 })
             bytes += b
             if isWeights { weightCommunication += seconds } else { activationCommunication += seconds }

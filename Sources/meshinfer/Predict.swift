@@ -45,6 +45,8 @@ struct Predict: ParsableCommand {
         return c
     }
 
+    @Option(help: "Per-axis interconnect bandwidth X,Y,Z in GB/s (e.g. 12.5,50,50 when x crosses hosts); a collective moves at its slowest axis.")
+    var axisBandwidth: String?
     @Option(help: "With --hardware cpu: price collectives as measured on this transport (inprocess or mpi).")
     var transport: Transport = .inprocess
 
@@ -53,7 +55,7 @@ struct Predict: ParsableCommand {
         if let block { spec.config.block = block }
         if let layers { spec.config.layers = layers }
         var calibration = self.calibration
-        let hw: Hardware
+        var hw: Hardware
         if hardware == "cpu" {
             guard var host = loadHostCalibration() else {
                 throw ValidationError("--hardware cpu needs this host's measurements: run `meshinfer calibrate` first")
@@ -71,6 +73,13 @@ struct Predict: ParsableCommand {
                 throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200, cpu)")
             }
             hw = h
+        }
+        if let axisBandwidth {
+            let values = axisBandwidth.split(separator: ",").compactMap { Double($0) }
+            guard values.count == 3, values.allSatisfy({ $0 > 0 }) else {
+                throw ValidationError("--axis-bandwidth takes three positive numbers X,Y,Z in GB/s, got '\(axisBandwidth)'")
+            }
+            hw.axisBandwidth = values.map { $0 * 1e9 }
         }
         guard chips >= 1, batch >= 1, inputTokens >= 1, generateTokens >= 1 else { throw ValidationError("--chips, --batch and token counts must be positive") }
         let mesh = try topology.map { try Mesh(parsing: $0) } ?? Mesh.torus(chips: chips, config: spec.config)

@@ -35,4 +35,24 @@ struct PredictTests {
                               phase: .prefill, batch: 3, inputTokens: 16, generateTokens: 1, weights: .bf16)
         }
     }
+
+    /// Per-axis bandwidth: equal values change nothing; a slow x axis slows exactly the
+    /// collectives that span x (2D weight-stationary has some over x and some over yz only).
+    @Test func perAxisBandwidth() throws {
+        func predict(_ axisBandwidth: [Double]?) throws -> Prediction {
+            var hw = Hardware.a100
+            hw.axisBandwidth = axisBandwidth
+            return try CostModel(hardware: hw).predict(model: .palm62B, mesh: Mesh(x: 2, y: 2, z: 2),
+                                                       layout: PhaseLayout(.weightStationary2D, .shardedOverBatch), phase: .prefill,
+                                                       batch: 8, inputTokens: 512, generateTokens: 1, weights: .bf16)
+        }
+        let bw = Hardware.a100.interconnectBandwidth
+        let uniform = try predict(nil), same = try predict([bw, bw, bw])
+        #expect(same.communicationSeconds == uniform.communicationSeconds)
+        let slowX = try predict([bw / 10, bw, bw]), slowZ = try predict([bw, bw, bw / 10])
+        #expect(slowX.communicationBytesPerChip == uniform.communicationBytesPerChip)
+        #expect(slowX.communicationSeconds > 2 * uniform.communicationSeconds)
+        #expect(slowZ.communicationSeconds > uniform.communicationSeconds)
+        #expect(slowX.communicationSeconds < 10 * uniform.communicationSeconds)
+    }
 }
