@@ -7,11 +7,13 @@ import PackageDescription
 let nativeC: [CSetting] = [.unsafeFlags(["-O3", "-march=native", "-ffp-contract=fast"])]
 let fastSwift: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
 
-// Open MPI (issue 5): found by its header; `MESHINFER_MPI_HOME` overrides the search. Without it
+// Open MPI (issue 5): found by its header; `MESHINFER_MPI_HOME` overrides the search and
+// `MESHINFER_NO_MPI=1` skips it. Without it
 // the CMPI shim compiles stubs that report "no MPI", and everything else builds and runs.
 // After installing or removing MPI, touch this file so SwiftPM re-reads it.
 let mpiHome: String? = {
     let env = ProcessInfo.processInfo.environment
+    if env["MESHINFER_NO_MPI"] == "1" { return nil }   // build the stubs even where MPI exists
     let candidates = [env["MESHINFER_MPI_HOME"]].compactMap { $0 } + [
         "/usr/lib/x86_64-linux-gnu/openmpi", "/usr/lib/aarch64-linux-gnu/openmpi", "/usr/lib64/openmpi",
         "/usr/local", "/opt/homebrew", "/usr",

@@ -39,7 +39,9 @@ public final class KVCache: SequenceState, @unchecked Sendable {
             (0..<layers).map { l in
                 let p = UnsafeMutablePointer<Float>.allocate(capacity: newCapacity * kvDimension)
                 if l < old.count {
-                    p.update(from: old[l], count: count * kvDimension)
+                    // Everything written so far, which may lie beyond `count`: a mesh device's
+                    // cache slices are written by position and never advance `count`.
+                    p.update(from: old[l], count: capacity * kvDimension)
                     old[l].deallocate()
                 }
                 return p

@@ -77,6 +77,39 @@ struct MeshTests {
         }
     }
 
+    /// Long sequences: a prefill past the cache's first growth (64 positions), decode past the
+    /// second (128), then a rewritten tail (a chat turn: truncate, prefill new tokens) — logits
+    /// equal the single-device engine's. (The device caches once lost their contents when they
+    /// grew.)
+    @Test(arguments: ["2", "2x2"], [FeedForwardLayout.weightStationary2D, .weightGatheredXYZ])
+    func longSequencesAndRewrites(_ meshName: String, _ ffn: FeedForwardLayout) throws {
+        let model = Self.models[0]
+        let mesh = try Mesh(parsing: meshName)
+        for attention in AttentionLayout.allCases {
+            let reference = Engine(weights: .random(config: model, seed: 17), threads: 1)
+            let layout = PhaseLayout(ffn, attention)
+            let sharded = try MeshEngine(source: RandomWeights(config: model, seed: 17), config: model, mesh: mesh,
+                                         prefill: layout, decode: layout, format: .f32, threads: 2)
+            let batch = mesh.deviceCount
+            let refCaches = (0..<batch).map { _ in reference.makeCache() }
+            let meshCaches = (0..<batch).map { _ in sharded.makeCache() }
+            func step(_ tokens: [[Int]]) throws {
+                let expected = try reference.forward(zip(refCaches, tokens).map { SequenceInput(cache: $0, tokens: $1) })
+                let got = try sharded.forward(zip(meshCaches, tokens).map { SequenceInput(cache: $0, tokens: $1) })
+                for b in 0..<batch {
+                    let d = maxAbsDifference(got[b].values, expected[b].values)
+                    #expect(d < 2e-3, "\(attention) at position \(refCaches[b].count): max |Δ| = \(d)")
+                }
+            }
+            let token = { (i: Int, b: Int) in (i * 7 + b * 5 + 1) % model.vocabularySize }
+            try step((0..<batch).map { b in (0..<(100 + b)).map { token($0, b) } })
+            for i in 0..<40 { try step((0..<batch).map { [token(200 + i, $0)] }) }
+            for c in refCaches + meshCaches { c.truncate(to: 90) }
+            try step((0..<batch).map { b in (0..<12).map { token(300 + $0, b) } })
+            for i in 0..<4 { try step((0..<batch).map { [token(400 + i, $0)] }) }
+        }
+    }
+
     /// Prefill and decode in different layouts over the same stored weights (§3.2.3).
     @Test(arguments: [FeedForwardLayout.weightGatheredX, .weightGatheredXY, .weightGatheredXYZ])
     func prefillWeightGatheredDecodeWeightStationary(_ prefill: FeedForwardLayout) throws {
