@@ -39,6 +39,10 @@ func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws ->
     } catch {
         // Print first: the followers exit once told, and the launcher then stops this rank too.
         printError(MeshInfer.fullMessage(for: error))
+        if error is CollectiveError || error is MPIError {
+            // A peer is gone or stuck mid-pass: it cannot take the message; stop the whole job.
+            world.abort(code: 1)
+        }
         endSessions(failed: true)
         _ = try? world.broadcast(Array("fail".utf8), root: 0, timeout: 0)
         world.finalize()

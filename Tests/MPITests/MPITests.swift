@@ -69,6 +69,35 @@ struct MPITests {
         for s in survivors { #expect(!MPI.isAlive(s), "rank process \(s) still alive") }
     }
 
+    /// One rank stopped (alive but stuck) mid-generation: rank 0's collective times out, it
+    /// says so, and the whole job ends non-zero.
+    @Test func stuckRankTimesOut() throws {
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-stuck-\(getpid()).log")
+        defer { try? FileManager.default.removeItem(at: log) }
+        let process = try MPI.start(2, ["generate", "--transport", "mpi", "--mesh", "2", "--weights", "f32", "--collective-timeout", "5",
+                                        "--prompt", "a", "--prompt", "b", "--max-tokens", "100000", "--ignore-eos", "--json"], stderr: log)
+        let launcher = process.process.processIdentifier
+        defer {
+            for pid in MPI.ranks(of: launcher) { kill(pid, SIGKILL) }
+            if process.process.isRunning { process.process.terminate() }
+        }
+        var ranks: [Int32] = []
+        let start = Date()
+        while Date().timeIntervalSince(start) < 60 {
+            Thread.sleep(forTimeInterval: 0.5)
+            ranks = MPI.ranks(of: launcher)
+            if ranks.count == 2, Date().timeIntervalSince(start) > 4 { break }
+        }
+        try #require(ranks.count == 2, "the ranks never started")
+        kill(ranks[1], SIGSTOP)
+        let stopped = Date()
+        while process.process.isRunning && Date().timeIntervalSince(stopped) < 30 { Thread.sleep(forTimeInterval: 0.1) }
+        #expect(!process.process.isRunning, "mpirun still running 30 s after a rank got stuck")
+        #expect(process.process.terminationStatus != 0)
+        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        #expect(text.contains("collective timed out: a peer did not arrive within 5.0 s"), "\(text)")
+    }
+
     /// More ranks than devices: a clear error from rank 0, non-zero exit.
     @Test func rankCountMustMatchMesh() throws {
         let r = try MPI.mpirun(3, ["generate", "--transport", "mpi", "--mesh", "2", "--prompt", "a", "--prompt", "b"])
@@ -180,13 +209,18 @@ enum MPI {
         let out = Pipe(), err = Pipe()
     }
 
-    static func start(_ ranks: Int, _ args: [String]) throws -> Running {
+    static func start(_ ranks: Int, _ args: [String], stderr: URL? = nil) throws -> Running {
         let r = Running()
         r.process.executableURL = URL(fileURLWithPath: mpirunPath)
         r.process.arguments = mpirunFlags(ranks) + [binary] + args
         r.process.environment = environment
         r.process.standardOutput = FileHandle.nullDevice
-        r.process.standardError = FileHandle.nullDevice
+        if let stderr {
+            FileManager.default.createFile(atPath: stderr.path, contents: nil)
+            r.process.standardError = try FileHandle(forWritingTo: stderr)
+        } else {
+            r.process.standardError = FileHandle.nullDevice
+        }
         try r.process.run()
         return r
     }
