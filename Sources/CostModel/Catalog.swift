@@ -133,10 +133,11 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var f32BandwidthOneThread: Double?
     public var f32BandwidthAllThreads: Double?
     /// Achieved fraction of the kernel rates above in a whole forward pass of a real model
-    /// (norms, RoPE, activation quantization, copies and allocation between the matmuls), per
-    /// weight precision (`WeightPrecision.rawValue`): prefill time for compute, decode time for
-    /// memory. `calibrate` measures them on one device with one thread; they then price every
-    /// mesh and thread count. Missing: 1.
+    /// (norms, RoPE, activation quantization, copies, allocation and thread hand-offs between
+    /// the matmuls), per weight precision and thread count (`passKey`): prefill time for
+    /// compute, decode time for memory. `calibrate` measures them on one device with one thread
+    /// and with all threads; a mesh is priced with the value for the threads busy in all
+    /// (a 2-device mesh of 1 thread each: the 2-thread value). Missing: 1.
     public var passComputeEfficiency: [String: Double]?
     public var passMemoryEfficiency: [String: Double]?
 
@@ -145,6 +146,11 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var mpiCollectiveLatency: Double?
     public var mpiCollectiveBandwidth: Double?
     public var mpiRanks: Int?
+
+    /// The key of a whole-pass efficiency: the precision, and the thread count unless 1.
+    public static func passKey(_ weights: WeightPrecision, threads: Int) -> String {
+        threads > 1 ? "\(weights.rawValue)@\(threads)" : weights.rawValue
+    }
 
     /// This host with its collectives on MPI (nil until `calibrate --transport mpi` has run).
     public var overMPI: HostCalibration? {
@@ -190,10 +196,14 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// Measured numbers are achieved rates: kernel efficiencies 1 (times the whole-pass
     /// efficiencies for `weights`, when measured), the measured per-call latency, and no overlap
     /// (in-process "communication" is copying on the cores the matmuls use).
-    public func calibration(for weights: WeightPrecision? = nil) -> Calibration {
+    public func calibration(for weights: WeightPrecision? = nil, activeThreads: Int = 1) -> Calibration {
+        func pick(_ table: [String: Double]?) -> Double {
+            guard let weights, let table else { return 1 }
+            return table[Self.passKey(weights, threads: activeThreads > 1 ? threads : 1)] ?? table[weights.rawValue] ?? 1
+        }
         var c = Calibration()
-        c.computeEfficiency = weights.flatMap { passComputeEfficiency?[$0.rawValue] } ?? 1
-        c.memoryEfficiency = weights.flatMap { passMemoryEfficiency?[$0.rawValue] } ?? 1
+        c.computeEfficiency = pick(passComputeEfficiency)
+        c.memoryEfficiency = pick(passMemoryEfficiency)
         c.interconnectEfficiency = 1
         c.collectiveLatency = collectiveLatency
         c.overlap = 0

@@ -126,7 +126,7 @@ struct Bench: ParsableCommand {
         let layout = prefill ? (session.meshEngine?.prefill ?? single) : (session.meshEngine?.decode ?? single)
         let hw = host.hardware(weights: precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
         let config = session.engine.config
-        let p = try CostModel(hardware: hw, calibration: host.calibration(for: precision)).predict(
+        let p = try CostModel(hardware: hw, calibration: host.calibration(for: precision, activeThreads: t)).predict(
             model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh, layout: layout,
             phase: prefill ? .prefill : .decode, batch: batch, inputTokens: prefill ? tokens : 1,
             generateTokens: prefill ? 1 : tokens, context: prefill ? nil : 0, weights: precision)

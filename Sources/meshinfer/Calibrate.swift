@@ -131,35 +131,40 @@ struct Calibrate: ParsableCommand {
     }
 
     /// Whole-pass efficiencies on the model file (default: the cached default model; skipped if
-    /// absent): for each weight format, one device and one thread, a 256-token prefill and 32
-    /// decode steps, each the median of 3, against the cost model's time at kernel rates.
+    /// absent): for each weight format, on one device with one thread and with all threads, a
+    /// 256-token prefill and 32 decode steps, each the median of 5, against the cost model's time
+    /// at the kernel rates.
     func measurePassEfficiencies(_ host: inout HostCalibration) throws {
         guard let path = model ?? (try? ModelStore().defaultModel()) else {
             print("no model file: whole-pass efficiencies not measured (run `meshinfer pull`)")
             return
         }
+        let threads = ProcessInfo.processInfo.activeProcessorCount
         var compute: [String: Double] = [:], memory: [String: Double] = [:]
-        for format in [WeightFormat.f32, .int8, .native] {
-            let loaded = try LoadedModel(path: path, format: format, threads: 1)
-            let config = loaded.weights.config
-            let precision: WeightPrecision = format == .int8 ? .int8Grouped : format == .f32 ? .f32 : .native
-            let spec = ModelSpec(config: config, nominalParameters: Double(config.parameterCount))
-            let model = CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: 1, activeThreads: 1),
-                                  calibration: host.calibration())
-            let layout = PhaseLayout(.weightStationary1D, .shardedOverHeads)
-            var rng = SplitMix64(seed: 7)
-            let tokens = (0..<256).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) }
-            func rate(_ kind: String, _ n: Int) throws -> Double {
-                _ = try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))])
-                return try (0..<3).map { _ in try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))]) }.sorted()[1]
+        for t in Set([1, threads]).sorted() {
+            for format in [WeightFormat.f32, .int8, .native] {
+                let loaded = try LoadedModel(path: path, format: format, threads: t)
+                let config = loaded.weights.config
+                let precision: WeightPrecision = format == .int8 ? .int8Grouped : format == .f32 ? .f32 : .native
+                let spec = ModelSpec(config: config, nominalParameters: Double(config.parameterCount))
+                let model = CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: t, activeThreads: t),
+                                      calibration: host.calibration())
+                let layout = PhaseLayout(.weightStationary1D, .shardedOverHeads)
+                var rng = SplitMix64(seed: 7)
+                let tokens = (0..<256).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) }
+                func rate(_ kind: String, _ n: Int) throws -> Double {
+                    _ = try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))])
+                    return try (0..<5).map { _ in try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))]) }.sorted()[2]
+                }
+                let pp = try model.predict(model: spec, mesh: .single, layout: layout, phase: .prefill, batch: 1, inputTokens: 256,
+                                           generateTokens: 1, weights: precision)
+                let tg = try model.predict(model: spec, mesh: .single, layout: layout, phase: .decode, batch: 1, inputTokens: 1,
+                                           generateTokens: 32, context: 0, weights: precision)
+                // measured rate / predicted rate: the fraction of the kernel rates a whole pass achieves.
+                let key = HostCalibration.passKey(precision, threads: t)
+                compute[key] = min(1.5, try rate("pp", 256) * pp.latencySeconds / 256)
+                memory[key] = min(1.5, try rate("tg", 32) * tg.latencySeconds / 32)
             }
-            let pp = try model.predict(model: spec, mesh: .single, layout: layout, phase: .prefill, batch: 1, inputTokens: 256,
-                                       generateTokens: 1, weights: precision)
-            let tg = try model.predict(model: spec, mesh: .single, layout: layout, phase: .decode, batch: 1, inputTokens: 1,
-                                       generateTokens: 32, context: 0, weights: precision)
-            // measured rate / predicted rate: the fraction of the kernel rates a whole pass achieves.
-            compute[precision.rawValue] = min(1.5, try rate("pp", 256) * pp.latencySeconds / 256)
-            memory[precision.rawValue] = min(1.5, try rate("tg", 32) * tg.latencySeconds / 32)
         }
         host.passComputeEfficiency = compute
         host.passMemoryEfficiency = memory

@@ -67,7 +67,7 @@ struct Predict: ParsableCommand {
                 host = mpi
             }
             hw = host.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
-            calibration = host.calibration(for: weights)
+            calibration = host.calibration(for: weights, activeThreads: host.threads)
         } else {
             guard let h = Hardware.named(hardware) else {
                 throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200, cpu)")
