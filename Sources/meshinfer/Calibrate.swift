@@ -18,7 +18,7 @@ func loadHostCalibration() -> HostCalibration? {
 
 struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure this host (GEMM rates, weight-streaming bandwidth, in-process collective latency and bandwidth) for the cost model.")
+        abstract: "Measure this host for the cost model: GEMM and attention rates, weight streaming, whole-pass efficiencies of the model, collective latency and bandwidth (in-process, or MPI with --transport mpi under mpirun).")
 
     @Option(help: "Collectives to measure: inprocess (and the whole host), or mpi (run under mpirun with 2 or more ranks; adds MPI collective latency and bandwidth to the saved measurements).")
     var transport: Transport = .inprocess
