@@ -1,7 +1,9 @@
 #include "cmpi.h"
 #include <sched.h>
 #include <stdlib.h>
+#ifdef __linux__
 #include <sys/prctl.h>
+#endif
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -42,6 +44,12 @@ int mi_init(int *rank, int *size) {
         int provided = 0;
         int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
         if (rc != MPI_SUCCESS) return fail("MPI_Init_thread", rc);
+        if (provided < MPI_THREAD_SERIALIZED) {
+            /* Overlapped collectives run on a background thread (one at a time). */
+            snprintf(last_error, sizeof last_error,
+                     "the MPI library provides thread level %d; MeshInfer needs MPI_THREAD_SERIALIZED or better", provided);
+            return MI_ERROR;
+        }
         /* Errors come back as codes, never as a silent process exit. */
         MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
         initialized_here = 1;
@@ -107,7 +115,7 @@ int mi_comm_size(int handle, int *size) {
     return MPI_Comm_size(comm, size) == MPI_SUCCESS ? MI_OK : MI_ERROR;
 }
 
-/* Polls a request until it completes or the deadline passes. Spins for `spin_seconds` (a peer
+/* Polls a request until it completes; past the deadline it aborts the job (see below). Spins for `spin_seconds` (a peer
  * that is about to arrive costs no sleep), then naps 10 µs between polls: a napping rank gives
  * its core to whatever else runs (other ranks when they outnumber the cores, or a busy host),
  * and the kernel wakes it promptly because sleepers keep their scheduling credit. (Yielding
@@ -119,7 +127,9 @@ static int wait_for(MPI_Request *request, double timeout, const char *what) {
     if (spin_seconds < 0) {
         const char *env = getenv("MESHINFER_MPI_SPIN_US");
         spin_seconds = env ? atof(env) * 1e-6 : 20e-6;
+#ifdef __linux__
         prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+#endif
     }
     double start = MPI_Wtime();
     long polls = 0;
@@ -131,7 +141,14 @@ static int wait_for(MPI_Request *request, double timeout, const char *what) {
         if ((++polls & 15) != 0) continue;
         double waited = MPI_Wtime() - start;
         if (timeout > 0 && waited > timeout) {
+            /* The request cannot be cancelled and still points at the caller's buffers: no rank
+             * can go on safely, so the whole job stops here. */
+            int rank = -1;
+            MPI_Comm_rank(MPI_COMM_WORLD, &rank);
             snprintf(last_error, sizeof last_error, "%s: a peer did not arrive within %.0f s", what, timeout);
+            fprintf(stderr, "meshinfer rank %d: %s; aborting the MPI job\n", rank, last_error);
+            fflush(stderr);
+            MPI_Abort(MPI_COMM_WORLD, 1);
             return MI_TIMEOUT;
         }
         if (waited > spin_seconds) {

@@ -67,6 +67,18 @@ public protocol Communicator: AnyObject, Sendable {
     func abort(reason: String)
 }
 
+extension Communicator {
+    /// The collective of the given kind (for code that iterates over kinds: checks, calibration).
+    public func collective(_ kind: CollectiveKind, _ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
+        switch kind {
+        case .allGather: try allGather(data, over: axes, label: label)
+        case .reduceScatter: try reduceScatter(data, over: axes, label: label)
+        case .allReduce: try allReduce(data, over: axes, label: label)
+        case .allToAll: try allToAll(data, over: axes, label: label)
+        }
+    }
+}
+
 /// Bytes moved per device and call under the direct algorithm (see `Communicator`).
 /// Returns 0 when K <= 1.
 public func collectiveBytes(_ kind: CollectiveKind, count n: Int, groupSize k: Int) -> Int {

@@ -105,6 +105,8 @@ public final class MPIWorld: MeshControl, @unchecked Sendable {
     /// `timeout` ≤ 0 waits forever (followers waiting for the next command).
     public func broadcast(_ message: [UInt8], root: Int = 0, timeout: Double? = nil) throws(MPIError) -> [UInt8] {
         let wait = timeout ?? self.timeout
+        // Checked before anything is sent, so followers never wait for a payload that cannot come.
+        if rank == root, message.count > Int(Int32.max) { throw .failed("control message of \(message.count) bytes is too large") }
         var length = Int64(rank == root ? message.count : 0)
         try check(mi_bcast(0, &length, 8, Int32(root), wait))
         var buffer = rank == root ? message : [UInt8](repeating: 0, count: Int(length))
@@ -120,6 +122,7 @@ public final class MPIWorld: MeshControl, @unchecked Sendable {
         var mine = Int64(message.count)
         var lengths = [Int64](repeating: 0, count: size)
         try check(lengths.withUnsafeMutableBytes { mi_allgather(0, &mine, 8, $0.baseAddress, wait) })
+        guard lengths.reduce(0, +) <= Int64(Int32.max) else { throw .failed("control messages of \(lengths.reduce(0, +)) bytes are too large") }
         let counts = lengths.map { Int32($0) }
         var displacements = [Int32](repeating: 0, count: size)
         for i in 1..<max(1, size) { displacements[i] = displacements[i - 1] + counts[i - 1] }
@@ -134,11 +137,27 @@ public final class MPIWorld: MeshControl, @unchecked Sendable {
 
     public func barrier(timeout: Double? = nil) throws(MPIError) { try check(mi_barrier(0, timeout ?? self.timeout)) }
 
-    /// Splits the world (`MPI_Comm_split`, collective over every rank); returns the shim handle.
-    func split(color: Int, key: Int) throws(MPIError) -> Int32 {
-        var handle: Int32 = 0
-        try check(mi_split(Int32(color), Int32(key), &handle))
-        return handle
+    /// Sub-communicators of each mesh, made once: every session of a long command (`bench`
+    /// over several formats) reuses them instead of splitting anew.
+    private var groupsByMesh: [Mesh: [(handle: Int32, size: Int, index: Int)]] = [:]
+    private let groupsLock = NSLock()
+
+    /// Per axis subset (by rawValue): (shim handle, group size K, this rank's index in it).
+    /// The first call for a mesh splits the world (`MPI_Comm_split`, collective over every rank).
+    func groups(for mesh: Mesh) throws(MPIError) -> [(handle: Int32, size: Int, index: Int)] {
+        groupsLock.lock()
+        defer { groupsLock.unlock() }
+        if let cached = groupsByMesh[mesh] { return cached }
+        var groups: [(handle: Int32, size: Int, index: Int)] = []
+        for axes in AxisSet.allSubsets {
+            let members = mesh.group(of: rank, over: axes)
+            let index = mesh.index(of: rank, within: axes)
+            var handle: Int32 = 0
+            try check(mi_split(Int32(members.min()!), Int32(index), &handle))
+            groups.append((handle, members.count, index))
+        }
+        groupsByMesh[mesh] = groups
+        return groups
     }
 }
 
@@ -164,7 +183,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     nonisolated(unsafe) private var counter = TrafficCounter()
     nonisolated(unsafe) private var abortReason: String?
 
-    /// Builds the axis sub-communicators (collective: every rank must call it).
+    /// Uses the world's sub-communicators for the mesh (made on first use: every rank must call).
     public init(world: MPIWorld, mesh: Mesh, timeout: Double = 30) throws(MPIError) {
         guard world.size == mesh.deviceCount else {
             throw .badLaunch("the mesh \(mesh) has \(mesh.deviceCount) devices but MPI started \(world.size) ranks; "
@@ -174,13 +193,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         self.rank = world.rank
         self.world = world
         self.timeout = timeout
-        var groups: [(Int32, Int, Int)] = []
-        for axes in AxisSet.allSubsets {
-            let members = mesh.group(of: world.rank, over: axes)
-            let index = mesh.index(of: world.rank, within: axes)
-            groups.append((try world.split(color: members.min()!, key: index), members.count, index))
-        }
-        self.groups = groups
+        groups = try world.groups(for: mesh)
     }
 
     public var traffic: TrafficCounter { counterLock.withLock { counter } }

@@ -1,5 +1,17 @@
+import Collectives
 import Partitioning
 import Transformer
+
+/// A collective's measured cost on some transport: seconds per hop (one call between two
+/// devices) and bytes sent per second beyond that.
+public struct CollectiveRate: Sendable, Equatable, Codable {
+    public var latency: Double
+    public var bandwidth: Double
+    public init(latency: Double, bandwidth: Double) {
+        self.latency = latency
+        self.bandwidth = bandwidth
+    }
+}
 
 /// An accelerator, as the cost model sees it (SPEC §2).
 public struct Hardware: Sendable, Equatable {
@@ -21,6 +33,10 @@ public struct Hardware: Sendable, Equatable {
     /// crosses hosts over the network while y and z stay inside a host. A collective moves at
     /// the slowest spanned axis's rate. nil: every axis has `interconnectBandwidth`.
     public var axisBandwidth: [Double]?
+    /// Measured rates per collective kind (a host's transports, `calibrate`): seconds per hop
+    /// and bytes/s. A kind without one uses the interconnect bandwidth and the calibration's
+    /// latency.
+    public var collectiveRates: [CollectiveKind: CollectiveRate]?
     /// Bytes per activation and KV-cache element (bf16 on accelerators, f32 in this runtime).
     public var activationBytes = 2.0
     /// FLOP/s of attention's Q·Kᵀ and P·V (nil: the matmul peak, as on accelerators).
@@ -38,6 +54,11 @@ public struct Hardware: Sendable, Equatable {
     }
 
     static let gib = 1024.0 * 1024 * 1024
+
+    /// Bandwidth of one collective: its kind's measured rate if any, else the spanned axes'.
+    public func bandwidth(of kind: CollectiveKind, spanning axes: [Axis]) -> Double {
+        collectiveRates?[kind]?.bandwidth ?? bandwidth(spanning: axes)
+    }
 
     /// Bandwidth of a collective spanning `axes`: the slowest of them (§4.3's collectives are
     /// loops over every spanned axis, so the slowest link paces them).
@@ -141,6 +162,11 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var passComputeEfficiency: [String: Double]?
     public var passMemoryEfficiency: [String: Double]?
 
+    /// Every collective kind measured on its own between 2 devices (`CollectiveKind.rawValue`
+    /// → rate), in-process and over MPI; they override the all-gather pair above per kind.
+    public var collectiveRates: [String: CollectiveRate]?
+    public var mpiCollectiveRates: [String: CollectiveRate]?
+
     /// MPI collectives (`calibrate --transport mpi`), measured like the in-process pair:
     /// seconds per call and bytes/s, with the rank count they were measured on.
     public var mpiCollectiveLatency: Double?
@@ -158,6 +184,7 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         var c = self
         c.collectiveLatency = latency
         c.collectiveBandwidth = bandwidth
+        c.collectiveRates = mpiCollectiveRates
         return c
     }
 
@@ -190,6 +217,10 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
         h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) }
+        if let rates = collectiveRates {
+            h.collectiveRates = Dictionary(uniqueKeysWithValues: rates.compactMap { key, rate in
+                CollectiveKind(rawValue: key).map { ($0, rate) } })
+        }
         return h
     }
 

@@ -148,7 +148,7 @@ public struct CostModel: Sendable {
         let memory = t.memory / c.memoryEfficiency
         let activations = t.activationCommunication / c.interconnectEfficiency
         let weightGathers = t.weightCommunication / c.interconnectEfficiency
-        let latency = c.collectiveLatency * t.hops
+        let latency = c.collectiveLatency * t.hops + t.measuredLatency
         let pass = max(compute + (1 - c.overlap) * activations, memory + activations, weightGathers) + latency
         let n = Double(tc.mesh.deviceCount)
         let seconds = pass * tc.passes
@@ -179,8 +179,10 @@ struct PassTotals {
     var activationCommunication = 0.0
     /// Weight all-gathers (weight-gathered layouts), seconds at the full interconnect bandwidth.
     var weightCommunication = 0.0
-    /// Σ over collectives of Σ (axis size − 1).
+    /// Σ over collectives of Σ (axis size − 1), for kinds priced at the calibration's latency.
     var hops = 0.0
+    /// Seconds of latency of collectives whose kind has a measured rate (hops × its latency).
+    var measuredLatency = 0.0
     var bytes = 0.0
 
     init(_ tc: TracedConfiguration, hardware: Hardware) {
@@ -192,8 +194,13 @@ struct PassTotals {
             let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
             let spanned = col.axes.axes.filter { tc.mesh.size($0) > 1 }
             let ring = spanned.count != 1 || hardware.wrapsAround(spanned[0], in: tc.mesh)
-            let seconds = b / (hardware.bandwidth(spanning: spanned) * (ring ? 1 : 0.5))
-            hops += Double(spanned.reduce(0) { $0 + tc.mesh.size($1) - 1 })
+            let seconds = b / (hardware.bandwidth(of: col.kind, spanning: spanned) * (ring ? 1 : 0.5))
+            let collectiveHops = Double(spanned.reduce(0) { $0 + tc.mesh.size($1) - 1 })
+            if let rate = hardware.collectiveRates?[col.kind] {
+                measuredLatency += rate.latency * collectiveHops
+            } else {
+                hops += collectiveHops
+            }
             bytes += b
             if isWeights { weightCommunication += seconds } else { activationCommunication += seconds }
         }

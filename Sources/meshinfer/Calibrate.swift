@@ -89,16 +89,16 @@ struct Calibrate: ParsableCommand {
         let qv = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
         func nativeStream(_ t: WorkSplitter) -> Double { nativeBytes / median { time { for b in nativeBig { _ = b.apply(qv, threads: t) } } } }
         let nbw1 = nativeStream(one), nbwAll = nativeStream(all)
-        // In-process collectives between two devices.
-        let small = try meshTime(count: 2, calls: 2000)
-        let largeCount = 1 << 20
-        let large = try meshTime(count: largeCount, calls: 20)
-        let bandwidth = Double(4 * largeCount) / max(1e-9, large - small)
+        // In-process collectives between two devices: every kind, and all-gather as the default.
+        let inProcess = try collectiveRates { kind, count, calls in try meshTime(kind, count: count, calls: calls) }
+        let small = inProcess[CollectiveKind.allGather.rawValue]!.latency
+        let bandwidth = inProcess[CollectiveKind.allGather.rawValue]!.bandwidth
         var result = HostCalibration(
             f32FLOPsPerThread: rates["f32"]!, int8OPsPerThread: rates["int8"]!, memoryBandwidthOneThread: bw1,
             memoryBandwidthAllThreads: bwAll, threads: threads, collectiveLatency: small, collectiveBandwidth: bandwidth,
             memoryBytes: Double(ProcessInfo.processInfo.physicalMemory))
         result.attentionFLOPsPerThread = attentionRate
+        result.collectiveRates = inProcess
         result.nativeOPsPerThread = nativeRate
         result.nativeBandwidthOneThread = nbw1
         result.nativeBandwidthAllThreads = nbwAll
@@ -114,6 +114,7 @@ struct Calibrate: ParsableCommand {
             result.mpiCollectiveLatency = old.mpiCollectiveLatency
             result.mpiCollectiveBandwidth = old.mpiCollectiveBandwidth
             result.mpiRanks = old.mpiRanks
+            result.mpiCollectiveRates = old.mpiCollectiveRates
         }
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let encoder = JSONEncoder()
@@ -124,9 +125,9 @@ struct Calibrate: ParsableCommand {
         print(String(format: "f32 weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)", fbw1 / 1e9, fbwAll / 1e9, threads))
         print(String(format: "attention %.1f GFLOP/s per thread; native Q4_1 %.1f GOP/s per thread, streaming %.1f / %.1f GB/s",
                      attentionRate / 1e9, nativeRate / 1e9, nbw1 / 1e9, nbwAll / 1e9))
-        print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads); in-process collective %.1f us per call, %.1f GB/s",
-                     result.f32FLOPsPerThread / 1e9, result.int8OPsPerThread / 1e9, bw1 / 1e9, bwAll / 1e9, threads,
-                     small * 1e6, bandwidth / 1e9))
+        print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)",
+                     result.f32FLOPsPerThread / 1e9, result.int8OPsPerThread / 1e9, bw1 / 1e9, bwAll / 1e9, threads))
+        print("in-process collectives: " + Self.describe(inProcess))
         print("saved to \(path)")
     }
 
@@ -172,6 +173,12 @@ struct Calibrate: ParsableCommand {
             String(format: "%@ %.2f / %.2f", $0, compute[$0]!, memory[$0]!) }.joined(separator: ", "))
     }
 
+    static func describe(_ rates: [String: CollectiveRate]) -> String {
+        CollectiveKind.allCases.compactMap { kind in
+            rates[kind.rawValue].map { String(format: "%@ %.1f us + %.2f GB/s", kind.rawValue, $0.latency * 1e6, $0.bandwidth / 1e9) }
+        }.joined(separator: ", ")
+    }
+
     /// A Q4_1 matrix (rows × columns) with varied blocks, loaded as `native` weights.
     func nativeWeights(rows: Int, columns: Int) throws -> LinearWeight {
         var bytes: [UInt8] = []
@@ -199,21 +206,19 @@ struct Calibrate: ParsableCommand {
         let world = try options.startMPI()
         defer { world.finalize() }
         let comm = try MPICommunicator(world: world, mesh: Mesh(x: 2, y: size / 2), timeout: 60)
-        func seconds(count: Int, calls: Int) throws -> Double {
+        let rates = try collectiveRates { kind, count, calls in
             let data = [Float](repeating: 1, count: count)
             var runs: [Double] = []
             for _ in 0..<3 {
                 try world.barrier()
                 let start = Date()
-                for _ in 0..<calls { _ = try comm.allGather(data, over: .x, label: "calibrate") }
+                for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, label: "calibrate") }
                 runs.append(Date().timeIntervalSince(start) / Double(calls))
             }
             return runs.sorted()[1]
         }
-        let small = try seconds(count: 2, calls: 2000)
-        let largeCount = 1 << 20
-        let large = try seconds(count: largeCount, calls: 20)
-        let bandwidth = Double(4 * largeCount) / max(1e-9, large - small)
+        let small = rates[CollectiveKind.allGather.rawValue]!.latency
+        let bandwidth = rates[CollectiveKind.allGather.rawValue]!.bandwidth
         guard world.rank == 0 else { return }
         let path = output ?? hostCalibrationPath()
         guard let data = FileManager.default.contents(atPath: path),
@@ -223,25 +228,40 @@ struct Calibrate: ParsableCommand {
         host.mpiCollectiveLatency = small
         host.mpiCollectiveBandwidth = bandwidth
         host.mpiRanks = size
+        host.mpiCollectiveRates = rates
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(host).write(to: URL(fileURLWithPath: path))
-        print(String(format: "MPI collective (%d ranks, %@): %.1f us per call, %.2f GB/s; saved to %@", size,
-                     world.libraryVersion.split(separator: ",").first.map(String.init) ?? "MPI", small * 1e6, bandwidth / 1e9, path))
+        print("MPI collectives (\(size) ranks, \(world.libraryVersion.split(separator: ",").first.map(String.init) ?? "MPI")): "
+            + Self.describe(rates) + "; saved to \(path)")
     }
 
-    /// Seconds per all-gather of `count` floats between 2 in-process devices (median of 3 runs).
-    func meshTime(count: Int, calls: Int) throws -> Double {
+    /// Seconds per call of a collective of `count` floats between 2 in-process devices (median
+    /// of 3 runs).
+    func meshTime(_ kind: CollectiveKind, count: Int, calls: Int) throws -> Double {
         let data = [Float](repeating: 1, count: count)
         var runs: [Double] = []
         for _ in 0..<3 {
             let start = Date()
             _ = try runOnMesh(Mesh(x: 2)) { _, comm in
-                for _ in 0..<calls { _ = try comm.allGather(data, over: .x, label: "calibrate") }
+                for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, label: "calibrate") }
                 return 0
             }
             runs.append(Date().timeIntervalSince(start) / Double(calls))
         }
         return runs.sorted()[1]
+    }
+
+    /// Latency (a 2-element call) and bandwidth (bytes sent by a 2^20-element call beyond that
+    /// latency) of every collective kind, from a timer of (kind, count, calls) → seconds per call.
+    func collectiveRates(_ seconds: (CollectiveKind, Int, Int) throws -> Double) throws -> [String: CollectiveRate] {
+        var rates: [String: CollectiveRate] = [:]
+        for kind in CollectiveKind.allCases {
+            let count = 1 << 20
+            let small = try seconds(kind, 2, 1000), large = try seconds(kind, count, 10)
+            let bytes = Double(collectiveBytes(kind, count: count, groupSize: 2))
+            rates[kind.rawValue] = CollectiveRate(latency: small, bandwidth: bytes / max(1e-9, large - small))
+        }
+        return rates
     }
 }

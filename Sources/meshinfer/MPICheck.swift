@@ -45,13 +45,13 @@ struct MPICheck: ParsableCommand {
         let fabric = LocalFabric(mesh: parsed, timeout: collectiveTimeout)
         let expected = try fabric.run { rank, local in
             let outputs = try cases.map { axes, kind in
-                try Self.apply(kind, local, Self.input(rank: rank, kind: kind, axes: axes, count: Self.count(kind)), axes)
+                try local.collective(kind, Self.input(rank: rank, kind: kind, axes: axes, count: Self.count(kind)), over: axes, label: "check")
             }
             return UncheckedSendable((outputs, local.traffic))
         }[world.rank].value
         var mismatches: [String] = []
         for (i, (axes, kind)) in cases.enumerated() {
-            let got = try Self.apply(kind, comm, Self.input(rank: world.rank, kind: kind, axes: axes, count: Self.count(kind)), axes)
+            let got = try comm.collective(kind, Self.input(rank: world.rank, kind: kind, axes: axes, count: Self.count(kind)), over: axes, label: "check")
             let want = expected.0[i]
             if got.count != want.count || zip(got, want).contains(where: { $0.bitPattern != $1.bitPattern }) {
                 mismatches.append("rank \(world.rank): \(kind.rawValue) over '\(axes)'")
@@ -74,14 +74,5 @@ struct MPICheck: ParsableCommand {
             }
         }
         if !all.isEmpty { throw ExitCode(1) }
-    }
-
-    static func apply(_ kind: CollectiveKind, _ comm: any Communicator, _ data: [Float], _ axes: AxisSet) throws -> [Float] {
-        switch kind {
-        case .allGather: try comm.allGather(data, over: axes, label: "check")
-        case .reduceScatter: try comm.reduceScatter(data, over: axes, label: "check")
-        case .allReduce: try comm.allReduce(data, over: axes, label: "check")
-        case .allToAll: try comm.allToAll(data, over: axes, label: "check")
-        }
     }
 }

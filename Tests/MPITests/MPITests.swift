@@ -37,65 +37,33 @@ struct MPITests {
             let tokens = a["token_ids"] as? [Int]
             #expect(tokens?.count == 60)
             #expect(tokens == b["token_ids"] as? [Int])
-            #expect(NSDictionary(dictionary: ["b": a["collective_bytes"] ?? 0]) == NSDictionary(dictionary: ["b": b["collective_bytes"] ?? 0]))
+            let mpiBytes = try #require(a["collective_bytes"] as? [[String: Any]]), localBytes = try #require(b["collective_bytes"] as? [[String: Any]])
+            #expect(mpiBytes.count == ranks)
+            #expect(NSArray(array: mpiBytes) == NSArray(array: localBytes))
         }
     }
 
     /// One rank killed mid-generation: every other rank (and mpirun) exits non-zero within 30 s.
     @Test func killedRankStopsTheJob() throws {
-        let process = try MPI.start(2, ["generate", "--transport", "mpi", "--mesh", "2", "--weights", "f32", "--prompt", "a",
-                                        "--prompt", "b", "--max-tokens", "100000", "--ignore-eos", "--json"])
-        let launcher = process.process.processIdentifier
-        defer {
-            // Never leave ranks behind, whatever the outcome.
-            for pid in MPI.ranks(of: launcher) { kill(pid, SIGKILL) }
-            if process.process.isRunning { process.process.terminate() }
-        }
-        // Wait until both ranks are generating (their loads are done), then kill rank 1.
-        var victim: Int32?
-        let start = Date()
-        while victim == nil && Date().timeIntervalSince(start) < 60 {
-            Thread.sleep(forTimeInterval: 0.5)
-            let ranks = MPI.ranks(of: process.process.processIdentifier)
-            if ranks.count == 2, Date().timeIntervalSince(start) > 4 { victim = ranks[1] }
-        }
-        let pid = try #require(victim, "rank 1 never started")
-        let survivors = MPI.ranks(of: process.process.processIdentifier).filter { $0 != pid }
-        kill(pid, SIGKILL)
-        let killed = Date()
-        while process.process.isRunning && Date().timeIntervalSince(killed) < 30 { Thread.sleep(forTimeInterval: 0.1) }
-        #expect(!process.process.isRunning, "mpirun still running 30 s after a rank was killed")
-        #expect(process.process.terminationStatus != 0)
-        for s in survivors { #expect(!MPI.isAlive(s), "rank process \(s) still alive") }
+        let job = try MPI.Generation(extra: [])
+        defer { job.cleanUp() }
+        let ranks = try job.waitUntilGenerating()
+        kill(ranks[1], SIGKILL)
+        #expect(job.waitForExit(seconds: 30), "mpirun still running 30 s after a rank was killed")
+        #expect(job.exitStatus != 0)
+        for pid in ranks where pid != ranks[1] { #expect(!MPI.isAlive(pid), "rank process \(pid) still alive") }
     }
 
-    /// One rank stopped (alive but stuck) mid-generation: rank 0's collective times out, it
+    /// One rank stopped (alive but stuck) mid-generation: a collective waiting for it times out,
     /// says so, and the whole job ends non-zero.
     @Test func stuckRankTimesOut() throws {
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-stuck-\(getpid()).log")
-        defer { try? FileManager.default.removeItem(at: log) }
-        let process = try MPI.start(2, ["generate", "--transport", "mpi", "--mesh", "2", "--weights", "f32", "--collective-timeout", "5",
-                                        "--prompt", "a", "--prompt", "b", "--max-tokens", "100000", "--ignore-eos", "--json"], stderr: log)
-        let launcher = process.process.processIdentifier
-        defer {
-            for pid in MPI.ranks(of: launcher) { kill(pid, SIGKILL) }
-            if process.process.isRunning { process.process.terminate() }
-        }
-        var ranks: [Int32] = []
-        let start = Date()
-        while Date().timeIntervalSince(start) < 60 {
-            Thread.sleep(forTimeInterval: 0.5)
-            ranks = MPI.ranks(of: launcher)
-            if ranks.count == 2, Date().timeIntervalSince(start) > 4 { break }
-        }
-        try #require(ranks.count == 2, "the ranks never started")
+        let job = try MPI.Generation(extra: ["--collective-timeout", "5"])
+        defer { job.cleanUp() }
+        let ranks = try job.waitUntilGenerating()
         kill(ranks[1], SIGSTOP)
-        let stopped = Date()
-        while process.process.isRunning && Date().timeIntervalSince(stopped) < 30 { Thread.sleep(forTimeInterval: 0.1) }
-        #expect(!process.process.isRunning, "mpirun still running 30 s after a rank got stuck")
-        #expect(process.process.terminationStatus != 0)
-        let text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
-        #expect(text.contains("collective timed out: a peer did not arrive within 5.0 s"), "\(text)")
+        #expect(job.waitForExit(seconds: 30), "mpirun still running 30 s after a rank got stuck")
+        #expect(job.exitStatus != 0)
+        #expect(job.stderr.contains("a peer did not arrive within 5 s; aborting the MPI job"), "\(job.stderr)")
     }
 
     /// More ranks than devices: a clear error from rank 0, non-zero exit.
@@ -136,6 +104,11 @@ extension MPITests {
         #expect(latency > 0 && latency < 0.01, "latency \(latency) s")
         #expect(bandwidth > 1e6, "bandwidth \(bandwidth) B/s")
         #expect(saved["mpiRanks"] as? Int == 2)
+        let rates = try #require(saved["mpiCollectiveRates"] as? [String: [String: Double]])
+        #expect(Set(rates.keys) == ["all_gather", "reduce_scatter", "all_reduce", "all_to_all"])
+        for (kind, rate) in rates {
+            #expect((rate["latency"] ?? 0) > 0 && (rate["bandwidth"] ?? 0) > 0, "\(kind): \(rate)")
+        }
         #expect(saved["f32FLOPsPerThread"] as? Double == 1e11)
     }
 
@@ -204,25 +177,63 @@ enum MPI {
         try run(mpirunPath, mpirunFlags(ranks) + [binary] + args)
     }
 
-    final class Running: @unchecked Sendable {
+    /// A long greedy generation of the default model on 3 ranks (mesh 3 with head-sharded
+    /// attention: its 9 heads split 3 ways, so one prompt suffices and the text streams), with
+    /// its output in files.
+    final class Generation: @unchecked Sendable {
         let process = Process()
-        let out = Pipe(), err = Pipe()
-    }
+        let prompt = "The capital of France is"
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-gen-\(UUID().uuidString).out")
+        let err = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-gen-\(UUID().uuidString).err")
 
-    static func start(_ ranks: Int, _ args: [String], stderr: URL? = nil) throws -> Running {
-        let r = Running()
-        r.process.executableURL = URL(fileURLWithPath: mpirunPath)
-        r.process.arguments = mpirunFlags(ranks) + [binary] + args
-        r.process.environment = environment
-        r.process.standardOutput = FileHandle.nullDevice
-        if let stderr {
-            FileManager.default.createFile(atPath: stderr.path, contents: nil)
-            r.process.standardError = try FileHandle(forWritingTo: stderr)
-        } else {
-            r.process.standardError = FileHandle.nullDevice
+        init(extra: [String]) throws {
+            FileManager.default.createFile(atPath: out.path, contents: nil)
+            FileManager.default.createFile(atPath: err.path, contents: nil)
+            process.executableURL = URL(fileURLWithPath: mpirunPath)
+            process.arguments = mpirunFlags(3) + [binary, "generate", "--transport", "mpi", "--mesh", "3", "--attention", "heads",
+                                                   "--weights", "f32", "--temperature", "0", "--prompt", prompt, "--max-tokens", "100000",
+                                                   "--ignore-eos"] + extra
+            process.environment = environment
+            process.standardOutput = try FileHandle(forWritingTo: out)
+            process.standardError = try FileHandle(forWritingTo: err)
+            try process.run()
         }
-        try r.process.run()
-        return r
+
+        /// Waits until rank 0 has streamed generated text (every rank is past loading and in
+        /// the middle of decoding); returns the rank processes in rank order.
+        func waitUntilGenerating() throws -> [Int32] {
+            let start = Date()
+            while Date().timeIntervalSince(start) < 120 && process.isRunning {
+                let written = (try? FileManager.default.attributesOfItem(atPath: out.path)[.size] as? Int) ?? 0
+                let ranks = MPI.ranks(of: process.processIdentifier)
+                if written > prompt.utf8.count + 16 && ranks.count == 3 { return ranks }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+            throw POSIXError(.ETIMEDOUT)
+        }
+
+        /// Whether mpirun exited within `seconds`.
+        func waitForExit(seconds: Double) -> Bool {
+            let start = Date()
+            while process.isRunning && Date().timeIntervalSince(start) < seconds { Thread.sleep(forTimeInterval: 0.1) }
+            return !process.isRunning
+        }
+
+        /// mpirun's exit status, or -1 if it is still running.
+        var exitStatus: Int32 { process.isRunning ? -1 : process.terminationStatus }
+
+        var stderr: String { (try? String(contentsOf: err, encoding: .utf8)) ?? "" }
+
+        /// Never leaves ranks behind, whatever the outcome.
+        func cleanUp() {
+            for pid in MPI.ranks(of: process.processIdentifier) { kill(pid, SIGKILL) }
+            if process.isRunning {
+                process.terminate()
+                process.waitUntilExit()
+            }
+            try? FileManager.default.removeItem(at: out)
+            try? FileManager.default.removeItem(at: err)
+        }
     }
 
     /// Runs a command to completion (killed after 300 s), collecting its output.

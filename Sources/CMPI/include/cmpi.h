@@ -9,12 +9,13 @@
  * function reports MI_UNAVAILABLE, so machines without MPI still build and run everything
  * else.
  *
- * Waits are non-blocking requests polled until done or until `timeout` seconds have passed
- * (timeout <= 0 waits forever), yielding the CPU while polling so oversubscribed ranks make
- * progress. Return codes: */
+ * Waits are non-blocking requests polled until done, napping while they poll so that
+ * oversubscribed ranks make progress. After `timeout` seconds (timeout <= 0: never) the shim
+ * prints which wait timed out and aborts the whole job (MPI_Abort): a pending request cannot be
+ * cancelled and still points at the caller's buffers. Return codes: */
 enum {
     MI_OK = 0,
-    MI_TIMEOUT = 1,      /* a peer did not arrive in time; the request is abandoned */
+    MI_TIMEOUT = 1,      /* a peer did not arrive in time (only if MPI_Abort returns) */
     MI_ERROR = 2,        /* MPI reported an error (message in mi_last_error) */
     MI_UNAVAILABLE = 3,  /* this build has no MPI */
 };

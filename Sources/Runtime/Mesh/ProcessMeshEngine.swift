@@ -120,7 +120,12 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         precondition(rank == 0, "only rank 0 drives a process mesh")
         let (meshBatch, limit) = try MeshBatch.checked(batch, config: config)
         try send(MeshCommand(kind: .forward, batch: meshBatch, limit: limit))
-        let logits = try run(meshBatch, limit: limit)
+        let logits: [Matrix]
+        do { logits = try run(meshBatch, limit: limit) } catch {
+            // The followers are mid-pass, waiting in collectives this rank will never join.
+            comm.abort(reason: "rank 0 failed during a forward pass: \(error)")
+            throw error
+        }
         return MeshBatch.finish(batch, logits: logits, vocabularySize: config.vocabularySize)
     }
 
