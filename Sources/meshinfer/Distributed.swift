@@ -30,7 +30,14 @@ func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws ->
         throw ExitCode(MeshInfer.exitCode(for: error).rawValue)
     }
     installTerminationMessage(rank: world.rank)
-    if world.rank != 0 { return try follow(world, model: model, mesh: mesh) }
+    if world.rank != 0 {
+        do { return try follow(world, model: model, mesh: mesh) } catch let exit as ExitCode { throw exit } catch {
+            // Followers' errors are not printed by main (it leaves argument errors to rank 0).
+            printError("meshinfer rank \(world.rank) (\(world.processorName)): \(error)")
+            world.abort(code: 1)
+            throw ExitCode(1)
+        }
+    }
     do {
         try leader()
         endSessions(failed: false)

@@ -22,6 +22,11 @@ struct MeshInfer: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch {
+            // Under mpirun every rank parses the same command line: a bad argument is reported
+            // once, by rank 0. (Errors only one rank sees are printed where they happen.)
+            if let rank = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"], rank != "0" {
+                Foundation.exit(exitCode(for: error).rawValue)
+            }
             exit(withError: error)
         }
     }
