@@ -109,12 +109,6 @@ int mi_split(int color, int key, int *handle) {
     return MI_OK;
 }
 
-int mi_comm_size(int handle, int *size) {
-    MPI_Comm comm;
-    if (comm_of(handle, &comm) != MI_OK) return MI_ERROR;
-    return MPI_Comm_size(comm, size) == MPI_SUCCESS ? MI_OK : MI_ERROR;
-}
-
 /* Polls a request until it completes; past the deadline it aborts the job (see below). Spins for `spin_seconds` (a peer
  * that is about to arrive costs no sleep), then naps 10 µs between polls: a napping rank gives
  * its core to whatever else runs (other ranks when they outnumber the cores, or a busy host),
@@ -230,7 +224,6 @@ int mi_finalize(void) { return MI_OK; }
 void mi_abort(int code) { (void)code; }
 int mi_processor_name(char *out, int capacity) { (void)out; (void)capacity; return unavailable(); }
 int mi_split(int color, int key, int *handle) { (void)color; (void)key; (void)handle; return unavailable(); }
-int mi_comm_size(int handle, int *size) { (void)handle; (void)size; return unavailable(); }
 int mi_allgather(int h, const void *s, long b, void *r, double t) { (void)h; (void)s; (void)b; (void)r; (void)t; return unavailable(); }
 int mi_alltoall(int h, const void *s, long b, void *r, double t) { (void)h; (void)s; (void)b; (void)r; (void)t; return unavailable(); }
 int mi_allgatherv(int h, const void *s, long b, void *r, const int *c, const int *d, double t) {

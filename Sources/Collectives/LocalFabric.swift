@@ -151,10 +151,7 @@ public final class LocalFabric: Sendable {
 public final class LocalCommunicator: Communicator {
     let core: FabricCore
     public let rank: Int
-    /// Guarded by `counterLock` (NSLock rather than Synchronization.Mutex: the package still
-    /// supports macOS 14). Written by the device thread, readable from any thread.
-    private let counterLock = NSLock()
-    nonisolated(unsafe) private var counter = TrafficCounter()
+    private let recorder = TrafficRecorder()
     /// Per axis-subset (by rawValue): the shared group state and this rank's index in it.
     private let groups: [(state: GroupState, index: Int)]
 
@@ -167,8 +164,8 @@ public final class LocalCommunicator: Communicator {
     }
 
     public var mesh: Mesh { core.mesh }
-    public var traffic: TrafficCounter { counterLock.withLock { counter } }
-    public func resetTraffic() { counterLock.withLock { counter.reset() } }
+    public var traffic: TrafficCounter { recorder.traffic }
+    public func resetTraffic() { recorder.reset() }
     public func abort(reason: String) { core.abort(reason: reason) }
 
     /// Runs one rendezvous and validates counts; returns (buffers, my index), or nil for K == 1.
@@ -190,54 +187,49 @@ public final class LocalCommunicator: Communicator {
         return (buffers, index)
     }
 
-    private func record(_ kind: CollectiveKind, _ axes: AxisSet, _ label: String, count n: Int, k: Int) {
-        let bytes = collectiveBytes(kind, count: n, groupSize: k)
-        counterLock.withLock { counter.record(kind: kind, axes: axes, label: label, sent: bytes, received: bytes) }
-    }
-
     public func allGather(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
         guard let (buffers, _) = try exchange(data, .allGather, axes, divisible: false) else {
-            record(.allGather, axes, label, count: data.count, k: 1)
+            recorder.record(.allGather, axes, label, count: data.count, groupSize: 1)
             return data
         }
         var out: [Float] = []
         out.reserveCapacity(data.count * buffers.count)
         for b in buffers { out.append(contentsOf: b) }
-        record(.allGather, axes, label, count: data.count, k: buffers.count)
+        recorder.record(.allGather, axes, label, count: data.count, groupSize: buffers.count)
         return out
     }
 
     public func reduceScatter(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
         guard let (buffers, index) = try exchange(data, .reduceScatter, axes, divisible: true) else {
-            record(.reduceScatter, axes, label, count: data.count, k: 1)
+            recorder.record(.reduceScatter, axes, label, count: data.count, groupSize: 1)
             return data
         }
         let chunk = data.count / buffers.count
         let out = sumInOrder(buffers, from: index * chunk, count: chunk)
-        record(.reduceScatter, axes, label, count: data.count, k: buffers.count)
+        recorder.record(.reduceScatter, axes, label, count: data.count, groupSize: buffers.count)
         return out
     }
 
     public func allReduce(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
         guard let (buffers, _) = try exchange(data, .allReduce, axes, divisible: false) else {
-            record(.allReduce, axes, label, count: data.count, k: 1)
+            recorder.record(.allReduce, axes, label, count: data.count, groupSize: 1)
             return data
         }
         let out = sumInOrder(buffers, from: 0, count: data.count)
-        record(.allReduce, axes, label, count: data.count, k: buffers.count)
+        recorder.record(.allReduce, axes, label, count: data.count, groupSize: buffers.count)
         return out
     }
 
     public func allToAll(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
         guard let (buffers, index) = try exchange(data, .allToAll, axes, divisible: true) else {
-            record(.allToAll, axes, label, count: data.count, k: 1)
+            recorder.record(.allToAll, axes, label, count: data.count, groupSize: 1)
             return data
         }
         let chunk = data.count / buffers.count
         var out: [Float] = []
         out.reserveCapacity(data.count)
         for b in buffers { out.append(contentsOf: b[(index * chunk)..<((index + 1) * chunk)]) }
-        record(.allToAll, axes, label, count: data.count, k: buffers.count)
+        recorder.record(.allToAll, axes, label, count: data.count, groupSize: buffers.count)
         return out
     }
 }

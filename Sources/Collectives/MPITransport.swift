@@ -61,12 +61,6 @@ public final class MPIWorld: MeshControl, @unchecked Sendable {
     /// Whether this binary was built with MPI.
     public static var isCompiledWithMPI: Bool { mi_compiled_with_mpi() == 1 }
 
-    /// Whether this process was started by an MPI launcher (Open MPI's mpirun/mpiexec, or PMI).
-    public static var launchedByMPI: Bool {
-        let env = ProcessInfo.processInfo.environment
-        return env["OMPI_COMM_WORLD_SIZE"] != nil || env["PMI_SIZE"] != nil || env["PMIX_RANK"] != nil
-    }
-
     /// The world size the launcher announced in the environment, if any (before `MPI_Init`).
     public static var launchedSize: Int? {
         let env = ProcessInfo.processInfo.environment
@@ -179,9 +173,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     public let timeout: Double
     /// Per axis subset (by rawValue): (shim handle, group size K, my index in the group).
     private let groups: [(handle: Int32, size: Int, index: Int)]
-    private let counterLock = NSLock()
-    nonisolated(unsafe) private var counter = TrafficCounter()
-    nonisolated(unsafe) private var abortReason: String?
+    private let recorder = TrafficRecorder()
 
     /// Uses the world's sub-communicators for the mesh (made on first use: every rank must call).
     public init(world: MPIWorld, mesh: Mesh, timeout: Double = 30) throws(MPIError) {
@@ -196,28 +188,21 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         groups = try world.groups(for: mesh)
     }
 
-    public var traffic: TrafficCounter { counterLock.withLock { counter } }
-    public func resetTraffic() { counterLock.withLock { counter.reset() } }
+    public var traffic: TrafficCounter { recorder.traffic }
+    public func resetTraffic() { recorder.reset() }
 
     /// Every rank must stop: prints the reason and kills the job through the launcher.
     public func abort(reason: String) {
-        counterLock.withLock { if abortReason == nil { abortReason = reason } }
         FileHandle.standardError.write(Data("meshinfer rank \(rank): aborting the MPI job: \(reason)\n".utf8))
         world.abort(code: 1)
     }
 
     private func run(_ kind: CollectiveKind, _ code: () -> Int32) throws(CollectiveError) {
-        if let reason = counterLock.withLock({ abortReason }) { throw .aborted(reason: reason) }
         switch Int(code()) {
         case MI_OK: return
         case MI_TIMEOUT: throw .timeout(seconds: timeout)
         default: throw .aborted(reason: "\(kind.rawValue) failed: \(String(cString: mi_last_error()))")
         }
-    }
-
-    private func record(_ kind: CollectiveKind, _ axes: AxisSet, _ label: String, count n: Int, k: Int) {
-        let bytes = collectiveBytes(kind, count: n, groupSize: k)
-        counterLock.withLock { counter.record(kind: kind, axes: axes, label: label, sent: bytes, received: bytes) }
     }
 
     private func group(_ axes: AxisSet) -> (handle: Int32, size: Int, index: Int) { groups[axes.rawValue & 7] }
@@ -250,7 +235,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     public func allGather(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
         let g = group(axes)
         let out = g.size == 1 ? data : try gather(data, g, .allGather)
-        record(.allGather, axes, label, count: data.count, k: g.size)
+        recorder.record(.allGather, axes, label, count: data.count, groupSize: g.size)
         return out
     }
 
@@ -258,7 +243,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         let g = group(axes)
         if g.size > 1, data.count % g.size != 0 { throw .indivisible(kind: .reduceScatter, count: data.count, parts: g.size) }
         let out = g.size == 1 ? data : sumChunks(try exchange(data, g, .reduceScatter), k: g.size)
-        record(.reduceScatter, axes, label, count: data.count, k: g.size)
+        recorder.record(.reduceScatter, axes, label, count: data.count, groupSize: g.size)
         return out
     }
 
@@ -270,14 +255,14 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             let input = padded == data.count ? data : data + [Float](repeating: 0, count: padded - data.count)
             out = Array(try gather(sumChunks(try exchange(input, g, .allReduce), k: g.size), g, .allReduce)[..<data.count])
         }
-        record(.allReduce, axes, label, count: data.count, k: g.size)
+        recorder.record(.allReduce, axes, label, count: data.count, groupSize: g.size)
         return out
     }
 
     public func allToAll(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
         let g = group(axes)
         let out = g.size == 1 ? data : try exchange(data, g, .allToAll)
-        record(.allToAll, axes, label, count: data.count, k: g.size)
+        recorder.record(.allToAll, axes, label, count: data.count, groupSize: g.size)
         return out
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Partitioning
 
 /// Bytes one device sent and received, per collective kind, axis set and label.
@@ -61,5 +62,26 @@ public struct TrafficCounter: Sendable, Equatable, Codable {
         r.received.merge(b.received, uniquingKeysWith: +)
         r.calls.merge(b.calls, uniquingKeysWith: +)
         return r
+    }
+}
+
+/// A device's byte counter as a transport keeps it: written by the device's thread as its
+/// collectives complete, readable from any thread. Records the direct-exchange bytes of
+/// `collectiveBytes` (see `Communicator`), so every transport counts alike.
+/// (NSLock rather than Synchronization.Mutex: the package still supports macOS 14.)
+public final class TrafficRecorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var counter = TrafficCounter()
+
+    public init() {}
+
+    public var traffic: TrafficCounter { lock.withLock { counter } }
+
+    public func reset() { lock.withLock { counter.reset() } }
+
+    /// One call of `kind` with `count` elements per member over a group of `groupSize`.
+    public func record(_ kind: CollectiveKind, _ axes: AxisSet, _ label: String, count: Int, groupSize: Int) {
+        let bytes = collectiveBytes(kind, count: count, groupSize: groupSize)
+        lock.withLock { counter.record(kind: kind, axes: axes, label: label, sent: bytes, received: bytes) }
     }
 }

@@ -39,7 +39,6 @@ int mi_processor_name(char *out, int capacity);
 
 /* MPI_Comm_split of the world; *handle receives a new communicator handle. */
 int mi_split(int color, int key, int *handle);
-int mi_comm_size(int handle, int *size);
 
 /* Collectives on raw bytes. */
 int mi_allgather(int handle, const void *send, long bytes, void *recv, double timeout);
