@@ -19,16 +19,7 @@ nonisolated(unsafe) private var servedEngines: [ProcessMeshEngine] = []
 func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws -> Void) throws {
     try mesh.checkLaunch()
     guard mesh.transport == .mpi else { return try leader() }
-    let world: MPIWorld
-    do { world = try mesh.startMPI() } catch {
-        // A bad launch is seen alike by every rank: rank 0 reports it before anyone exits
-        // (the launcher kills the job as soon as one rank exits non-zero).
-        guard let w = MPIWorld.current else { throw error }
-        if w.rank == 0 { printError(MeshInfer.fullMessage(for: error)) }
-        try? w.barrier(timeout: 10)
-        w.finalize()
-        throw ExitCode(MeshInfer.exitCode(for: error).rawValue)
-    }
+    let world = try mesh.startMPI()
     installTerminationMessage(rank: world.rank)
     if world.rank != 0 {
         do { return try follow(world, model: model, mesh: mesh) } catch let exit as ExitCode { throw exit } catch {

@@ -33,11 +33,7 @@ struct MPICheck: ParsableCommand {
     func run() throws {
         let parsed = try Mesh(parsing: mesh)
         let options = try MeshOptions.parse(["--mesh", mesh, "--transport", "mpi", "--collective-timeout", "\(collectiveTimeout)"])
-        let world: MPIWorld
-        do { world = try options.startMPI() } catch {
-            if let w = MPIWorld.current, w.rank != 0 { w.finalize(); throw ExitCode(1) }
-            throw error
-        }
+        let world = try options.startMPI()
         defer { world.finalize() }
         let comm = try MPICommunicator(world: world, mesh: parsed, timeout: collectiveTimeout)
         let cases = AxisSet.allSubsets.flatMap { axes in CollectiveKind.allCases.map { (axes, $0) } }

@@ -149,7 +149,8 @@ enum Transport: String, ExpressibleByArgument, CaseIterable {
 }
 
 extension MeshOptions {
-    /// Starts MPI for `--transport mpi` and checks the launch against the mesh.
+    /// Starts MPI for `--transport mpi` and checks the launch against the mesh (a bad launch is
+    /// reported by rank 0 and ends every rank with the same exit code).
     func startMPI() throws -> MPIWorld {
         guard MPIWorld.isCompiledWithMPI else {
             throw MPIError.unavailable("this meshinfer was built without Open MPI; run scripts/setup.sh, or install "
@@ -158,8 +159,15 @@ extension MeshOptions {
         let world = try MPIWorld.start(timeout: collectiveTimeout)
         let devices = try Mesh(parsing: mesh).deviceCount
         guard world.size == devices else {
-            throw MPIError.badLaunch("the mesh \(mesh) has \(devices) devices but this job has \(world.size) rank(s); "
+            // Every rank sees a bad launch alike. Rank 0 reports it before anyone exits (the
+            // launcher kills the job as soon as one rank exits non-zero); main prints nothing
+            // for the other ranks.
+            let error = MPIError.badLaunch("the mesh \(mesh) has \(devices) devices but this job has \(world.size) rank(s); "
                 + "start it with: mpirun -np \(devices) meshinfer ... --transport mpi --mesh \(mesh)")
+            if world.rank == 0 { printError(MeshInfer.fullMessage(for: error)) }
+            try? world.barrier(timeout: 10)
+            world.finalize()
+            throw ExitCode(MeshInfer.exitCode(for: error).rawValue)
         }
         return world
     }
