@@ -4,8 +4,8 @@ import Foundation
 import Runtime
 import Tensors
 
-/// Rank 0's process-mesh engines that followers are still serving (at most one at a time).
-nonisolated(unsafe) private var servedEngines: [ProcessMeshEngine] = []
+/// Rank 0's process-mesh engine that the followers are serving, if a session is open.
+nonisolated(unsafe) private var servedEngine: ProcessMeshEngine?
 
 /// Under `--transport mpi`, every rank runs the same command line. Rank 0 (the leader) runs the
 /// command itself: it reads the prompts, drives generation and writes the output. The other
@@ -62,11 +62,11 @@ func beginSession(_ world: MPIWorld, model: ModelOptions, batchSize: Int) throws
     _ = try world.broadcast(Array(try JSONEncoder().encode(spec)), root: 0, timeout: 0)
 }
 
-func registerSession(_ engine: ProcessMeshEngine) { servedEngines.append(engine) }
+func registerSession(_ engine: ProcessMeshEngine) { servedEngine = engine }
 
 private func endSessions(failed: Bool) {
-    for engine in servedEngines { engine.shutdown(failed: failed) }
-    servedEngines = []
+    servedEngine?.shutdown(failed: failed)
+    servedEngine = nil
 }
 
 private func follow(_ world: MPIWorld, model: ModelOptions, mesh: MeshOptions) throws {

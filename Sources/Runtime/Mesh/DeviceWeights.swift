@@ -42,6 +42,16 @@ final class DeviceWeights: @unchecked Sendable {
     let output: ShardMatrix
     let embedding: TensorSource
 
+    /// One device's shards for the storages the two phases' layouts use. `native` weights are
+    /// dequantized to f32 shards; int8 shards are quantized on load.
+    convenience init(source: TensorSource, config: ModelConfig, mesh: Mesh, rank: Int, prefill: PhaseLayout,
+                     decode: PhaseLayout, format: WeightFormat) throws {
+        try self.init(source: source, config: config, mesh: mesh, rank: rank,
+                      blocks: HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount),
+                      storages: Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional]),
+                      format: format == .native ? .f32 : format)
+    }
+
     init(source: TensorSource, config: ModelConfig, mesh: Mesh, rank: Int, blocks: HiddenBlocks,
          storages: Set<Bool>, format: WeightFormat) throws {
         self.rank = rank

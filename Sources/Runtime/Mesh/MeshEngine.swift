@@ -53,11 +53,8 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         self.prefill = prefill
         self.decode = decode
         blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
-        let storages = Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional])
-        let blocks = blocks
         devices = try runOnMesh(mesh) { rank, _ in
-            try DeviceWeights(source: source, config: config, mesh: mesh, rank: rank, blocks: blocks, storages: storages,
-                              format: format == .native ? .f32 : format)
+            try DeviceWeights(source: source, config: config, mesh: mesh, rank: rank, prefill: prefill, decode: decode, format: format)
         }
         caches = (0..<mesh.deviceCount).map { _ in DeviceCaches() }
         threadsPerDevice = max(1, threads / mesh.deviceCount)
@@ -81,10 +78,6 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         }
     }
 
-    /// Checks that a batch of `batchSize` sequences can be split as the layouts say.
-    public func validate(batchSize: Int) throws(LayoutError) {
-        for phase in [prefill, decode] { try phase.validate(for: config, on: mesh, batch: batchSize) }
-    }
 
     public func makeCache(limit: Int?) -> any SequenceState {
         let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
@@ -163,8 +156,13 @@ public protocol MeshRunner: ForwardEngine {
     func resetCounters() throws
     /// Every device's byte counters, in rank order.
     func trafficByDevice() throws -> [TrafficCounter]
+}
+
+extension MeshRunner {
     /// Checks that a batch of `batchSize` sequences can be split as the layouts say.
-    func validate(batchSize: Int) throws(LayoutError)
+    public func validate(batchSize: Int) throws(LayoutError) {
+        for phase in [prefill, decode] { try phase.validate(for: config, on: mesh, batch: batchSize) }
+    }
 }
 
 extension MeshEngine: MeshRunner {

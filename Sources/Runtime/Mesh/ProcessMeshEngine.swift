@@ -77,10 +77,8 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         do {
             let (source, config, prefill, decode) = try load()
             try MeshEngine.validate(config: config, mesh: mesh, prefill: prefill, decode: decode)
-            let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
-            let storages = Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional])
-            loaded = (try DeviceWeights(source: source, config: config, mesh: mesh, rank: comm.rank, blocks: blocks,
-                                        storages: storages, format: format == .native ? .f32 : format), config, prefill, decode)
+            loaded = (try DeviceWeights(source: source, config: config, mesh: mesh, rank: comm.rank, prefill: prefill,
+                                        decode: decode, format: format), config, prefill, decode)
         } catch {
             failure = "\(error)"
         }
@@ -98,10 +96,6 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         self.weights = weights
         blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
         self.threads = WorkSplitter(threads: max(1, threads))
-    }
-
-    public func validate(batchSize: Int) throws(LayoutError) {
-        for phase in [prefill, decode] { try phase.validate(for: config, on: mesh, batch: batchSize) }
     }
 
     public func makeCache(limit: Int?) -> any SequenceState {
