@@ -115,22 +115,12 @@ struct Bench: ParsableCommand {
             host = mpi
         }
         let mesh = session.meshEngine?.mesh ?? Mesh.single
-        // On a mesh, native weights run as f32 shards; int8 shards stay 8-bit.
-        let precision: WeightPrecision = switch format {
-        case .int8: .int8Grouped
-        case .f32: .f32
-        case .native: mesh.deviceCount > 1 ? .f32 : .native
-        }
-        let prefill = test == "pp"
+        let precision = WeightPrecision(format, onMesh: mesh.deviceCount > 1)
         let single = PhaseLayout(.weightStationary1D, .shardedOverHeads)
-        let layout = prefill ? (session.meshEngine?.prefill ?? single) : (session.meshEngine?.decode ?? single)
-        let hw = host.hardware(weights: precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
-        let config = session.engine.config
-        let p = try CostModel(hardware: hw, calibration: host.calibration(for: precision, activeThreads: t)).predict(
-            model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh, layout: layout,
-            phase: prefill ? .prefill : .decode, batch: batch, inputTokens: prefill ? tokens : 1,
-            generateTokens: prefill ? 1 : tokens, context: prefill ? nil : 0, weights: precision)
-        return Double(batch * tokens) / p.latencySeconds
+        let layout = test == "pp" ? (session.meshEngine?.prefill ?? single) : (session.meshEngine?.decode ?? single)
+        return try predictedRunRate(host: host, calibration: host.calibration(for: precision, activeThreads: t),
+                                    config: session.engine.config, mesh: mesh, layout: layout, precision: precision,
+                                    threads: t, test: test, tokens: tokens, batch: batch)
     }
 
 }
@@ -146,4 +136,29 @@ func timeRun(_ engine: any ForwardEngine, _ kind: String, _ n: Int, _ tokens: [[
         for i in 0..<n { _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: [$1[i]]) }) }
     }
     return Double(n * tokens.count) / Date().timeIntervalSince(start)
+}
+
+extension WeightPrecision {
+    /// The precision a runtime weight format runs at: on a mesh, native weights are f32 shards
+    /// (int8 shards stay 8-bit).
+    init(_ format: WeightFormat, onMesh: Bool = false) {
+        switch format {
+        case .int8: self = .int8Grouped
+        case .f32: self = .f32
+        case .native: self = onMesh ? .f32 : .native
+        }
+    }
+}
+
+/// Tokens/s the cost model gives this host for one `bench`-style run (`timeRun`): a prefill of
+/// `tokens` per sequence ("pp"), or `tokens` decode steps from an empty cache ("tg").
+func predictedRunRate(host: HostCalibration, calibration: Calibration, config: ModelConfig, mesh: Mesh, layout: PhaseLayout,
+                      precision: WeightPrecision, threads: Int, test: String, tokens: Int, batch: Int) throws -> Double {
+    let prefill = test == "pp"
+    let hardware = host.hardware(weights: precision, threadsPerDevice: max(1, threads / mesh.deviceCount), activeThreads: threads)
+    let p = try CostModel(hardware: hardware, calibration: calibration).predict(
+        model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh, layout: layout,
+        phase: prefill ? .prefill : .decode, batch: batch, inputTokens: prefill ? tokens : 1,
+        generateTokens: prefill ? 1 : tokens, context: prefill ? nil : 0, weights: precision)
+    return Double(batch * tokens) / p.latencySeconds
 }

@@ -146,25 +146,22 @@ struct Calibrate: ParsableCommand {
             for format in [WeightFormat.f32, .int8, .native] {
                 let loaded = try LoadedModel(path: path, format: format, threads: t)
                 let config = loaded.weights.config
-                let precision: WeightPrecision = format == .int8 ? .int8Grouped : format == .f32 ? .f32 : .native
-                let spec = ModelSpec(config: config, nominalParameters: Double(config.parameterCount))
-                let model = CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: t, activeThreads: t),
-                                      calibration: host.calibration())
+                let precision = WeightPrecision(format)
                 let layout = PhaseLayout(.weightStationary1D, .shardedOverHeads)
                 var rng = SplitMix64(seed: 7)
                 let tokens = (0..<256).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) }
-                func rate(_ kind: String, _ n: Int) throws -> Double {
-                    _ = try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))])
-                    return try (0..<5).map { _ in try timeRun(loaded.engine, kind, n, [Array(tokens.prefix(n))]) }.sorted()[2]
+                // measured rate / the model's rate at kernel speed (efficiencies 1): the fraction of
+                // the kernel rates a whole pass achieves.
+                func efficiency(_ test: String, _ n: Int) throws -> Double {
+                    _ = try timeRun(loaded.engine, test, n, [Array(tokens.prefix(n))])
+                    let measured = try (0..<5).map { _ in try timeRun(loaded.engine, test, n, [Array(tokens.prefix(n))]) }.sorted()[2]
+                    let predicted = try predictedRunRate(host: host, calibration: host.calibration(), config: config, mesh: .single,
+                                                         layout: layout, precision: precision, threads: t, test: test, tokens: n, batch: 1)
+                    return min(1.5, measured / predicted)
                 }
-                let pp = try model.predict(model: spec, mesh: .single, layout: layout, phase: .prefill, batch: 1, inputTokens: 256,
-                                           generateTokens: 1, weights: precision)
-                let tg = try model.predict(model: spec, mesh: .single, layout: layout, phase: .decode, batch: 1, inputTokens: 1,
-                                           generateTokens: 32, context: 0, weights: precision)
-                // measured rate / predicted rate: the fraction of the kernel rates a whole pass achieves.
                 let key = HostCalibration.passKey(precision, threads: t)
-                compute[key] = min(1.5, try rate("pp", 256) * pp.latencySeconds / 256)
-                memory[key] = min(1.5, try rate("tg", 32) * tg.latencySeconds / 32)
+                compute[key] = try efficiency("pp", 256)
+                memory[key] = try efficiency("tg", 32)
             }
         }
         host.passComputeEfficiency = compute
