@@ -168,14 +168,16 @@ public final class LocalCommunicator: Communicator {
     public func resetTraffic() { recorder.reset() }
     public func abort(reason: String) { core.abort(reason: reason) }
 
-    /// Runs one rendezvous and validates counts; returns (buffers, my index), or nil for K == 1.
-    private func exchange(_ data: [Float], _ kind: CollectiveKind, _ axes: AxisSet, divisible: Bool)
+    /// Runs one rendezvous, validates counts and records the call's traffic; returns
+    /// (buffers, my index), or nil for K == 1.
+    private func exchange(_ data: [Float], _ kind: CollectiveKind, _ axes: AxisSet, _ label: String, divisible: Bool)
         throws(CollectiveError) -> (buffers: [[Float]], index: Int)?
     {
         let (group, index) = groups[axes.rawValue & 7]
         let k = group.members.count
         if k == 1 {
             if let reason = core.abortReasonLocked() { throw .aborted(reason: reason) }
+            recorder.record(kind, axes, label, count: data.count, groupSize: 1)
             return nil
         }
         let buffers = try core.exchange(data, kind: kind, group: group, index: index)
@@ -184,52 +186,35 @@ public final class LocalCommunicator: Communicator {
             throw .sizeMismatch(kind: kind, axes: axes.description, counts: buffers.map(\.count))
         }
         if divisible, n % k != 0 { throw .indivisible(kind: kind, count: n, parts: k) }
+        recorder.record(kind, axes, label, count: n, groupSize: k)
         return (buffers, index)
     }
 
     public func allGather(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, _) = try exchange(data, .allGather, axes, divisible: false) else {
-            recorder.record(.allGather, axes, label, count: data.count, groupSize: 1)
-            return data
-        }
+        guard let (buffers, _) = try exchange(data, .allGather, axes, label, divisible: false) else { return data }
         var out: [Float] = []
         out.reserveCapacity(data.count * buffers.count)
         for b in buffers { out.append(contentsOf: b) }
-        recorder.record(.allGather, axes, label, count: data.count, groupSize: buffers.count)
         return out
     }
 
     public func reduceScatter(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, index) = try exchange(data, .reduceScatter, axes, divisible: true) else {
-            recorder.record(.reduceScatter, axes, label, count: data.count, groupSize: 1)
-            return data
-        }
+        guard let (buffers, index) = try exchange(data, .reduceScatter, axes, label, divisible: true) else { return data }
         let chunk = data.count / buffers.count
-        let out = sumInOrder(buffers, from: index * chunk, count: chunk)
-        recorder.record(.reduceScatter, axes, label, count: data.count, groupSize: buffers.count)
-        return out
+        return sumInOrder(buffers, from: index * chunk, count: chunk)
     }
 
     public func allReduce(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, _) = try exchange(data, .allReduce, axes, divisible: false) else {
-            recorder.record(.allReduce, axes, label, count: data.count, groupSize: 1)
-            return data
-        }
-        let out = sumInOrder(buffers, from: 0, count: data.count)
-        recorder.record(.allReduce, axes, label, count: data.count, groupSize: buffers.count)
-        return out
+        guard let (buffers, _) = try exchange(data, .allReduce, axes, label, divisible: false) else { return data }
+        return sumInOrder(buffers, from: 0, count: data.count)
     }
 
     public func allToAll(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, index) = try exchange(data, .allToAll, axes, divisible: true) else {
-            recorder.record(.allToAll, axes, label, count: data.count, groupSize: 1)
-            return data
-        }
+        guard let (buffers, index) = try exchange(data, .allToAll, axes, label, divisible: true) else { return data }
         let chunk = data.count / buffers.count
         var out: [Float] = []
         out.reserveCapacity(data.count)
         for b in buffers { out.append(contentsOf: b[(index * chunk)..<((index + 1) * chunk)]) }
-        recorder.record(.allToAll, axes, label, count: data.count, groupSize: buffers.count)
         return out
     }
 }
