@@ -42,7 +42,7 @@ let package = Package(
         .target(name: "Partitioning", swiftSettings: fastSwift),
         .target(name: "CMPI", cSettings: mpiC, linkerSettings: mpiLink),
         .target(name: "Collectives", dependencies: ["Partitioning", "CMPI"], swiftSettings: fastSwift),
-        .target(name: "Transformer", dependencies: ["Tensors", "GGUF", "Partitioning"], swiftSettings: fastSwift),
+        .target(name: "Transformer", dependencies: ["GGUF", "Partitioning"], swiftSettings: fastSwift),
         .target(name: "CostModel", dependencies: ["Transformer", "Partitioning", "Collectives"], swiftSettings: fastSwift),
         .target(
             name: "Runtime",
@@ -55,8 +55,11 @@ let package = Package(
             swiftSettings: fastSwift),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF"]),
-        .testTarget(name: "TensorsTests", dependencies: ["Tensors", "CKernels"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime"]),
+        .testTarget(name: "TensorsTests", dependencies: ["Tensors", "CKernels", "GGUF"]),
+        // The naive oracle every layout is compared with: plain loops, no production module but
+        // the model configuration (Transformer).
+        .target(name: "NaiveModel", dependencies: ["Transformer"], path: "Tests/NaiveModel"),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NaiveModel"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
         // Launches the built `meshinfer` under mpirun (build the product first: scripts/test.sh does).
         .testTarget(name: "MPITests"),

@@ -15,7 +15,8 @@ private final class RunState<T: Sendable>: @unchecked Sendable {
 }
 
 extension LocalFabric {
-    /// Runs `body(rank, communicator)` on one dedicated thread per device of this fabric and
+    /// Runs `body(rank, communicator)` on one dedicated thread per device of this fabric (a mesh
+    /// of one runs on the calling thread) and
     /// returns each rank's result in rank order. If any device throws, the fabric is aborted (so
     /// the others stop with `.aborted` instead of hanging) and the first error (by time) is
     /// rethrown once every device thread has finished.
@@ -24,6 +25,8 @@ extension LocalFabric {
         _ body: @escaping @Sendable (Int, any Communicator) throws -> T
     ) throws -> [T] {
         let count = mesh.deviceCount
+        // A mesh of one is the calling thread: no device thread, every collective an identity.
+        if count == 1 { return [try body(0, communicator(rank: 0))] }
         let state = RunState<T>(count: count)
         for rank in 0..<count {
             let comm = communicator(rank: rank)

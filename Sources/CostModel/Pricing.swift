@@ -49,6 +49,9 @@ public enum WeightPrecision: String, Sendable, CaseIterable {
         case .int8Grouped: 1.25
         }
     }
+    /// Output channels per stored panel (this runtime packs f32 and int8 weights 16 channels to
+    /// a panel; file blocks and the paper's formats are row by row).
+    public var panelRows: Int { self == .f32 || self == .int8Grouped ? 16 : 1 }
 }
 
 /// A priced forward pass (or decode run) of one configuration.
@@ -117,12 +120,12 @@ public struct CostModel: Sendable {
         switch phase {
         case .prefill:
             trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
-                                       batch: TracedBatch(sequences: B, newTokens: L, context: L))
+                                       batch: TracedBatch(sequences: B, newTokens: L, context: L), panelRows: weights.panelRows)
             (passes, tokens) = (1, Double(B * L))
         case .decode:
             // G steps with the context growing from C to C + G: priced at the mean context.
             trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
-                                       batch: TracedBatch(sequences: B, newTokens: 1, context: context + G / 2))
+                                       batch: TracedBatch(sequences: B, newTokens: 1, context: context + G / 2), panelRows: weights.panelRows)
             (passes, tokens) = (Double(G), Double(B * G))
         }
         // Memory per chip: weight shards plus the KV cache of B sequences at full context.

@@ -62,12 +62,17 @@ public final class Tracer: ShardedLayerInterpreter {
     let layout: PhaseLayout
     let blocks: HiddenBlocks
     let batch: TracedBatch
+    /// Output channels per panel of the stored weight format: a shard is stored (and, in
+    /// weight-gathered layouts, all-gathered) with its rows padded to whole panels (16 for this
+    /// runtime's packed f32 and int8; 1 for file blocks and the paper's formats).
+    let panelRows: Int
     public private(set) var trace = Trace()
 
     var ffn: FeedForwardLayout { layout.feedForward }
     var n: Int { mesh.deviceCount }
 
-    public init(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch) {
+    public init(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch, panelRows: Int = 1) {
+        self.panelRows = panelRows
         self.config = config
         self.mesh = mesh
         self.rank = rank
@@ -77,8 +82,9 @@ public final class Tracer: ShardedLayerInterpreter {
     }
 
     /// Traces all layers of one forward pass on this device.
-    public static func forward(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch) throws -> Trace {
-        let t = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch)
+    public static func forward(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch,
+                               panelRows: Int = 1) throws -> Trace {
+        let t = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch, panelRows: panelRows)
         let x = SymbolicTensor(rows: t.paddedRows, columns: config.modelDimension / mesh.size(layout.feedForward.residualAxes))
         _ = try shardedLayer(t, block: config.block, layer: 0, x)
         let one = t.trace
@@ -126,7 +132,7 @@ public final class Tracer: ShardedLayerInterpreter {
         let s = shard(m)
         let axes = ffn.weightGatherAxes
         guard mesh.size(axes) > 1 else { return s }
-        record(.allGather, axes, label + ".weights", s.rows * s.columns)
+        record(.allGather, axes, label + ".weights", (s.rows + panelRows - 1) / panelRows * panelRows * s.columns)
         let grid = ffn.weightGatherGrid(rank: rank, mesh: mesh)
         let (xs, yzs) = (grid.xs.count, grid.yzs.count)
         return input ? (s.rows * yzs, s.columns * xs) : (s.rows * xs, s.columns * yzs)

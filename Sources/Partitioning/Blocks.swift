@@ -11,6 +11,9 @@ public enum LayoutError: Error, Equatable, CustomStringConvertible {
     case headsDoNotDivide(heads: Int, kvHeads: Int, devices: Int)
     case batchTooSmall(batch: Int, needed: Int, layout: String)
     case incompatibleKVPlacement(prefill: String, decode: String)
+    /// A weight-gathered layout joins shards as stored, so every member's shard must cover the
+    /// same whole blocks of the weight format.
+    case shardInsideBlock(layout: String, columns: Int, block: Int, format: String)
 
     public var description: String {
         switch self {
@@ -20,6 +23,8 @@ public enum LayoutError: Error, Equatable, CustomStringConvertible {
             "attention sharded over heads needs the \(h) query heads to split evenly over \(n) devices and the \(k) KV heads to split over them or be replicated evenly (K % n == 0 or n % K == 0); use --attention batch"
         case let .batchTooSmall(b, n, layout):
             "layout \(layout) splits the batch \(n) ways but the batch has \(b) sequences: run at least \(n) sequences (repeat --prompt), or use --attention heads where the heads divide over the mesh"
+        case let .shardInsideBlock(layout, columns, block, format):
+            "layout \(layout) all-gathers weight shards as stored, but a shard of \(columns) columns (E/x, a head or a hidden block) does not fall on the \(block)-input blocks of \(format) weights; use --weights f32, or a mesh whose x splits E into multiples of \(block)"
         case let .incompatibleKVPlacement(p, d):
             "prefill layout \(p) and decode layout \(d) place the KV cache on different devices; use the same attention layout (and, for heads, the same feed-forward layout) in both phases"
         }

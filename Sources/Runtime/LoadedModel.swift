@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Partitioning
 import Tensors
 import Tokenization
 import Transformer
@@ -25,22 +26,28 @@ extension Vocabulary {
     }
 }
 
-/// A model file opened for inference: its weights in the chosen format, its tokenizer and an
-/// engine over them.
+/// A model file opened for inference on one device: its tokenizer and the engine — a mesh of
+/// one, running the same layer program as every mesh (the calling thread runs it; `threads`
+/// split each kernel).
 public final class LoadedModel: @unchecked Sendable {
     public let file: GGUFFile
-    public let weights: ModelWeights
+    public let config: ModelConfig
     public let tokenizer: Tokenizer
-    public let engine: Engine
+    public let engine: MeshEngine
     public let generator: Generator
     public let loadSeconds: Double
+
+    /// The layouts of a mesh of one: every collective is an identity, so all are the same
+    /// program; 1D weight-stationary with attention over heads has the least bookkeeping.
+    public static let singleDeviceLayout = PhaseLayout(.weightStationary1D, .shardedOverHeads)
 
     public init(path: String, format: WeightFormat, threads: Int) throws {
         let start = Date()
         file = try GGUFFile(path: path)
         tokenizer = try Tokenizer(Vocabulary(gguf: file))
-        weights = try ModelWeights.load(file: file, format: format, threads: threads)
-        engine = Engine(weights: weights, threads: threads)
+        do { config = try ModelConfig(gguf: file) } catch { throw ModelLoadError.config(error) }
+        engine = try MeshEngine(source: file, config: config, mesh: .single, prefill: Self.singleDeviceLayout,
+                                decode: Self.singleDeviceLayout, format: format, threads: threads)
         generator = Generator(engine: engine, tokenizer: tokenizer)
         loadSeconds = Date().timeIntervalSince(start)
     }

@@ -53,9 +53,9 @@ struct Bench: ParsableCommand {
                     var commShare: [Double] = []
                     _ = try timeRun(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) })   // warm-up
                     for _ in 0..<repetitions {
-                        try session.meshEngine?.resetCounters()
+                        try session.meshEngine.resetCounters()
                         rates.append(try timeRun(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) }))
-                        if let m = session.meshEngine, m.wallSeconds > 0 { commShare.append(m.communicationSeconds / m.wallSeconds) }
+                        if session.meshEngine.wallSeconds > 0 { let m = session.meshEngine;  commShare.append(m.communicationSeconds / m.wallSeconds) }
                     }
                     rates.sort()
                     commShare.sort()
@@ -63,20 +63,20 @@ struct Bench: ParsableCommand {
                     // Work per token: every matrix once (2 FLOPs per weight); bytes: every
                     // weight once per decode step (per prompt batch for pp).
                     let flopsPerToken = 2.0 * Double(config.parameterCount)
-                    // Exact for one device; on a mesh, the total weight bytes at f32 (shards are f32 or int8).
-                    let bytesPerStep = (engine as? Engine).map { Double($0.weights.matrixBytes) }
-                        ?? Double(config.parameterCount) * (format == .int8 ? 1.25 : 4)
+                    // The weight bytes every device holds (each shard once, in the format it runs).
+                    let bytesPerStep = Double(try session.meshEngine.weightsByDevice().reduce(0) { $0 + $1.weightBytes })
                     let steps = test.0 == "tg" ? median / Double(batch) : median / Double(test.1 * batch)
                     let gbps = bytesPerStep * steps / 1e9
                     var row: [String: Any] = [
                         "test": "\(test.0)\(test.1)", "weights": format.rawValue, "threads": t, "batch": batch,
-                        "mesh": session.meshEngine?.mesh.description ?? "1x1x1",
+                        "mesh": session.meshEngine.mesh.description,
                         "tokens_per_s_median": rounded(median, 2), "tokens_per_s_min": rounded(rates.first!, 2),
                         "tokens_per_s_max": rounded(rates.last!, 2), "repetitions": repetitions,
                         "gb_per_s": rounded(gbps, 2), "gflop_per_s": rounded(flopsPerToken * median / 1e9, 2),
                     ]
                     var meshText = ""
-                    if let m = session.meshEngine, !commShare.isEmpty {
+                    if !commShare.isEmpty {
+                        let m = session.meshEngine
                         let share = commShare[commShare.count / 2]
                         let stepSeconds = 1 / steps
                         row["layouts"] = ["prefill": "\(m.prefill)", "decode": "\(m.decode)"]
@@ -114,10 +114,9 @@ struct Bench: ParsableCommand {
             guard let mpi = host.overMPI else { return nil }   // run `calibrate --transport mpi`
             host = mpi
         }
-        let mesh = session.meshEngine?.mesh ?? Mesh.single
-        let precision = WeightPrecision(format, onMesh: mesh.deviceCount > 1)
-        let single = PhaseLayout(.weightStationary1D, .shardedOverHeads)
-        let layout = test == "pp" ? (session.meshEngine?.prefill ?? single) : (session.meshEngine?.decode ?? single)
+        let mesh = session.meshEngine.mesh
+        let precision = WeightPrecision(format)
+        let layout = test == "pp" ? session.meshEngine.prefill : session.meshEngine.decode
         return try predictedRunRate(host: host, calibration: host.calibration(for: precision, activeThreads: t),
                                     config: session.engine.config, mesh: mesh, layout: layout, precision: precision,
                                     threads: t, test: test, tokens: tokens, batch: batch)
@@ -139,13 +138,12 @@ func timeRun(_ engine: any ForwardEngine, _ kind: String, _ n: Int, _ tokens: [[
 }
 
 extension WeightPrecision {
-    /// The precision a runtime weight format runs at: on a mesh, native weights are f32 shards
-    /// (int8 shards stay 8-bit).
-    init(_ format: WeightFormat, onMesh: Bool = false) {
+    /// The precision a runtime weight format runs at (every device keeps its shards in it).
+    init(_ format: WeightFormat) {
         switch format {
         case .int8: self = .int8Grouped
         case .f32: self = .f32
-        case .native: self = onMesh ? .f32 : .native
+        case .native: self = .native
         }
     }
 }

@@ -145,7 +145,7 @@ struct Calibrate: ParsableCommand {
         for t in Set([1, threads]).sorted() {
             for format in [WeightFormat.f32, .int8, .native] {
                 let loaded = try LoadedModel(path: path, format: format, threads: t)
-                let config = loaded.weights.config
+                let config = loaded.config
                 let precision = WeightPrecision(format)
                 let layout = PhaseLayout(.weightStationary1D, .shardedOverHeads)
                 var rng = SplitMix64(seed: 7)
@@ -189,7 +189,7 @@ struct Calibrate: ParsableCommand {
         var writer = GGUFWriter()
         writer.addTensor(name: "w", dimensions: [columns, rows], type: .q4_1, data: bytes)
         let file = try GGUFFile(bytes: writer.serialized())
-        return try LinearWeight(file: file, parts: [TensorRows(try file.tensor("w"))], format: .native)
+        return try LinearWeight(source: file, spec: ShardSpec(rows: [.tensor("w", 0..<rows)], columns: [.source(0..<columns)]), format: .native)
     }
 
     /// MPI collectives between 2 ranks (the x axis of a 2 × N/2 mesh): seconds per all-gather call

@@ -27,29 +27,18 @@ struct MeshOptions: ParsableArguments {
     @Option(help: "Seconds a collective waits for its peers before the run fails (mpi transport).")
     var collectiveTimeout: Double = 30
 
-    var isSingleDevice: Bool {
-        (try? Mesh(parsing: mesh))?.deviceCount == 1 && !overlap && prefillLayout == nil && decodeLayout == nil && attention == nil
-            && prefillAttention == nil && modelConfig == nil && transport == .inprocess
-    }
 }
 
-/// An engine and tokenizer built from the model and mesh options.
+/// An engine and tokenizer built from the model and mesh options. A single device is a mesh
+/// of one: every session runs the same layer program.
 struct Session {
-    let engine: any ForwardEngine
     let tokenizer: Tokenizer
-    let meshEngine: (any MeshRunner)?
+    let meshEngine: any MeshRunner
     let loadSeconds: Double
+    var engine: any ForwardEngine { meshEngine }
     var generator: Generator { Generator(engine: engine, tokenizer: tokenizer) }
 
     init(model: ModelOptions, mesh options: MeshOptions, batchSize: Int) throws {
-        if options.isSingleDevice {
-            let loaded = try model.load()
-            engine = loaded.engine
-            tokenizer = loaded.tokenizer
-            meshEngine = nil
-            loadSeconds = loaded.loadSeconds
-            return
-        }
         let start = Date()
         let mesh = try Mesh(parsing: options.mesh)
         guard model.threads >= 1 else { throw ValidationError("--threads must be at least 1") }
@@ -73,7 +62,6 @@ struct Session {
                 registerSession(engine)
                 try engine.validate(batchSize: batchSize)
             }
-            self.engine = engine
             self.tokenizer = tokenizer!
             meshEngine = engine
             loadSeconds = Date().timeIntervalSince(start)
@@ -85,7 +73,6 @@ struct Session {
         let engine = try MeshEngine(source: source, config: config, mesh: mesh, prefill: prefill, decode: decode,
                                     format: model.weights, threads: model.threads, overlap: options.overlap)
         try engine.validate(batchSize: batchSize)
-        self.engine = engine
         meshEngine = engine
         loadSeconds = Date().timeIntervalSince(start)
     }
@@ -108,23 +95,23 @@ struct Session {
 
     /// The layouts the options name, with §7's defaults: decode is 2D weight-stationary with
     /// batch-sharded attention once the batch covers the mesh; prefill uses the same attention
-    /// (the KV cache stays where prefill put it).
+    /// (the KV cache stays where prefill put it). On a mesh of one every layout is the same
+    /// program with identity collectives; 1D with attention over heads has the least bookkeeping.
     static func layouts(_ options: MeshOptions, config: ModelConfig, mesh: Mesh, batchSize: Int) -> (PhaseLayout, PhaseLayout) {
         let n = mesh.deviceCount
         let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: n)
+        let single = LoadedModel.singleDeviceLayout
         let attention = options.attention
-            ?? (batchSize >= n || !blocks.headAligned ? AttentionLayout.shardedOverBatch : .shardedOverHeads)
-        let decode = PhaseLayout(options.decodeLayout ?? (n > 1 ? .weightStationary2D : .weightStationary1D), attention)
+            ?? (n == 1 ? single.attention : batchSize >= n || !blocks.headAligned ? .shardedOverBatch : .shardedOverHeads)
+        let decode = PhaseLayout(options.decodeLayout ?? (n > 1 ? .weightStationary2D : single.feedForward), attention)
         let prefill = PhaseLayout(options.prefillLayout ?? decode.feedForward, options.prefillAttention ?? attention)
         return (prefill, decode)
     }
 
-    /// `mesh`, `layouts` and per-device `collective_bytes` (bytes sent per collective kind).
+    /// `mesh`, `layouts`, per-device `collective_bytes` (bytes sent per collective kind) and
+    /// per-device `device_weights` (the formats its matrices run in, and their bytes).
     var meshJSON: [String: Any] {
-        guard let m = meshEngine else {
-            return ["mesh": "1x1x1", "layouts": ["prefill": ["ffn": "none", "attention": "none"], "decode": ["ffn": "none", "attention": "none"]],
-                    "collective_bytes": [[String: Any]]()]
-        }
+        let m = meshEngine
         return [
             "mesh": m.mesh.description,
             "overlap": m.overlap,
@@ -139,6 +126,9 @@ struct Session {
                     "sent": Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map { ($0.rawValue, t.sentBytes(kind: $0)) }),
                     "received": Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map { ($0.rawValue, t.receivedBytes(kind: $0)) }),
                 ] as [String: Any]
+            },
+            "device_weights": ((try? m.weightsByDevice()) ?? []).enumerated().map { rank, w in
+                ["device": rank, "formats": w.formats.map(\.rawValue), "weight_bytes": w.weightBytes] as [String: Any]
             },
         ]
     }

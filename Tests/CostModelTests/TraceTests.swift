@@ -36,7 +36,8 @@ struct TraceTests {
         _ = try engine.forward(caches.enumerated().map { i, cache in SequenceInput(cache: cache, tokens: (0..<L).map { (i * 3 + $0) % 90 }) })
         for rank in 0..<mesh.deviceCount {
             let trace = try Tracer.forward(config: config, mesh: mesh, rank: rank, layout: layout,
-                                           batch: TracedBatch(sequences: B, newTokens: L, context: L))
+                                           batch: TracedBatch(sequences: B, newTokens: L, context: L),
+                                           panelRows: WeightPrecision.f32.panelRows)
             for kind in CollectiveKind.allCases {
                 let traced = trace.collectives.filter { $0.kind == kind }.reduce(0.0) { $0 + $1.bytesSent(elementBytes: 4) }
                 let measured = engine.traffic[rank].sent.filter { $0.key.kind == kind && $0.key.label != "output" }.values.reduce(0, +)

@@ -115,7 +115,7 @@ struct RealModelTests {
     func meshGreedyEqualsSingleDevice(_ mesh: Mesh) throws {
         let model = try ModelCache.shared.model(.f32)
         let layout = PhaseLayout(.weightStationary2D, .shardedOverBatch)
-        let sharded = try MeshEngine(source: model.file, config: model.weights.config, mesh: mesh, prefill: layout,
+        let sharded = try MeshEngine(source: model.file, config: model.config, mesh: mesh, prefill: layout,
                                      decode: layout, format: .f32, threads: 2)
         let requests = Self.promptIDs.map { id -> GenerationRequest in
             var r = GenerationRequest(promptTokens: reference.prompt(id)["prompt_token_ids"] as! [Int])

@@ -1,5 +1,7 @@
 import Foundation
 import GGUF
+import NaiveModel
+import Partitioning
 @testable import Runtime
 import Tensors
 
@@ -68,4 +70,28 @@ final class ModelCache: @unchecked Sendable {
 
 func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
     zip(a, b).reduce(0) { max($0, abs($1.0 - $1.1)) }
+}
+
+/// A mesh of one over seeded random weights: the single-device engine.
+func singleDevice(_ config: ModelConfig, seed: UInt64, format: WeightFormat = .f32, threads: Int = 2) throws -> MeshEngine {
+    try MeshEngine(source: RandomWeights(config: config, seed: seed), config: config, mesh: .single,
+                   prefill: LoadedModel.singleDeviceLayout, decode: LoadedModel.singleDeviceLayout, format: format, threads: threads)
+}
+
+/// The naive oracle over the same seeded random weights.
+func oracle(_ config: ModelConfig, seed: UInt64) -> NaiveModel {
+    let source = RandomWeights(config: config, seed: seed)
+    return try! NaiveModel(config: config) { try source.vector($0) }
+}
+
+extension NaiveModel {
+    /// Feeds each sequence its tokens; returns, like `ForwardEngine.forward`, the logits of the
+    /// tokens from `logitsFrom` on (nil: the last one), one (rows, V) matrix per sequence.
+    func forward(_ sequences: [Sequence], _ tokens: [[Int]], logitsFrom: Int? = nil) -> [Matrix] {
+        zip(sequences, tokens).map { s, toks in
+            let rows = toks.map { step(s, $0) }
+            let kept = Array(rows[(logitsFrom.map { min($0, toks.count - 1) } ?? (toks.count - 1))...])
+            return Matrix(rows: kept.count, columns: config.vocabularySize, values: kept.flatMap { $0 })
+        }
+    }
 }

@@ -10,7 +10,7 @@ struct TinyModelTests {
 
     @Test(arguments: configs)
     func incrementalDecodeEqualsFullSequencePass(_ config: ModelConfig) throws {
-        let engine = Engine(weights: .random(config: config, seed: 5), threads: 2)
+        let engine = try singleDevice(config, seed: 5)
         let tokens = (0..<20).map { ($0 * 37 + 11) % config.vocabularySize }
         let full = try engine.forward([SequenceInput(cache: engine.makeCache(), tokens: tokens, logitsFrom: 0)])[0]
         #expect(full.rows == tokens.count)
@@ -22,7 +22,7 @@ struct TinyModelTests {
 
     @Test(arguments: configs)
     func batchOfSequencesEqualsSeparateRuns(_ config: ModelConfig) throws {
-        let engine = Engine(weights: .random(config: config, seed: 9), threads: 2)
+        let engine = try singleDevice(config, seed: 9)
         let prompts = [[1, 2, 3, 4, 5], [7], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11]]
         let caches = prompts.map { _ in engine.makeCache() }
         let batched = try engine.forward(zip(caches, prompts).map { SequenceInput(cache: $0, tokens: $1) })
@@ -42,17 +42,18 @@ struct TinyModelTests {
         serial.block = .serial
         var parallel = serial
         parallel.block = .parallel
-        let ws = ModelWeights.random(config: serial, seed: 1)
-        let wp = ModelWeights(config: parallel, format: .f32, embedding: ws.embedding, layers: ws.layers,
-                              outputNorm: ws.outputNorm, output: ws.output)
-        let a = try Engine(weights: ws).forward([SequenceInput(cache: KVCache(config: serial), tokens: [1, 2, 3])])[0]
-        let b = try Engine(weights: wp).forward([SequenceInput(cache: KVCache(config: parallel), tokens: [1, 2, 3])])[0]
-        #expect(maxAbsDifference(a.rowArray(0), b.rowArray(0)) > 1e-3)
+        let source = RandomWeights(config: serial, seed: 1)
+        func run(_ c: ModelConfig) throws -> [Float] {
+            let engine = try MeshEngine(source: source, config: c, mesh: .single, prefill: LoadedModel.singleDeviceLayout,
+                                        decode: LoadedModel.singleDeviceLayout, format: .f32, threads: 1)
+            return try engine.forward([SequenceInput(cache: engine.makeCache(), tokens: [1, 2, 3])])[0].rowArray(0)
+        }
+        #expect(maxAbsDifference(try run(serial), try run(parallel)) > 1e-3)
     }
 
     @Test func errorsAreTyped() throws {
         let config = ModelConfig.llamaTiny()
-        let engine = Engine(weights: .random(config: config, seed: 2))
+        let engine = try singleDevice(config, seed: 2)
         #expect(throws: EngineError.invalidToken(id: config.vocabularySize, vocabularySize: config.vocabularySize)) {
             try engine.forward([SequenceInput(cache: engine.makeCache(), tokens: [config.vocabularySize])])
         }
@@ -68,10 +69,9 @@ struct TinyModelTests {
 
     @Test func int8RandomModelTracksF32() throws {
         let config = ModelConfig.palmTiny()
-        let f = try Engine(weights: .random(config: config, seed: 4, format: .f32))
-            .forward([SequenceInput(cache: KVCache(config: config), tokens: [3, 1, 4, 1, 5])])[0].rowArray(0)
-        let q = try Engine(weights: .random(config: config, seed: 4, format: .int8))
-            .forward([SequenceInput(cache: KVCache(config: config), tokens: [3, 1, 4, 1, 5])])[0].rowArray(0)
+        let f32 = try singleDevice(config, seed: 4, format: .f32), int8 = try singleDevice(config, seed: 4, format: .int8)
+        let f = try f32.forward([SequenceInput(cache: f32.makeCache(), tokens: [3, 1, 4, 1, 5])])[0].rowArray(0)
+        let q = try int8.forward([SequenceInput(cache: int8.makeCache(), tokens: [3, 1, 4, 1, 5])])[0].rowArray(0)
         let scale = f.map(abs).max()!
         #expect(maxAbsDifference(f, q) < 0.05 * scale)
     }

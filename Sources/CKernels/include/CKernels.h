@@ -73,6 +73,11 @@ float mi_dot(const float *a, const float *b, int n);
 void mi_axpy(float a, const float *x, float *y, int n);
 /// out = x / sqrt(mean(x^2) + eps) * w
 void mi_rmsnorm(const float *x, const float *w, int n, float eps, float *out);
+/// RMSNorm of a row split over devices, in two halves: the sum of squares of this device's
+/// n elements (in double), then, given the all-reduced sum over all `count` elements of the
+/// row, out = x / sqrt(sum / count + eps) * w for this device's elements.
+double mi_sum_squares(const float *x, int n);
+void mi_rms_scale(const float *x, const float *w, int n, double sumSquares, int count, float eps, float *out);
 /// out[i] = silu(gate[i]) * up[i]
 void mi_swiglu(const float *gate, const float *up, int n, float *out);
 

@@ -114,16 +114,19 @@ struct DeviceProgram {
 
     // MARK: ops
 
-    /// RMSNorm of an E-sharded residual: the sum of squares is all-reduced over the axes E is
-    /// split over (a B·L-element collective), then each device scales its own columns.
+    /// RMSNorm of an E-sharded residual: each device sums the squares of its columns, the sums
+    /// are all-reduced over the axes E is split over (a B·L-element collective), then each
+    /// device scales its own columns.
     func norm(_ x: Matrix, _ weight: [Float], axes: AxisSet) throws -> Matrix {
-        var sums = (0..<x.rows).map { r in (0..<x.columns).reduce(Float(0)) { $0 + x[r, $1] * x[r, $1] } }
+        var sums = (0..<x.rows).map { Float(mi_sum_squares(x.row($0), Int32(x.columns))) }   // (B·L)
         if mesh.size(axes) > 1 { sums = try comm.allReduce(sums, over: axes, label: "norm") }
         let chunk = mesh.index(of: rank, within: axes) * x.columns
-        let out = Matrix(rows: x.rows, columns: x.columns)
-        for r in 0..<x.rows {
-            let scale = 1 / (sums[r] / Float(config.modelDimension) + config.normEpsilon).squareRoot()
-            for c in 0..<x.columns { out[r, c] = x[r, c] * scale * weight[chunk + c] }
+        let out = Matrix(uninitializedRows: x.rows, columns: x.columns)   // (B·L, E/|axes|)
+        weight.withUnsafeBufferPointer { w in
+            for r in 0..<x.rows {
+                mi_rms_scale(x.row(r), w.baseAddress! + chunk, Int32(x.columns), Double(sums[r]), Int32(config.modelDimension),
+                             config.normEpsilon, out.row(r))
+            }
         }
         return out
     }
@@ -131,34 +134,33 @@ struct DeviceProgram {
     enum Role { case input, output }
 
     /// The matrix this device multiplies by: its shard, or in weight-gathered layouts (§3.2.3)
-    /// the shards of its weight-gather group all-gathered: input-role shards (rows F_yz,
-    /// columns E_x) concatenate rows by i_yz and columns by i_x; output-role shards the other
-    /// way round.
-    func linear(for w: ShardMatrix, _ role: Role, _ label: String) throws -> LinearWeight {
+    /// the shards of its weight-gather group all-gathered as stored (int8 codes, file blocks or
+    /// f32) and joined: input-role shards (rows F_yz, columns E_x) tile rows by i_yz and columns
+    /// by i_x; output-role shards the other way round.
+    func linear(for w: LinearWeight, _ role: Role, _ label: String) throws -> LinearWeight {
         let axes = ffn.weightGatherAxes
-        let K = mesh.size(axes)
-        if K == 1 { return w.packed }
+        if mesh.size(axes) == 1 { return w }
         let members = mesh.group(of: rank, over: axes)
-        let all = try comm.allGather(w.values, over: axes, label: label + ".weights")
-        func yz(_ r: Int) -> Int { mesh.yzIndex(of: r) }
+        let words = w.wireWords
+        let all = try comm.allGather(words, over: axes, label: label + ".weights")
         let (xs, yzs) = ffn.weightGatherGrid(rank: rank, mesh: mesh)
         let (rowKeys, colKeys) = role == .input ? (yzs, xs) : (xs, yzs)
-        let R = w.rows * rowKeys.count, C = w.columns * colKeys.count
-        var full = [Float](repeating: 0, count: R * C)
-        for (m, member) in members.enumerated() {
-            let (rk, ck) = role == .input ? (yz(member), mesh.coordinates(of: member)[0]) : (mesh.coordinates(of: member)[0], yz(member))
-            let r0 = rowKeys.firstIndex(of: rk)! * w.rows, c0 = colKeys.firstIndex(of: ck)! * w.columns
-            for r in 0..<w.rows {
-                for c in 0..<w.columns { full[(r0 + r) * C + c0 + c] = all[m * w.rows * w.columns + r * w.columns + c] }
+        var grid = [[LinearWeight?]](repeating: Array(repeating: nil, count: colKeys.count), count: rowKeys.count)
+        all.withUnsafeBufferPointer { a in
+            for (m, member) in members.enumerated() {
+                let (x, yz) = (mesh.coordinates(of: member)[0], mesh.yzIndex(of: member))
+                let (rk, ck) = role == .input ? (yz, x) : (x, yz)
+                let tile = w.sameShape(wireWords: UnsafeBufferPointer(rebasing: a[(m * words.count)..<((m + 1) * words.count)]))
+                grid[rowKeys.firstIndex(of: rk)!][colKeys.firstIndex(of: ck)!] = tile
             }
         }
-        return LinearWeight(values: full, outputs: R, inputs: C, format: .f32)
+        return try LinearWeight.joining(grid.map { $0.map { $0! } })
     }
 
     /// All-gather the layer input over the layout's input axes, then multiply by each weight.
     /// With overlap (looped collective einsum, §3.5), the rows are cut into chunks and the
     /// all-gather of chunk i+1 runs while chunk i is multiplied.
-    func gatherThenMultiply(_ h: Matrix, _ weights: [ShardMatrix], _ label: String) throws -> [Matrix] {
+    func gatherThenMultiply(_ h: Matrix, _ weights: [LinearWeight], _ label: String) throws -> [Matrix] {
         let ws = try weights.map { try linear(for: $0, .input, label) }
         let axes = ffn.inputGatherAxes
         guard overlap, mesh.size(axes) > 1, h.rows >= 2 * minimumChunkRows else {
@@ -181,7 +183,7 @@ struct DeviceProgram {
 
     /// Σ xᵢ · Wᵢᵀ (the layer's output matmuls), then reduce-scatter over the layout's output
     /// axes. With overlap, row chunk i is reduce-scattered while chunk i+1 is multiplied.
-    func multiplyThenReduce(_ pairs: [(Matrix, ShardMatrix)], _ label: String) throws -> Matrix {
+    func multiplyThenReduce(_ pairs: [(Matrix, LinearWeight)], _ label: String) throws -> Matrix {
         let ws = try pairs.map { try linear(for: $0.1, .output, label) }
         let rows = pairs[0].0.rows
         func compute(_ r: Range<Int>) -> Matrix {
@@ -454,7 +456,7 @@ struct DeviceProgram {
         weights.outputNorm.withUnsafeBufferPointer { w in
             for r in 0..<hidden.rows { mi_rmsnorm(hidden.row(r), w.baseAddress!, Int32(E), config.normEpsilon, normed.row(r)) }
         }
-        let logits = try gatherColumns(weights.output.packed.apply(normed, threads: threads), .xyz, "output")
+        let logits = try gatherColumns(weights.output.apply(normed, threads: threads), .xyz, "output")
         // Map gathered rows back to sequences: group g's rows are its wanted rows, in order.
         var result: [Matrix] = []
         for e in batch.entries {
@@ -517,7 +519,7 @@ struct LayerRun: ShardedLayerInterpreter {
 
     func weights(_ l: Int) -> DeviceLayer { program.weights.layers(oneDimensional: program.ffn.storesOneDimensional)[l] }
 
-    func matrix(_ m: LayerMatrix, _ l: Int) -> ShardMatrix {
+    func matrix(_ m: LayerMatrix, _ l: Int) -> LinearWeight {
         let w = weights(l)
         switch m {
         case .qkv: return w.qkv

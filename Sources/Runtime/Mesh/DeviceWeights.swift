@@ -2,132 +2,187 @@ import Partitioning
 import Tensors
 import Transformer
 
-/// One device's slice of a matrix: f32 values (what a weight all-gather sends) and the same
-/// values packed for the stationary matmul. (rows = outputs, columns = inputs)
-final class ShardMatrix: @unchecked Sendable {
-    let rows: Int
-    let columns: Int
-    let values: [Float]
-    let packed: LinearWeight
-
-    init(rows: Int, columns: Int, values: [Float], format: WeightFormat) {
-        precondition(values.count == rows * columns)
-        self.rows = rows
-        self.columns = columns
-        self.values = values
-        packed = LinearWeight(values: values, outputs: rows, inputs: columns, format: format)
-    }
-}
-
-/// One layer's shards on one device, in one stored layout.
+/// One layer's shards on one device, in one stored layout, each in its execution format.
 struct DeviceLayer: @unchecked Sendable {
-    let attentionNorm: [Float]     // (E)
-    let feedForwardNorm: [Float]?  // (E)
-    let qkv: ShardMatrix           // (stored qkv blocks, E_x or E)
-    let attentionOutput: ShardMatrix  // (E_x or E, stored W_o input blocks)
-    let gateUp: ShardMatrix        // (stored gate|up blocks, E_x or E)
-    let down: ShardMatrix          // (E_x or E, stored F blocks)
+    let attentionNorm: [Float]        // (E)
+    let feedForwardNorm: [Float]?     // (E); nil for the parallel block
+    let qkv: LinearWeight             // (stored q|k|v blocks · Q, E_x or E)
+    let attentionOutput: LinearWeight // (E_x or E, stored W_o input blocks · Q)
+    let gateUp: LinearWeight          // (stored gate|up blocks, E_x or E)
+    let down: LinearWeight            // (E_x or E, stored F blocks)
+
+    var matrices: [LinearWeight] { [qkv, attentionOutput, gateUp, down] }
 }
 
 /// The weights of one device of a mesh, loaded already sharded: each device reads only its
-/// own rows (and columns) of every matrix (DESIGN.md: shard on load).
+/// own rows (and columns) of every matrix, and stores each shard once, in the format it runs
+/// (DESIGN.md: shard on load). A single device is a mesh of one and loads the same way.
 final class DeviceWeights: @unchecked Sendable {
     let rank: Int
     /// Layers in the 2D-family storage `E_x F_yz` (ws2d and all weight-gathered layouts)
     /// and/or the 1D storage `E F_xyz`; only those some phase uses are loaded.
     let twoD: [DeviceLayer]?
     let oneD: [DeviceLayer]?
-    let outputNorm: [Float]
-    /// Vocabulary rows [rank·V/n, …) of the unembedding (zero rows pad V to a multiple of n).
-    let output: ShardMatrix
+    let outputNorm: [Float]           // (E)
+    /// Vocabulary rows [rank·⌈V/n⌉, …) of the unembedding (zero rows pad V to a multiple of n).
+    let output: LinearWeight          // (⌈V/n⌉, E)
     let embedding: TensorSource
 
-    /// One device's shards for the storages the two phases' layouts use. `native` weights are
-    /// dequantized to f32 shards; int8 shards are quantized on load.
-    convenience init(source: TensorSource, config: ModelConfig, mesh: Mesh, rank: Int, prefill: PhaseLayout,
-                     decode: PhaseLayout, format: WeightFormat) throws {
-        try self.init(source: source, config: config, mesh: mesh, rank: rank,
-                      blocks: HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount),
-                      storages: Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional]),
-                      format: format == .native ? .f32 : format)
+    /// Bytes of weight matrices this device holds.
+    var weightBytes: Int {
+        ([twoD, oneD].compactMap { $0 }.joined().flatMap(\.matrices) + [output]).reduce(0) { $0 + $1.byteCount }
     }
 
-    init(source: TensorSource, config: ModelConfig, mesh: Mesh, rank: Int, blocks: HiddenBlocks,
-         storages: Set<Bool>, format: WeightFormat) throws {
+    /// The formats this device's matrices run in (one, unless native falls back for some tensors).
+    var formats: [WeightFormat] {
+        let all = [twoD, oneD].compactMap { $0 }.joined().flatMap(\.matrices) + [output]
+        return WeightFormat.allCases.filter { f in all.contains { $0.format == f } }
+    }
+
+    /// Loads device `rank`'s shards; `threads` load layers side by side.
+    init(source: TensorSource, config: ModelConfig, mesh: Mesh, rank: Int, prefill: PhaseLayout, decode: PhaseLayout,
+         format: WeightFormat, threads: Int = 1) throws {
+        try Self.validateShapes(source, config)
+        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
+        let storages = Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional])
         self.rank = rank
         embedding = source
-        let n = mesh.deviceCount
-        twoD = storages.contains(false)
-            ? try (0..<config.layers).map { try DeviceWeights.layer(source, config, mesh, rank, blocks, $0, oneD: false, format) } : nil
-        oneD = storages.contains(true)
-            ? try (0..<config.layers).map { try DeviceWeights.layer(source, config, mesh, rank, blocks, $0, oneD: true, format) } : nil
+        func load(oneD: Bool) throws -> [DeviceLayer] {
+            let loaded = UnsafeMutableBufferPointer<Result<DeviceLayer, Error>?>.allocate(capacity: config.layers)
+            loaded.initialize(repeating: nil)
+            defer { loaded.deallocate() }
+            WorkSplitter(threads: threads).parallelFor(config.layers) { range in
+                for l in range {
+                    loaded[l] = Result {
+                        let specs = Self.specs(config, mesh, rank, blocks, l, oneD: oneD)
+                        let p = "blk.\(l)."
+                        return DeviceLayer(
+                            attentionNorm: try source.vector(p + "attn_norm.weight"),
+                            feedForwardNorm: config.block == .serial ? try source.vector(p + "ffn_norm.weight") : nil,
+                            qkv: try LinearWeight(source: source, spec: specs[0], format: format),
+                            attentionOutput: try LinearWeight(source: source, spec: specs[1], format: format),
+                            gateUp: try LinearWeight(source: source, spec: specs[2], format: format),
+                            down: try LinearWeight(source: source, spec: specs[3], format: format))
+                    }
+                }
+            }
+            return try loaded.map { try $0!.get() }
+        }
+        twoD = storages.contains(false) ? try load(oneD: false) : nil
+        oneD = storages.contains(true) ? try load(oneD: true) : nil
         outputNorm = try source.vector("output_norm.weight")
-        let V = config.vocabularySize, E = config.modelDimension
+        let n = mesh.deviceCount, V = config.vocabularySize, E = config.modelDimension
         let per = (V + n - 1) / n
         let lo = min(V, rank * per), hi = min(V, (rank + 1) * per)
         let outputName = (try? source.shape("output.weight")) != nil ? "output.weight" : "token_embd.weight"
-        var values = try source.matrix(outputName, rows: lo..<hi, columns: 0..<E)
-        values += Array(repeating: 0, count: (per - (hi - lo)) * E)
-        output = ShardMatrix(rows: per, columns: E, values: values, format: format)
+        output = try LinearWeight(source: source, spec: ShardSpec(rows: [.tensor(outputName, lo..<hi), .zeros(per - (hi - lo))],
+                                                                  columns: [.source(0..<E)]), format: format)
+
+        // Weight-gathered layouts join their group's shards as stored: every member's shard must
+        // then have the same stored shape, which fails only where a shard's columns begin or end
+        // inside a block of the format (E/x not a multiple of 32 for 8- and 4-bit weights).
+        for phase in [prefill, decode] where mesh.size(phase.feedForward.weightGatherAxes) > 1 {
+            let mine = Self.specs(config, mesh, rank, blocks, 0, oneD: false)
+            let layer = layers(oneDimensional: false)[0].matrices
+            for member in mesh.group(of: rank, over: phase.feedForward.weightGatherAxes) {
+                let theirs = Self.specs(config, mesh, member, blocks, 0, oneD: false)
+                for (m, (a, b)) in zip(layer, zip(mine, theirs)) {
+                    let unit = m.kind.unitInputs
+                    if ShardSpec.window(a.columns, unit: unit).segments != ShardSpec.window(b.columns, unit: unit).segments {
+                        throw LayoutError.shardInsideBlock(layout: "\(phase.feedForward)", columns: a.inputs, block: unit, format: m.format.rawValue)
+                    }
+                }
+            }
+        }
     }
 
     func layers(oneDimensional: Bool) -> [DeviceLayer] { (oneDimensional ? oneD : twoD)! }
 
-    /// Rows of the W_in-role matrices for the stored blocks, columns E_x (2D) or E (1D).
-    private static func layer(_ s: TensorSource, _ c: ModelConfig, _ mesh: Mesh, _ rank: Int, _ blocks: HiddenBlocks,
-                              _ l: Int, oneD: Bool, _ format: WeightFormat) throws -> DeviceLayer {
+    /// What device `rank` stores of layer `l`'s W_qkv, W_o, W_gate|W_up and W_down: the W_in-role
+    /// matrices' rows for its stored blocks with columns E_x (2D) or E (1D); the W_out-role
+    /// matrices' rows E_x (or E) with its stored blocks' columns (Pope et al. §3.2, Fig. 2).
+    static func specs(_ c: ModelConfig, _ mesh: Mesh, _ rank: Int, _ blocks: HiddenBlocks, _ l: Int, oneD: Bool) -> [ShardSpec] {
         let E = c.modelDimension, F = c.feedForwardDimension, Q = c.headDimension, n = mesh.deviceCount
         let layout: FeedForwardLayout = oneD ? .weightStationary1D : .weightStationary2D
         let stored = layout.storedBlocks(rank: rank, mesh: mesh)
         let ix = mesh.coordinates(of: rank)[0]
         let eRange = oneD ? 0..<E : (ix * E / mesh.x)..<((ix + 1) * E / mesh.x)
         let p = "blk.\(l)."
-
-        // W_qkv rows: the head slots of each stored block.
-        var qkv: [Float] = []
-        for f in stored {
-            for slot in blocks.qkv[f] {
+        let fb = F / n
+        // W_qkv rows: the head slots of each stored block (natural q | k | v order on one device).
+        let qkvRows: [ShardSpec.Rows] = stored.flatMap { f in
+            blocks.qkv[f].map { slot -> ShardSpec.Rows in
                 switch slot {
-                case let .query(h): qkv += try s.matrix(p + "attn_q.weight", rows: (h * Q)..<((h + 1) * Q), columns: eRange)
-                case let .key(g): qkv += try s.matrix(p + "attn_k.weight", rows: (g * Q)..<((g + 1) * Q), columns: eRange)
-                case let .value(g): qkv += try s.matrix(p + "attn_v.weight", rows: (g * Q)..<((g + 1) * Q), columns: eRange)
-                case .padding: qkv += [Float](repeating: 0, count: Q * eRange.count)
+                case let .query(h): .tensor(p + "attn_q.weight", (h * Q)..<((h + 1) * Q))
+                case let .key(g): .tensor(p + "attn_k.weight", (g * Q)..<((g + 1) * Q))
+                case let .value(g): .tensor(p + "attn_v.weight", (g * Q)..<((g + 1) * Q))
+                case .padding: .zeros(Q)
                 }
             }
         }
-        // W_gate | W_up rows of each stored block.
-        var gateUp: [Float] = []
-        let fb = F / n
-        for f in stored {
-            gateUp += try s.matrix(p + "ffn_gate.weight", rows: (f * fb)..<((f + 1) * fb), columns: eRange)
-            gateUp += try s.matrix(p + "ffn_up.weight", rows: (f * fb)..<((f + 1) * fb), columns: eRange)
-        }
-        // W_o and W_down: rows E_x (or E), columns the stored blocks.
-        let o = try s.matrix(p + "attn_output.weight", rows: eRange, columns: 0..<(c.heads * Q))
-        let down = try s.matrix(p + "ffn_down.weight", rows: eRange, columns: 0..<F)
-        var oCols: [Int?] = []   // source column per local column (nil = padding)
-        for f in stored {
-            for slot in blocks.attentionOutput[f] {
-                if case let .query(h) = slot { oCols += (0..<Q).map { h * Q + $0 } } else { oCols += Array(repeating: nil, count: Q) }
+        let oColumns: [ShardSpec.Columns] = stored.flatMap { f in
+            blocks.attentionOutput[f].map { slot -> ShardSpec.Columns in
+                if case let .query(h) = slot { .source((h * Q)..<((h + 1) * Q)) } else { .zeros(Q) }
             }
         }
-        let downCols = stored.flatMap { f in (f * fb)..<((f + 1) * fb) }
-        func select(_ m: [Float], width: Int, _ cols: [Int?]) -> [Float] {
-            var out = [Float](repeating: 0, count: eRange.count * cols.count)
-            for r in 0..<eRange.count {
-                for (j, src) in cols.enumerated() { if let src { out[r * cols.count + j] = m[r * width + src] } }
+        let blockRange = { (f: Int) in (f * fb)..<((f + 1) * fb) }
+        var gateUpRows: [ShardSpec.Rows] = []
+        for f in stored { gateUpRows += [.tensor(p + "ffn_gate.weight", blockRange(f)), .tensor(p + "ffn_up.weight", blockRange(f))] }
+        let downColumns: [ShardSpec.Columns] = stored.map { .source(blockRange($0)) }
+        let qkv = ShardSpec(rows: joined(qkvRows), columns: [.source(eRange)])
+        let o = ShardSpec(rows: [.tensor(p + "attn_output.weight", eRange)], columns: joined(oColumns))
+        let gateUp = ShardSpec(rows: gateUpRows, columns: [.source(eRange)])
+        let down = ShardSpec(rows: [.tensor(p + "ffn_down.weight", eRange)], columns: joined(downColumns))
+        return [qkv, o, gateUp, down]
+    }
+
+    /// Consecutive row ranges of one tensor as one range (whole matrices on a mesh of one).
+    private static func joined(_ rows: [ShardSpec.Rows]) -> [ShardSpec.Rows] {
+        var out: [ShardSpec.Rows] = []
+        for r in rows {
+            if case let .tensor(name, range) = r, case let .tensor(lastName, last)? = out.last, lastName == name, last.upperBound == range.lowerBound {
+                out[out.count - 1] = .tensor(name, last.lowerBound..<range.upperBound)
+            } else {
+                out.append(r)
             }
-            return out
         }
-        let qkvRows = stored.count * blocks.qkv[0].count * Q
-        return DeviceLayer(
-            attentionNorm: try s.vector(p + "attn_norm.weight"),
-            feedForwardNorm: c.block == .serial ? try s.vector(p + "ffn_norm.weight") : nil,
-            qkv: ShardMatrix(rows: qkvRows, columns: eRange.count, values: qkv, format: format),
-            attentionOutput: ShardMatrix(rows: eRange.count, columns: oCols.count,
-                                         values: select(o, width: c.heads * Q, oCols), format: format),
-            gateUp: ShardMatrix(rows: stored.count * 2 * fb, columns: eRange.count, values: gateUp, format: format),
-            down: ShardMatrix(rows: eRange.count, columns: downCols.count,
-                              values: select(down, width: F, downCols.map { $0 }), format: format))
+        return out
+    }
+
+    private static func joined(_ columns: [ShardSpec.Columns]) -> [ShardSpec.Columns] {
+        var out: [ShardSpec.Columns] = []
+        for c in columns {
+            if case let .source(range) = c, case let .source(last)? = out.last, last.upperBound == range.lowerBound {
+                out[out.count - 1] = .source(last.lowerBound..<range.upperBound)
+            } else {
+                out.append(c)
+            }
+        }
+        return out
+    }
+
+    /// Every tensor the model needs, with the shape its configuration implies.
+    static func validateShapes(_ s: TensorSource, _ c: ModelConfig) throws {
+        let E = c.modelDimension, F = c.feedForwardDimension, HQ = c.heads * c.headDimension, KQ = c.kvDimension
+        func check(_ name: String, _ rows: Int, _ columns: Int) throws {
+            let shape = try s.shape(name)
+            // GGUF order: the row length first.
+            if shape != (rows, columns) { throw ModelLoadError.badShape(tensor: name, expected: [columns, rows], found: [shape.columns, shape.rows]) }
+        }
+        try check("token_embd.weight", c.vocabularySize, E)
+        if (try? s.shape("output.weight")) != nil { try check("output.weight", c.vocabularySize, E) }
+        try check("output_norm.weight", 1, E)
+        for l in 0..<c.layers {
+            let p = "blk.\(l)."
+            try check(p + "attn_norm.weight", 1, E)
+            if c.block == .serial { try check(p + "ffn_norm.weight", 1, E) }
+            try check(p + "attn_q.weight", HQ, E)
+            try check(p + "attn_k.weight", KQ, E)
+            try check(p + "attn_v.weight", KQ, E)
+            try check(p + "attn_output.weight", E, HQ)
+            try check(p + "ffn_gate.weight", F, E)
+            try check(p + "ffn_up.weight", F, E)
+            try check(p + "ffn_down.weight", E, F)
+        }
     }
 }

@@ -53,11 +53,13 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         self.prefill = prefill
         self.decode = decode
         blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
+        let threadsPerDevice = max(1, threads / mesh.deviceCount)
         devices = try runOnMesh(mesh) { rank, _ in
-            try DeviceWeights(source: source, config: config, mesh: mesh, rank: rank, prefill: prefill, decode: decode, format: format)
+            try DeviceWeights(source: source, config: config, mesh: mesh, rank: rank, prefill: prefill, decode: decode,
+                              format: format, threads: threadsPerDevice)
         }
         caches = (0..<mesh.deviceCount).map { _ in DeviceCaches() }
-        threadsPerDevice = max(1, threads / mesh.deviceCount)
+        self.threadsPerDevice = threadsPerDevice
         traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount)
     }
 
@@ -156,6 +158,8 @@ public protocol MeshRunner: ForwardEngine {
     func resetCounters() throws
     /// Every device's byte counters, in rank order.
     func trafficByDevice() throws -> [TrafficCounter]
+    /// Every device's weight formats and bytes, in rank order.
+    func weightsByDevice() throws -> [DeviceWeightReport]
 }
 
 extension MeshRunner {
@@ -168,9 +172,21 @@ extension MeshRunner {
 extension MeshEngine: MeshRunner {
     public func resetCounters() { resetTraffic() }
     public func trafficByDevice() -> [TrafficCounter] { traffic }
+    public func weightsByDevice() -> [DeviceWeightReport] { devices.map(\.report) }
+}
+
+/// What one device holds: the formats its matrices run in and their bytes.
+public struct DeviceWeightReport: Sendable, Codable, Equatable {
+    public var formats: [WeightFormat]
+    public var weightBytes: Int
+}
+
+extension DeviceWeights {
+    var report: DeviceWeightReport { DeviceWeightReport(formats: formats, weightBytes: weightBytes) }
 }
 
 extension ProcessMeshEngine: MeshRunner {
     public func resetCounters() throws { try resetTraffic() }
     public func trafficByDevice() throws -> [TrafficCounter] { try gatherTraffic() }
+    public func weightsByDevice() throws -> [DeviceWeightReport] { try gatherWeights() }
 }

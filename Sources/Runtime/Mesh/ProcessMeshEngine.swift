@@ -9,6 +9,7 @@ struct MeshCommand: Codable {
     enum Kind: String, Codable {
         case forward        // run `batch` under the prefill or decode layout
         case traffic        // report byte counters (an all-gather over the control plane)
+        case weights        // report weight formats and bytes (an all-gather over the control plane)
         case resetTraffic
         case stop           // leave `serve()`; `failed` says whether the leader ended with an error
     }
@@ -78,7 +79,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
             let (source, config, prefill, decode) = try load()
             try MeshEngine.validate(config: config, mesh: mesh, prefill: prefill, decode: decode)
             loaded = (try DeviceWeights(source: source, config: config, mesh: mesh, rank: comm.rank, prefill: prefill,
-                                        decode: decode, format: format), config, prefill, decode)
+                                        decode: decode, format: format, threads: max(1, threads)), config, prefill, decode)
         } catch {
             failure = "\(error)"
         }
@@ -129,6 +130,12 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         return try reportTraffic()
     }
 
+    /// Leader only: every rank's weight formats and bytes, in rank order.
+    public func gatherWeights() throws -> [DeviceWeightReport] {
+        try send(MeshCommand(kind: .weights))
+        return try reportWeights()
+    }
+
     /// Leader only: zeroes the byte counters and timers on every rank.
     public func resetTraffic() throws {
         try send(MeshCommand(kind: .resetTraffic))
@@ -159,6 +166,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
                 guard let batch = command.batch else { throw ProcessMeshError.malformedCommand("forward without a batch") }
                 _ = try run(batch, limit: command.limit)
             case .traffic: _ = try reportTraffic()
+            case .weights: _ = try reportWeights()
             case .resetTraffic: resetLocal()
             case .stop:
                 if command.failed { throw ProcessMeshError.leaderFailed }
@@ -188,6 +196,11 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
     private func reportTraffic() throws -> [TrafficCounter] {
         let all = try control.allGather(Array(try JSONEncoder().encode(comm.traffic)), timeout: nil)
         return try all.map { try JSONDecoder().decode(TrafficCounter.self, from: Data($0)) }
+    }
+
+    private func reportWeights() throws -> [DeviceWeightReport] {
+        let all = try control.allGather(Array(try JSONEncoder().encode(weights.report)), timeout: nil)
+        return try all.map { try JSONDecoder().decode(DeviceWeightReport.self, from: Data($0)) }
     }
 
     private func resetLocal() {

@@ -1,45 +1,5 @@
-import GGUF
 import Tensors
 import Transformer
-
-/// Where weights come from, by GGUF tensor name: a model file or seeded random values. Matrices
-/// are (rows = outputs, columns = inputs), read a range of rows at a time, as f32.
-public protocol TensorSource: Sendable {
-    /// (rows, columns); vectors are (1, n).
-    func shape(_ name: String) throws -> (rows: Int, columns: Int)
-    func readRows(_ name: String, _ rows: Range<Int>, into: UnsafeMutablePointer<Float>) throws
-}
-
-extension TensorSource {
-    /// Rows `rows` restricted to columns `columns`, row-major.
-    public func matrix(_ name: String, rows: Range<Int>, columns: Range<Int>) throws -> [Float] {
-        let full = try shape(name).columns
-        var buffer = [Float](repeating: 0, count: rows.count * full)
-        try buffer.withUnsafeMutableBufferPointer { try readRows(name, rows, into: $0.baseAddress!) }
-        if columns == 0..<full { return buffer }
-        var out = [Float]()
-        out.reserveCapacity(rows.count * columns.count)
-        for r in 0..<rows.count { out += buffer[(r * full + columns.lowerBound)..<(r * full + columns.upperBound)] }
-        return out
-    }
-
-    public func vector(_ name: String) throws -> [Float] {
-        let s = try shape(name)
-        return try matrix(name, rows: 0..<s.rows, columns: 0..<s.columns)
-    }
-}
-
-extension GGUFFile: TensorSource {
-    public func shape(_ name: String) throws -> (rows: Int, columns: Int) {
-        guard hasTensor(name) else { throw ModelLoadError.missingTensor(name) }
-        let t = try tensor(name)
-        return (t.rowCount, t.rowLength)
-    }
-
-    public func readRows(_ name: String, _ rows: Range<Int>, into: UnsafeMutablePointer<Float>) throws {
-        try dequantizeRows(try tensor(name), rows: rows, into: into)
-    }
-}
 
 /// Seeded random weights under GGUF tensor names, for PaLM-style and tiny test models.
 public final class RandomWeights: TensorSource, @unchecked Sendable {
