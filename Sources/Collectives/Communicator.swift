@@ -35,7 +35,7 @@ public enum CollectiveError: Error, Equatable, CustomStringConvertible {
 ///
 /// `axes` selects the group: the devices that differ from this one only along those axes,
 /// ordered by `Mesh.index(of:within:)`. Group size K = `mesh.size(axes)`; K == 1 (or `axes`
-/// empty) makes each op a local copy that moves no bytes. `label` tags the traffic
+/// empty) makes each op a local copy that moves no bytes. `site` tags the traffic
 /// (e.g. "ffn", "attention") for accounting only.
 ///
 /// All members of a group must call the same collective with the same element count, in the
@@ -56,25 +56,25 @@ public protocol Communicator: AnyObject, Sendable {
     var traffic: TrafficCounter { get }
     func resetTraffic()
     /// Concatenation of every member's buffer in group order (all members pass the same count).
-    func allGather(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float]
+    func allGather(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float]
     /// Elementwise sum over the group, split into K equal chunks; member i returns chunk i.
-    func reduceScatter(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float]
+    func reduceScatter(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float]
     /// Elementwise sum over the group, returned to every member.
-    func allReduce(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float]
+    func allReduce(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float]
     /// `data` is K equal chunks; chunk j goes to member j. Returns the K chunks received, in member order.
-    func allToAll(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float]
+    func allToAll(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float]
     /// Marks the whole mesh failed: every device blocked in (or later entering) a collective throws `.aborted`.
     func abort(reason: String)
 }
 
 extension Communicator {
     /// The collective of the given kind (for code that iterates over kinds: checks, calibration).
-    public func collective(_ kind: CollectiveKind, _ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
+    public func collective(_ kind: CollectiveKind, _ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
         switch kind {
-        case .allGather: try allGather(data, over: axes, label: label)
-        case .reduceScatter: try reduceScatter(data, over: axes, label: label)
-        case .allReduce: try allReduce(data, over: axes, label: label)
-        case .allToAll: try allToAll(data, over: axes, label: label)
+        case .allGather: try allGather(data, over: axes, site: site)
+        case .reduceScatter: try reduceScatter(data, over: axes, site: site)
+        case .allReduce: try allReduce(data, over: axes, site: site)
+        case .allToAll: try allToAll(data, over: axes, site: site)
         }
     }
 }

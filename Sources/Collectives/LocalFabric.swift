@@ -170,14 +170,14 @@ public final class LocalCommunicator: Communicator {
 
     /// Runs one rendezvous, validates counts and records the call's traffic; returns
     /// (buffers, my index), or nil for K == 1.
-    private func exchange(_ data: [Float], _ kind: CollectiveKind, _ axes: AxisSet, _ label: String, divisible: Bool)
+    private func exchange(_ data: [Float], _ kind: CollectiveKind, _ axes: AxisSet, _ site: CollectiveSite, divisible: Bool)
         throws(CollectiveError) -> (buffers: [[Float]], index: Int)?
     {
         let (group, index) = groups[axes.rawValue & 7]
         let k = group.members.count
         if k == 1 {
             if let reason = core.abortReasonLocked() { throw .aborted(reason: reason) }
-            recorder.record(kind, axes, label, count: data.count, groupSize: 1)
+            recorder.record(kind, axes, site, count: data.count, groupSize: 1)
             return nil
         }
         let buffers = try core.exchange(data, kind: kind, group: group, index: index)
@@ -186,31 +186,31 @@ public final class LocalCommunicator: Communicator {
             throw .sizeMismatch(kind: kind, axes: axes.description, counts: buffers.map(\.count))
         }
         if divisible, n % k != 0 { throw .indivisible(kind: kind, count: n, parts: k) }
-        recorder.record(kind, axes, label, count: n, groupSize: k)
+        recorder.record(kind, axes, site, count: n, groupSize: k)
         return (buffers, index)
     }
 
-    public func allGather(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, _) = try exchange(data, .allGather, axes, label, divisible: false) else { return data }
+    public func allGather(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        guard let (buffers, _) = try exchange(data, .allGather, axes, site, divisible: false) else { return data }
         var out: [Float] = []
         out.reserveCapacity(data.count * buffers.count)
         for b in buffers { out.append(contentsOf: b) }
         return out
     }
 
-    public func reduceScatter(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, index) = try exchange(data, .reduceScatter, axes, label, divisible: true) else { return data }
+    public func reduceScatter(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        guard let (buffers, index) = try exchange(data, .reduceScatter, axes, site, divisible: true) else { return data }
         let chunk = data.count / buffers.count
         return sumInOrder(buffers, from: index * chunk, count: chunk)
     }
 
-    public func allReduce(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, _) = try exchange(data, .allReduce, axes, label, divisible: false) else { return data }
+    public func allReduce(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        guard let (buffers, _) = try exchange(data, .allReduce, axes, site, divisible: false) else { return data }
         return sumInOrder(buffers, from: 0, count: data.count)
     }
 
-    public func allToAll(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        guard let (buffers, index) = try exchange(data, .allToAll, axes, label, divisible: true) else { return data }
+    public func allToAll(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        guard let (buffers, index) = try exchange(data, .allToAll, axes, site, divisible: true) else { return data }
         let chunk = data.count / buffers.count
         var out: [Float] = []
         out.reserveCapacity(data.count)

@@ -232,22 +232,22 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         return sumInOrder((0..<k).map { Array(received[($0 * chunk)..<(($0 + 1) * chunk)]) }, from: 0, count: chunk)
     }
 
-    public func allGather(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
+    public func allGather(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
         let g = group(axes)
         let out = g.size == 1 ? data : try gather(data, g, .allGather)
-        recorder.record(.allGather, axes, label, count: data.count, groupSize: g.size)
+        recorder.record(.allGather, axes, site, count: data.count, groupSize: g.size)
         return out
     }
 
-    public func reduceScatter(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
+    public func reduceScatter(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
         let g = group(axes)
         if g.size > 1, data.count % g.size != 0 { throw .indivisible(kind: .reduceScatter, count: data.count, parts: g.size) }
         let out = g.size == 1 ? data : sumChunks(try exchange(data, g, .reduceScatter), k: g.size)
-        recorder.record(.reduceScatter, axes, label, count: data.count, groupSize: g.size)
+        recorder.record(.reduceScatter, axes, site, count: data.count, groupSize: g.size)
         return out
     }
 
-    public func allReduce(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
+    public func allReduce(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
         let g = group(axes)
         var out = data
         if g.size > 1 {
@@ -255,14 +255,14 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             let input = padded == data.count ? data : data + [Float](repeating: 0, count: padded - data.count)
             out = Array(try gather(sumChunks(try exchange(input, g, .allReduce), k: g.size), g, .allReduce)[..<data.count])
         }
-        recorder.record(.allReduce, axes, label, count: data.count, groupSize: g.size)
+        recorder.record(.allReduce, axes, site, count: data.count, groupSize: g.size)
         return out
     }
 
-    public func allToAll(_ data: [Float], over axes: AxisSet, label: String) throws(CollectiveError) -> [Float] {
+    public func allToAll(_ data: [Float], over axes: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
         let g = group(axes)
         let out = g.size == 1 ? data : try exchange(data, g, .allToAll)
-        recorder.record(.allToAll, axes, label, count: data.count, groupSize: g.size)
+        recorder.record(.allToAll, axes, site, count: data.count, groupSize: g.size)
         return out
     }
 }

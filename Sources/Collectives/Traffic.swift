@@ -1,16 +1,16 @@
 import Foundation
 import Partitioning
 
-/// Bytes one device sent and received, per collective kind, axis set and label.
+/// Bytes one device sent and received, per collective kind, axis set and site.
 public struct TrafficCounter: Sendable, Equatable, Codable {
     public struct Key: Hashable, Sendable, Codable {
         public var kind: CollectiveKind
         public var axes: AxisSet
-        public var label: String
-        public init(kind: CollectiveKind, axes: AxisSet, label: String) {
+        public var site: CollectiveSite
+        public init(kind: CollectiveKind, axes: AxisSet, site: CollectiveSite) {
             self.kind = kind
             self.axes = axes
-            self.label = label
+            self.site = site
         }
     }
 
@@ -23,35 +23,39 @@ public struct TrafficCounter: Sendable, Equatable, Codable {
 
     public init() {}
 
-    public mutating func record(kind: CollectiveKind, axes: AxisSet, label: String, sent: Int, received: Int) {
-        let key = Key(kind: kind, axes: axes, label: label)
+    public mutating func record(kind: CollectiveKind, axes: AxisSet, site: CollectiveSite, sent: Int, received: Int) {
+        let key = Key(kind: kind, axes: axes, site: site)
         self.sent[key, default: 0] += sent
         self.received[key, default: 0] += received
         self.calls[key, default: 0] += 1
     }
 
-    private static func sum(_ d: [Key: Int], _ kind: CollectiveKind?, _ axes: AxisSet?, _ label: String?) -> Int {
+    private static func sum(_ d: [Key: Int], _ kind: CollectiveKind?, _ axes: AxisSet?, _ site: CollectiveSite?, _ part: CollectiveSite.Part?) -> Int {
         var total = 0
         for (key, v) in d
-        where (kind == nil || key.kind == kind!) && (axes == nil || key.axes == axes!) && (label == nil || key.label == label!) {
+        where (kind == nil || key.kind == kind!) && (axes == nil || key.axes == axes!) && (site == nil || key.site == site!)
+            && (part == nil || key.site.part == part!) {
             total += v
         }
         return total
     }
 
     /// Sum of bytes sent over the keys matching every non-nil filter.
-    public func sentBytes(kind: CollectiveKind? = nil, axes: AxisSet? = nil, label: String? = nil) -> Int {
-        Self.sum(sent, kind, axes, label)
+    public func sentBytes(kind: CollectiveKind? = nil, axes: AxisSet? = nil, site: CollectiveSite? = nil,
+                          part: CollectiveSite.Part? = nil) -> Int {
+        Self.sum(sent, kind, axes, site, part)
     }
 
     /// Sum of bytes received over the keys matching every non-nil filter.
-    public func receivedBytes(kind: CollectiveKind? = nil, axes: AxisSet? = nil, label: String? = nil) -> Int {
-        Self.sum(received, kind, axes, label)
+    public func receivedBytes(kind: CollectiveKind? = nil, axes: AxisSet? = nil, site: CollectiveSite? = nil,
+                          part: CollectiveSite.Part? = nil) -> Int {
+        Self.sum(received, kind, axes, site, part)
     }
 
     /// Number of calls over the keys matching every non-nil filter.
-    public func callCount(kind: CollectiveKind? = nil, axes: AxisSet? = nil, label: String? = nil) -> Int {
-        Self.sum(calls, kind, axes, label)
+    public func callCount(kind: CollectiveKind? = nil, axes: AxisSet? = nil, site: CollectiveSite? = nil,
+                          part: CollectiveSite.Part? = nil) -> Int {
+        Self.sum(calls, kind, axes, site, part)
     }
 
     public mutating func reset() { self = TrafficCounter() }
@@ -80,8 +84,8 @@ public final class TrafficRecorder: @unchecked Sendable {
     public func reset() { lock.withLock { counter.reset() } }
 
     /// One call of `kind` with `count` elements per member over a group of `groupSize`.
-    public func record(_ kind: CollectiveKind, _ axes: AxisSet, _ label: String, count: Int, groupSize: Int) {
+    public func record(_ kind: CollectiveKind, _ axes: AxisSet, _ site: CollectiveSite, count: Int, groupSize: Int) {
         let bytes = collectiveBytes(kind, count: count, groupSize: groupSize)
-        lock.withLock { counter.record(kind: kind, axes: axes, label: label, sent: bytes, received: bytes) }
+        lock.withLock { counter.record(kind: kind, axes: axes, site: site, sent: bytes, received: bytes) }
     }
 }

@@ -192,8 +192,10 @@ struct PassTotals {
         let t = tc.trace
         compute = t.matmulFLOPs / hardware.peakFLOPs + t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs)
         memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.activationBytes) / hardware.memoryBandwidth
-        for col in t.collectives {
-            let isWeights = col.label.hasSuffix(".weights")
+        // The unembedding's gathers (logit rows in, logits out to every device for sampling) are
+        // this runtime's, not the layouts': the paper samples from sharded logits on device (§3.6).
+        for col in t.collectives where col.site.part != .unembedding {
+            let isWeights = col.site.payload == .weights
             let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
             let spanned = col.axes.axes.filter { tc.mesh.size($0) > 1 }
             let ring = spanned.count != 1 || hardware.wrapsAround(spanned[0], in: tc.mesh)

@@ -9,10 +9,10 @@ public struct SymbolicTensor: Sendable, Equatable {
 }
 
 /// One collective a traced device would run.
-public struct TracedCollective: Sendable, Equatable {
+public struct TracedCollective: Sendable, Equatable, CustomStringConvertible {
     public var kind: CollectiveKind
     public var axes: AxisSet
-    public var label: String
+    public var site: CollectiveSite
     /// Elements this device passes in.
     public var count: Int
     public var groupSize: Int
@@ -20,6 +20,7 @@ public struct TracedCollective: Sendable, Equatable {
     public func bytesSent(elementBytes: Double) -> Double {
         Double(collectiveBytes(kind, count: count, groupSize: groupSize)) / 4 * elementBytes
     }
+    public var description: String { "\(kind.rawValue)(\(axes)) \(site) \(count) elements" }
 }
 
 /// What one device does in one forward pass, per the traced program.
@@ -30,6 +31,7 @@ public struct Trace: Sendable, Equatable {
     public var weightElements = 0.0
     /// KV-cache elements read (multiply by bytes per cache element).
     public var kvElements = 0.0
+    /// In program order.
     public var collectives: [TracedCollective] = []
 
     public static func + (a: Trace, b: Trace) -> Trace {
@@ -39,7 +41,8 @@ public struct Trace: Sendable, Equatable {
     }
 }
 
-/// The batch a forward pass runs: B sequences of L new tokens, attending to C positions.
+/// The batch a forward pass runs: B sequences of L new tokens each, attending (causally) to
+/// C = (cached positions + L) positions.
 public struct TracedBatch: Sendable, Equatable {
     public var sequences: Int
     public var newTokens: Int
@@ -51,10 +54,12 @@ public struct TracedBatch: Sendable, Equatable {
     }
 }
 
-/// The tracing interpreter: runs the sharded layer program (`shardedLayer`) on symbolic
-/// tensors for one device and records FLOPs, memory reads and every collective, mirroring
-/// what the executing interpreter does with the same layout (DESIGN.md).
-public final class Tracer: ShardedLayerInterpreter {
+/// The tracing interpreter: runs the layer program (`layerProgram`) on symbolic tensors for one
+/// device and records FLOPs, memory reads and every collective the program names (DESIGN.md).
+/// It decides nothing about the layout: shapes follow from the primitives and the stored
+/// shards. Matmuls count the shapes the kernels run over: a shard's rows padded to whole
+/// panels of its format (`panelRows`).
+public final class Tracer: LayerInterpreter {
     public typealias Value = SymbolicTensor
     let config: ModelConfig
     let mesh: Mesh
@@ -69,7 +74,6 @@ public final class Tracer: ShardedLayerInterpreter {
     public private(set) var trace = Trace()
 
     var ffn: FeedForwardLayout { layout.feedForward }
-    var n: Int { mesh.deviceCount }
 
     public init(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch, panelRows: Int = 1) {
         self.panelRows = panelRows
@@ -81,45 +85,44 @@ public final class Tracer: ShardedLayerInterpreter {
         blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
     }
 
-    /// Traces all layers of one forward pass on this device.
+    /// Traces one forward pass on this device: every layer, then the unembedding (`layers`
+    /// nil), or the given number of layers alone.
     public static func forward(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch,
                                panelRows: Int = 1) throws -> Trace {
         let t = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch, panelRows: panelRows)
         let x = SymbolicTensor(rows: t.paddedRows, columns: config.modelDimension / mesh.size(layout.feedForward.residualAxes))
-        _ = try shardedLayer(t, block: config.block, layer: 0, x)
+        _ = try layerProgram(t, layout, block: config.block, layer: 0, x)
         let one = t.trace
         var all = Trace()
         for _ in 0..<config.layers { all = all + one }
-        // The unembedding (E → V; the paper's 2N FLOPs per token count it): one logit row per
-        // sequence, on every device, against its vocabulary shard of ⌈V/n⌉ rows, as the runtime
-        // does (DeviceWeights.output). The gathers around it (logit rows in, logits out to every
-        // device for sampling) are this runtime's, not the layouts', and are not traced (the paper
-        // samples from sharded logits on device, §3.6).
-        let vocabularyShard = (config.vocabularySize + mesh.deviceCount - 1) / mesh.deviceCount
-        all.matmulFLOPs += 2 * Double(batch.sequences) * Double(config.modelDimension) * Double(vocabularyShard)
-        all.weightElements += Double(config.modelDimension) * Double(vocabularyShard)
-        return all
+        t.trace = all
+        t.unembed()
+        return t.trace
     }
 
     var placement: BatchPlacement { BatchPlacement(mesh: mesh, layout: ffn) }
-    func home(_ s: Int) -> Int { placement.home(s) }
     var tokens: [(sequence: Int, count: Int)] { (0..<batch.sequences).map { ($0, batch.newTokens) } }
-
     /// Rows on a device, padded as the runtime pads.
     var paddedRows: Int { placement.paddedRows(tokens) }
+    /// Sequences whose rows this device holds (its batch-axes group), and those homed on it.
+    var localSequences: Int { (0..<batch.sequences).filter { placement.group(ofSequence: $0) == mesh.index(of: rank, within: ffn.batchAxes) }.count }
+    var homeSequences: Int { (0..<batch.sequences).filter { placement.home($0) == rank }.count }
 
-    func record(_ kind: CollectiveKind, _ axes: AxisSet, _ label: String, _ count: Int) {
+    func padded(_ rows: Int) -> Int { (rows + panelRows - 1) / panelRows * panelRows }
+
+    func record(_ kind: CollectiveKind, _ axes: AxisSet, _ site: CollectiveSite, _ count: Int) {
         let k = mesh.size(axes)
         guard k > 1 else { return }
-        trace.collectives.append(TracedCollective(kind: kind, axes: axes, label: label, count: count, groupSize: k))
+        trace.collectives.append(TracedCollective(kind: kind, axes: axes, site: site, count: count, groupSize: k))
     }
 
-    /// (rows, columns) of this device's stored shard of a matrix.
-    func shard(_ m: LayerMatrix) -> (rows: Int, columns: Int) {
-        let E = config.modelDimension, Q = config.headDimension
-        let stored = ffn.storedBlocks(rank: rank, mesh: mesh).count
-        let e = ffn.storesOneDimensional ? E : E / mesh.x
-        switch m {
+    /// (rows, columns) of this device's stored shard of a matrix (DeviceWeights.specs).
+    func shard(_ w: WeightUse) -> (rows: Int, columns: Int) {
+        let E = config.modelDimension, Q = config.headDimension, n = mesh.deviceCount
+        let layout: FeedForwardLayout = w.storage == .oneDimensional ? .weightStationary1D : .weightStationary2D
+        let stored = layout.storedBlocks(rank: rank, mesh: mesh).count
+        let e = E / mesh.size(w.storage.modelAxes)
+        switch w.matrix {
         case .qkv: return (stored * blocks.qkv[0].count * Q, e)
         case .gateUp: return (stored * 2 * config.feedForwardDimension / n, e)
         case .attentionOutput: return (e, stored * blocks.attentionOutput[0].count * Q)
@@ -127,89 +130,107 @@ public final class Tracer: ShardedLayerInterpreter {
         }
     }
 
-    /// The matrix multiplied, after any weight all-gather: (outputs, inputs).
-    func weight(_ m: LayerMatrix, input: Bool, _ label: String) -> (rows: Int, columns: Int) {
-        let s = shard(m)
-        let axes = ffn.weightGatherAxes
-        guard mesh.size(axes) > 1 else { return s }
-        record(.allGather, axes, label + ".weights", (s.rows + panelRows - 1) / panelRows * panelRows * s.columns)
+    func multiply(_ rows: Int, stored: (rows: Int, columns: Int), outputs: Int) -> SymbolicTensor {
+        trace.matmulFLOPs += 2 * Double(rows) * Double(stored.rows) * Double(stored.columns)
+        trace.weightElements += Double(stored.rows) * Double(stored.columns)
+        return SymbolicTensor(rows: rows, columns: outputs)
+    }
+
+    // MARK: primitives
+
+    public func allGather(_ values: [SymbolicTensor], over axes: AxisSet, at site: CollectiveSite) throws -> [SymbolicTensor] {
+        record(.allGather, axes, site, values.reduce(0) { $0 + $1.rows * $1.columns })
+        return values.map { SymbolicTensor(rows: $0.rows, columns: $0.columns * mesh.size(axes)) }
+    }
+
+    public func reduceScatter(_ values: [SymbolicTensor], over axes: AxisSet, at site: CollectiveSite) throws -> [SymbolicTensor] {
+        record(.reduceScatter, axes, site, values.reduce(0) { $0 + $1.rows * $1.columns })
+        return values.map { SymbolicTensor(rows: $0.rows, columns: $0.columns / mesh.size(axes)) }
+    }
+
+    public func allToAll(_ value: SymbolicTensor, over axes: AxisSet, _ exchange: AttentionExchange,
+                         at site: CollectiveSite) throws -> SymbolicTensor {
+        // Every member's rows for every other, padded to the largest home's: q|k|v of the owned
+        // head blocks out, and back the attention output for each member's W_o columns.
+        let k = mesh.size(axes), chunkRows = placement.chunkRows(tokens)
+        let Q = config.headDimension
+        let outWidth = ffn.ownedBlocks(rank: rank, mesh: mesh).count * blocks.attentionOutput[0].count * Q
+        switch exchange {
+        case .toBatch:
+            record(.allToAll, axes, site, k * chunkRows * value.columns)
+            return SymbolicTensor(rows: homeSequences * batch.newTokens, columns: (config.heads + 2 * config.kvHeads) * Q)
+        case .fromBatch:
+            record(.allToAll, axes, site, k * chunkRows * outWidth)
+            return SymbolicTensor(rows: paddedRows, columns: outWidth)
+        }
+    }
+
+    public func matmul(_ x: SymbolicTensor, _ w: WeightUse, at site: CollectiveSite) throws -> SymbolicTensor {
+        let s = shard(w)
+        let rows = padded(s.rows)
+        let k = mesh.size(w.gatheredOver)
+        guard k > 1 else {
+            precondition(x.columns == s.columns, "traced shapes disagree: \(x.columns) vs \(s.columns)")
+            return multiply(x.rows, stored: (rows, s.columns), outputs: s.rows)
+        }
+        // All-gather the stored shards, then join them: W_in-role tiles stack rows by i_yz and
+        // columns by i_x; W_out-role the other way round.
+        record(.allGather, w.gatheredOver, site, rows * s.columns)
         let grid = ffn.weightGatherGrid(rank: rank, mesh: mesh)
-        let (xs, yzs) = (grid.xs.count, grid.yzs.count)
-        return input ? (s.rows * yzs, s.columns * xs) : (s.rows * xs, s.columns * yzs)
+        let (rowTiles, columnTiles) = w.matrix.isInput ? (grid.yzs.count, grid.xs.count) : (grid.xs.count, grid.yzs.count)
+        precondition(x.columns == s.columns * columnTiles, "traced shapes disagree: \(x.columns) vs \(s.columns * columnTiles)")
+        return multiply(x.rows, stored: (rows * rowTiles, s.columns * columnTiles), outputs: s.rows * rowTiles)
     }
 
-    func multiply(_ x: SymbolicTensor, _ w: (rows: Int, columns: Int)) -> SymbolicTensor {
-        precondition(x.columns == w.columns, "traced shapes disagree: \(x.columns) vs \(w.columns)")
-        trace.matmulFLOPs += 2 * Double(x.rows) * Double(w.rows) * Double(w.columns)
-        trace.weightElements += Double(w.rows) * Double(w.columns)
-        return SymbolicTensor(rows: x.rows, columns: w.rows)
-    }
-
-    public func norm(_ x: SymbolicTensor, feedForward: Bool, layer: Int) throws -> SymbolicTensor {
-        record(.allReduce, ffn.residualAxes, "norm", x.rows)
+    public func norm(_ x: SymbolicTensor, _ weight: NormWeight, sumsOver axes: AxisSet, at site: CollectiveSite) throws -> SymbolicTensor {
+        record(.allReduce, axes, site, x.rows)
         return x
     }
 
-    public func gatherThenMultiply(_ h: SymbolicTensor, _ matrices: [LayerMatrix], layer: Int, label: String) throws -> [SymbolicTensor] {
-        let ws = matrices.map { weight($0, input: true, label) }
-        record(.allGather, ffn.inputGatherAxes, label, h.rows * h.columns)
-        let hg = SymbolicTensor(rows: h.rows, columns: h.columns * mesh.size(ffn.inputGatherAxes))
-        return ws.map { multiply(hg, $0) }
-    }
-
-    public func scatterHidden(_ values: [SymbolicTensor], label: String) throws -> [SymbolicTensor] {
-        guard ffn == .weightStationary2D else { return values }
-        record(.reduceScatter, .x, label, values.reduce(0) { $0 + $1.rows * $1.columns })
-        return values.map { SymbolicTensor(rows: $0.rows, columns: $0.columns / mesh.x) }
-    }
-
-    public func gatherHidden(_ values: [SymbolicTensor], label: String) throws -> [SymbolicTensor] {
-        guard ffn == .weightStationary2D else { return values }
-        record(.allGather, .x, label, values.reduce(0) { $0 + $1.rows * $1.columns })
-        return values.map { SymbolicTensor(rows: $0.rows, columns: $0.columns * mesh.x) }
-    }
-
-    public func attentionCore(_ qkv: SymbolicTensor, layer: Int) throws -> SymbolicTensor {
-        let x = qkv
+    /// Q·Kᵀ and P·V for each new token over its causal positions, and one read of each attended
+    /// sequence's cached keys and values, for the heads held here.
+    public func attention(_ qkv: SymbolicTensor, layer: Int, _ attention: AttentionLayout, headsOver: AxisSet) throws -> SymbolicTensor {
         let Q = config.headDimension
-        let owned = ffn.ownedBlocks(rank: rank, mesh: mesh)
-        let outWidth = owned.count * blocks.attentionOutput[0].count * Q
-        // Sequences whose attention runs here, and the heads it covers.
-        let mine: Int, queryHeads: Int, kvHeads: Int
-        switch layout.attention {
+        let sequences: Int, queryHeads: Int, kvHeads: Int
+        switch attention {
         case .shardedOverHeads:
-            mine = (0..<batch.sequences).filter {
-                mesh.index(of: home($0), within: ffn.batchAxes) == mesh.index(of: rank, within: ffn.batchAxes)
-            }.count
-            queryHeads = owned.count * config.heads / n
-            kvHeads = owned.reduce(0) { acc, f in acc + blocks.qkv[f].filter { if case .key = $0 { true } else { false } }.count }
+            let owned = ffn.ownedBlocks(rank: rank, mesh: mesh)
+            let slots = owned.flatMap { blocks.qkv[$0] }
+            sequences = localSequences
+            queryHeads = slots.filter { if case .query = $0 { true } else { false } }.count
+            kvHeads = slots.filter { if case .key = $0 { true } else { false } }.count
         case .shardedOverBatch:
-            let axes = ffn.hiddenAxes
-            let chunkRows = placement.chunkRows(tokens)
-            let k = mesh.size(axes)
-            record(.allToAll, axes, "attention.all_to_all", k * chunkRows * x.columns)
-            record(.allToAll, axes, "attention.all_to_all", k * chunkRows * outWidth)
-            mine = (0..<batch.sequences).filter { home($0) == rank }.count
+            sequences = homeSequences
             queryHeads = config.heads
             kvHeads = config.kvHeads
         }
-        // Q·Kᵀ and P·V over the context, and one read of the cache per pass.
-        trace.attentionFLOPs += 4 * Double(mine * batch.newTokens) * Double(batch.context) * Double(queryHeads * Q)
-        trace.kvElements += 2 * Double(mine) * Double(batch.context) * Double(kvHeads * Q)
-        return SymbolicTensor(rows: x.rows, columns: outWidth)
+        let L = batch.newTokens, C = batch.context
+        let positions = Double(L * (C - L) + L * (L + 1) / 2)   // Σ over new tokens of their causal span
+        trace.attentionFLOPs += 4 * Double(sequences) * positions * Double(queryHeads * Q)
+        trace.kvElements += 2 * Double(sequences) * Double(C) * Double(kvHeads * Q)
+        return SymbolicTensor(rows: qkv.rows, columns: queryHeads * Q)
     }
 
-    public func feedForwardCore(_ gateUp: SymbolicTensor) throws -> SymbolicTensor {
+    public func activation(_ gateUp: SymbolicTensor) throws -> SymbolicTensor {
         SymbolicTensor(rows: gateUp.rows, columns: gateUp.columns / 2)
     }
 
-    public func multiplyThenReduce(_ pairs: [(SymbolicTensor, LayerMatrix)], layer: Int, label: String) throws -> SymbolicTensor {
-        let ws = pairs.map { weight($0.1, input: false, label) }
-        let outs = zip(pairs, ws).map { multiply($0.0, $1) }
-        let y = outs[0]
-        record(.reduceScatter, ffn.outputReduceAxes, label, y.rows * y.columns)
-        return SymbolicTensor(rows: y.rows, columns: y.columns / mesh.size(ffn.outputReduceAxes))
-    }
+    public func add(_ a: SymbolicTensor, _ b: SymbolicTensor) throws -> SymbolicTensor { a }
 
-    public func add(_ a: SymbolicTensor, _ b: SymbolicTensor) -> SymbolicTensor { a }
+    /// The runtime's unembedding: each device gathers the rows whose logits are wanted (one per
+    /// sequence; its batch-axes group padded to the largest), multiplies them by its
+    /// vocabulary shard of ⌈V/n⌉ rows, and all-gathers the logits so every device can sample.
+    func unembed() {
+        let n = mesh.deviceCount, E = config.modelDimension
+        var perGroup = [Int](repeating: 0, count: mesh.size(ffn.batchAxes))
+        for s in 0..<batch.sequences { perGroup[placement.group(ofSequence: s)] += 1 }
+        let wanted = perGroup.max() ?? 0
+        let local = E / mesh.size(ffn.residualAxes)
+        record(.allGather, ffn.residualAxes, CollectiveSite(.unembedding, .logitRows), wanted * local)
+        record(.allGather, ffn.batchAxes, CollectiveSite(.unembedding, .logitRows), wanted * E)
+        let rows = wanted * perGroup.count
+        let vocabularyShard = (config.vocabularySize + n - 1) / n
+        _ = multiply(rows, stored: (padded(vocabularyShard), E), outputs: vocabularyShard)
+        record(.allGather, .xyz, CollectiveSite(.unembedding, .logits), rows * vocabularyShard)
+    }
 }

@@ -141,6 +141,9 @@ public final class LinearWeight: @unchecked Sendable {
     /// Bytes read from memory by one pass over the weight (what this device stores for it).
     public let byteCount: Int
 
+    /// The matrix the kernels run over: (outputs, inputs) padded to whole panels and units.
+    public var storedShape: (outputs: Int, inputs: Int) { (windowOutputs, windowInputs) }
+
     /// The format actually used (native falls back to f32 for types without an in-place kernel).
     public var format: WeightFormat { kind.format }
     var panelBytes: Int { windowInputs / kind.unitInputs * kind.unitBytes }

@@ -62,7 +62,7 @@ struct Calibrate: ParsableCommand {
         // In the cost model's accounting (Tracer): 4·H·Q FLOPs per query per context position,
         // over the full L × L square as an accelerator computes it. This runtime skips the masked
         // half, which the measured rate then includes.
-        let attentionRate = 4 * Double(H * Q) * Double(L * L) / attentionSeconds
+        let attentionRate = 4 * Double(H * Q) * Double(L * (L + 1) / 2) / attentionSeconds   // causal, as the tracer counts
         // Weight streaming: decode-like matvecs over ~200 MB of 8-bit weights (beyond the caches),
         // in matrices of a small model's shape (1536 x 576), as decode reads them.
         let pattern = (0..<(1536 * 576)).map { Float(($0 % 251) - 125) / 200 }
@@ -209,7 +209,7 @@ struct Calibrate: ParsableCommand {
             for _ in 0..<3 {
                 try world.barrier()
                 let start = Date()
-                for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, label: "calibrate") }
+                for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, site: .measurement) }
                 runs.append(Date().timeIntervalSince(start) / Double(calls))
             }
             return runs.sorted()[1]
@@ -241,7 +241,7 @@ struct Calibrate: ParsableCommand {
         for _ in 0..<3 {
             let start = Date()
             _ = try runOnMesh(Mesh(x: 2)) { _, comm in
-                for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, label: "calibrate") }
+                for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, site: .measurement) }
                 return 0
             }
             runs.append(Date().timeIntervalSince(start) / Double(calls))

@@ -41,13 +41,13 @@ struct MPICheck: ParsableCommand {
         let fabric = LocalFabric(mesh: parsed, timeout: collectiveTimeout)
         let expected = try fabric.run { rank, local in
             let outputs = try cases.map { axes, kind in
-                try local.collective(kind, Self.input(rank: rank, kind: kind, axes: axes, count: Self.count(kind)), over: axes, label: "check")
+                try local.collective(kind, Self.input(rank: rank, kind: kind, axes: axes, count: Self.count(kind)), over: axes, site: .measurement)
             }
             return UncheckedSendable((outputs, local.traffic))
         }[world.rank].value
         var mismatches: [String] = []
         for (i, (axes, kind)) in cases.enumerated() {
-            let got = try comm.collective(kind, Self.input(rank: world.rank, kind: kind, axes: axes, count: Self.count(kind)), over: axes, label: "check")
+            let got = try comm.collective(kind, Self.input(rank: world.rank, kind: kind, axes: axes, count: Self.count(kind)), over: axes, site: .measurement)
             let want = expected.0[i]
             if got.count != want.count || zip(got, want).contains(where: { $0.bitPattern != $1.bitPattern }) {
                 mismatches.append("rank \(world.rank): \(kind.rawValue) over '\(axes)'")

@@ -4,18 +4,21 @@ import Testing
 @testable import Collectives
 
 @Suite struct CorrectnessTests {
-    struct Step: Sendable { var kind: CollectiveKind; var axes: AxisSet; var count: Int; var label: String }
+    struct Step: Sendable { var kind: CollectiveKind; var axes: AxisSet; var count: Int; var site: CollectiveSite }
 
     /// Every kind over every axis subset; counts divisible by every group size (24), plus
     /// all-gather / all-reduce on an odd count (7) to check the rounded-down all-reduce bytes.
+    /// The odd-count steps' site (each step's traffic is kept apart by kind, axes and site).
+    static let oddCount = CollectiveSite(.measurement, .input)
+
     static func steps() -> [Step] {
         var s: [Step] = []
         for axes in AxisSet.allSubsets {
             for kind in CollectiveKind.allCases {
-                s.append(Step(kind: kind, axes: axes, count: 24, label: "\(kind.rawValue)/\(axes)/24"))
+                s.append(Step(kind: kind, axes: axes, count: 24, site: .measurement))
             }
             for kind in [CollectiveKind.allGather, .allReduce] {
-                s.append(Step(kind: kind, axes: axes, count: 7, label: "\(kind.rawValue)/\(axes)/7"))
+                s.append(Step(kind: kind, axes: axes, count: 7, site: Self.oddCount))
             }
         }
         return s
@@ -29,7 +32,7 @@ import Testing
             #expect(comm.mesh == mesh)
             var results: [[Float]] = []
             for (t, step) in steps.enumerated() {
-                results.append(try call(comm, step.kind, input(rank: rank, step: t, count: step.count), step.axes, step.label))
+                results.append(try call(comm, step.kind, input(rank: rank, step: t, count: step.count), step.axes, step.site))
             }
             return (results, comm.traffic)
         }
@@ -44,12 +47,12 @@ import Testing
                         "\(mesh) \(step.kind) over '\(step.axes)' n=\(step.count) rank \(rank)")
                 let traffic = out[rank].1
                 let b = bytes(step.kind, n: step.count, k: k)
-                let key = TrafficCounter.Key(kind: step.kind, axes: step.axes, label: step.label)
+                let key = TrafficCounter.Key(kind: step.kind, axes: step.axes, site: step.site)
                 #expect(traffic.sent[key] == b)
                 #expect(traffic.received[key] == b)
                 #expect(traffic.calls[key] == 1)
-                #expect(traffic.sentBytes(label: step.label) == b)
-                #expect(traffic.receivedBytes(kind: step.kind, axes: step.axes, label: step.label) == b)
+                #expect(traffic.sentBytes(kind: step.kind, axes: step.axes, site: step.site) == b)
+                #expect(traffic.receivedBytes(kind: step.kind, axes: step.axes, site: step.site) == b)
             }
         }
         // Totals per kind / axes agree with the per-step formulas.
@@ -79,12 +82,12 @@ import Testing
         let out = try runOnMesh(Mesh(x: 2)) { rank, comm -> [[Float]] in
             let r = Float(rank)
             return [
-                try comm.allGather([r, r + 10], over: .x, label: ""),
-                try comm.reduceScatter([1 + r, 2 + r, 3 + r, 4 + r], over: .x, label: ""),
-                try comm.allReduce([1 + r, 2 + r, 3], over: .x, label: ""),
-                try comm.allToAll([10 * r, 10 * r + 1, 10 * r + 2, 10 * r + 3], over: .x, label: ""),
-                try comm.allGather([r], over: .none, label: ""),
-                try comm.allReduce([r], over: .yz, label: ""),  // y, z have size 1: local copy
+                try comm.allGather([r, r + 10], over: .x, site: .measurement),
+                try comm.reduceScatter([1 + r, 2 + r, 3 + r, 4 + r], over: .x, site: .measurement),
+                try comm.allReduce([1 + r, 2 + r, 3], over: .x, site: .measurement),
+                try comm.allToAll([10 * r, 10 * r + 1, 10 * r + 2, 10 * r + 3], over: .x, site: .measurement),
+                try comm.allGather([r], over: .none, site: .measurement),
+                try comm.allReduce([r], over: .yz, site: .measurement),  // y, z have size 1: local copy
             ]
         }
         #expect(out[0] == [[0, 10, 1, 11], [3, 5], [3, 5, 6], [0, 1, 10, 11], [0], [0]])
@@ -101,12 +104,12 @@ import Testing
             for t in 0..<rounds {
                 let axes = pattern[t % pattern.count]
                 let k = mesh.size(axes)
-                let v = try comm.allReduce([Float(rank + t)], over: axes, label: "loop")
+                let v = try comm.allReduce([Float(rank + t)], over: axes, site: .measurement)
                 let expected = mesh.group(of: rank, over: axes).reduce(Float(0)) { $0 + Float($1 + t) }
                 #expect(v == [expected])
-                let g = try comm.allGather([Float(rank)], over: axes, label: "loop")
+                let g = try comm.allGather([Float(rank)], over: axes, site: .measurement)
                 #expect(g == mesh.group(of: rank, over: axes).map(Float.init))
-                let rs = try comm.reduceScatter(Array(repeating: 1, count: 2 * k), over: axes, label: "loop")
+                let rs = try comm.reduceScatter(Array(repeating: 1, count: 2 * k), over: axes, site: .measurement)
                 #expect(rs == [Float(k), Float(k)])
                 acc += v[0]
             }
@@ -117,44 +120,47 @@ import Testing
 }
 
 @Suite struct TrafficTests {
-    @Test func labelsSeparateTraffic() throws {
+    static let ffn = CollectiveSite(.feedForward, .input)
+    static let attention = CollectiveSite(.attention, .input)
+
+    @Test func sitesSeparateTraffic() throws {
         let mesh = Mesh(x: 2, y: 2)
         let out = try runOnMesh(mesh) { _, comm -> (TrafficCounter, TrafficCounter) in
-            _ = try comm.allGather(Array(repeating: 1, count: 8), over: .xy, label: "ffn")
-            _ = try comm.allGather(Array(repeating: 1, count: 8), over: .xy, label: "ffn")
-            _ = try comm.reduceScatter(Array(repeating: 1, count: 8), over: .y, label: "ffn")
-            _ = try comm.allGather(Array(repeating: 1, count: 4), over: .xy, label: "attention")
-            _ = try comm.allReduce(Array(repeating: 1, count: 6), over: .x, label: "attention")
+            _ = try comm.allGather(Array(repeating: 1, count: 8), over: .xy, site: Self.ffn)
+            _ = try comm.allGather(Array(repeating: 1, count: 8), over: .xy, site: Self.ffn)
+            _ = try comm.reduceScatter(Array(repeating: 1, count: 8), over: .y, site: Self.ffn)
+            _ = try comm.allGather(Array(repeating: 1, count: 4), over: .xy, site: Self.attention)
+            _ = try comm.allReduce(Array(repeating: 1, count: 6), over: .x, site: Self.attention)
             let before = comm.traffic
             comm.resetTraffic()
             return (before, comm.traffic)
         }
         for (t, after) in out {
-            #expect(t.sentBytes(label: "ffn") == 2 * 4 * 8 * 3 + 4 * 4 * 1)
-            #expect(t.sentBytes(label: "attention") == 4 * 4 * 3 + 2 * 4 * 6 * 1 / 2)
-            #expect(t.sentBytes(kind: .allGather, label: "ffn") == 2 * 4 * 8 * 3)
+            #expect(t.sentBytes(site: Self.ffn) == 2 * 4 * 8 * 3 + 4 * 4 * 1)
+            #expect(t.sentBytes(site: Self.attention) == 4 * 4 * 3 + 2 * 4 * 6 * 1 / 2)
+            #expect(t.sentBytes(kind: .allGather, site: Self.ffn) == 2 * 4 * 8 * 3)
             #expect(t.sentBytes(kind: .allGather) == 2 * 4 * 8 * 3 + 4 * 4 * 3)
             #expect(t.sentBytes(axes: .xy) == 2 * 4 * 8 * 3 + 4 * 4 * 3)
             #expect(t.sentBytes(axes: .x) == 24)
-            #expect(t.sentBytes(label: "none") == 0)
+            #expect(t.sentBytes(site: CollectiveSite(.block, .input)) == 0)
             #expect(t.sentBytes() == t.receivedBytes())
-            #expect(t.calls[.init(kind: .allGather, axes: .xy, label: "ffn")] == 2)
-            #expect(t.callCount(label: "attention") == 2)
+            #expect(t.calls[.init(kind: .allGather, axes: .xy, site: Self.ffn)] == 2)
+            #expect(t.callCount(site: Self.attention) == 2)
             #expect(after == TrafficCounter())
         }
     }
 
     @Test func counterArithmeticAndCoding() throws {
         var a = TrafficCounter()
-        a.record(kind: .allGather, axes: .x, label: "ffn", sent: 10, received: 12)
+        a.record(kind: .allGather, axes: .x, site: Self.ffn, sent: 10, received: 12)
         var b = TrafficCounter()
-        b.record(kind: .allGather, axes: .x, label: "ffn", sent: 1, received: 2)
-        b.record(kind: .allToAll, axes: .yz, label: "moe", sent: 5, received: 5)
+        b.record(kind: .allGather, axes: .x, site: Self.ffn, sent: 1, received: 2)
+        b.record(kind: .allToAll, axes: .yz, site: Self.attention, sent: 5, received: 5)
         let c = a + b
         #expect(c.sentBytes() == 16)
         #expect(c.receivedBytes() == 19)
-        #expect(c.sentBytes(kind: .allGather, axes: .x, label: "ffn") == 11)
-        #expect(c.calls[.init(kind: .allGather, axes: .x, label: "ffn")] == 2)
+        #expect(c.sentBytes(kind: .allGather, axes: .x, site: Self.ffn) == 11)
+        #expect(c.calls[.init(kind: .allGather, axes: .x, site: Self.ffn)] == 2)
         let decoded = try JSONDecoder().decode(TrafficCounter.self, from: JSONEncoder().encode(c))
         #expect(decoded == c)
         var d = c
@@ -172,13 +178,13 @@ import Testing
         let start = Date()
         #expect(throws: Boom.self) {
             _ = try runOnMesh(mesh, timeout: 30) { rank, comm -> Int in
-                _ = try comm.allReduce([1], over: .xy, label: "warmup")
+                _ = try comm.allReduce([1], over: .xy, site: .measurement)
                 if rank == 2 {
                     Thread.sleep(forTimeInterval: 0.05)
                     throw Boom()
                 }
                 do throws(CollectiveError) {
-                    _ = try comm.allGather([Float(rank)], over: .xy, label: "")
+                    _ = try comm.allGather([Float(rank)], over: .xy, site: .measurement)
                 } catch {
                     seen.update { $0[rank] = error }
                     throw error
@@ -204,11 +210,11 @@ import Testing
                 comm.abort(reason: "stop")
             }
             do throws(CollectiveError) {
-                _ = try comm.allGather([1], over: .x, label: "")
+                _ = try comm.allGather([1], over: .x, site: .measurement)
                 return nil
             } catch {
                 // A later call (even a local one) also throws .aborted.
-                do throws(CollectiveError) { _ = try comm.allGather([1], over: .none, label: "") } catch { #expect(error == .aborted(reason: "stop")) }
+                do throws(CollectiveError) { _ = try comm.allGather([1], over: .none, site: .measurement) } catch { #expect(error == .aborted(reason: "stop")) }
                 return error
             }
         }
@@ -222,10 +228,10 @@ import Testing
             var errs: [CollectiveError?] = []
             for kind in CollectiveKind.allCases {
                 let n = mesh.index(of: rank, within: .y) == 0 ? 4 : 6
-                do throws(CollectiveError) { _ = try call(comm, kind, Array(repeating: 1, count: n), .y, "bad"); errs.append(nil) } catch { errs.append(error) }
+                do throws(CollectiveError) { _ = try call(comm, kind, Array(repeating: 1, count: n), .y, .measurement); errs.append(nil) } catch { errs.append(error) }
             }
             // The fabric is still usable afterwards.
-            let sum = try comm.allReduce([1], over: .xy, label: "")
+            let sum = try comm.allReduce([1], over: .xy, site: .measurement)
             #expect(sum == [4])
             return errs
         }
@@ -239,7 +245,7 @@ import Testing
         let out = try runOnMesh(mesh, timeout: 5) { rank, comm -> [CollectiveError?] in
             var errs: [CollectiveError?] = []
             for kind in [CollectiveKind.reduceScatter, .allToAll] {
-                do throws(CollectiveError) { _ = try call(comm, kind, Array(repeating: 1, count: 6), .x, ""); errs.append(nil) } catch { errs.append(error) }
+                do throws(CollectiveError) { _ = try call(comm, kind, Array(repeating: 1, count: 6), .x, .measurement); errs.append(nil) } catch { errs.append(error) }
             }
             return errs
         }
@@ -253,7 +259,7 @@ import Testing
         let start = Date()
         let out = try runOnMesh(mesh, timeout: 0.5) { rank, comm -> CollectiveError? in
             if rank == 3 { return nil }  // never calls the collective
-            do throws(CollectiveError) { _ = try comm.allGather([1], over: .x, label: ""); return nil } catch { return error }
+            do throws(CollectiveError) { _ = try comm.allGather([1], over: .x, site: .measurement); return nil } catch { return error }
         }
         let elapsed = Date().timeIntervalSince(start)
         #expect(elapsed >= 0.45 && elapsed < 2)
@@ -264,8 +270,8 @@ import Testing
         let mesh = Mesh(x: 1, y: 2, z: 2)
         #expect(throws: CollectiveError.timeout(seconds: 0.3)) {
             _ = try runOnMesh(mesh, timeout: 0.3) { rank, comm -> Int in
-                _ = try comm.allGather([1], over: .yz, label: "")
-                if rank != 0 { _ = try comm.allGather([1], over: .yz, label: "") }
+                _ = try comm.allGather([1], over: .yz, site: .measurement)
+                if rank != 0 { _ = try comm.allGather([1], over: .yz, site: .measurement) }
                 return rank
             }
         }

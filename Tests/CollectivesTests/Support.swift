@@ -42,14 +42,14 @@ func bytes(_ kind: CollectiveKind, n: Int, k: Int) -> Int {
     }
 }
 
-func call(_ comm: any Communicator, _ kind: CollectiveKind, _ data: [Float], _ axes: AxisSet, _ label: String)
+func call(_ comm: any Communicator, _ kind: CollectiveKind, _ data: [Float], _ axes: AxisSet, _ site: CollectiveSite)
     throws(CollectiveError) -> [Float]
 {
     switch kind {
-    case .allGather: try comm.allGather(data, over: axes, label: label)
-    case .reduceScatter: try comm.reduceScatter(data, over: axes, label: label)
-    case .allReduce: try comm.allReduce(data, over: axes, label: label)
-    case .allToAll: try comm.allToAll(data, over: axes, label: label)
+    case .allGather: try comm.allGather(data, over: axes, site: site)
+    case .reduceScatter: try comm.reduceScatter(data, over: axes, site: site)
+    case .allReduce: try comm.allReduce(data, over: axes, site: site)
+    case .allToAll: try comm.allToAll(data, over: axes, site: site)
     }
 }
 

@@ -186,7 +186,7 @@ struct MeshTests {
         }
         for rank in 0..<mesh.deviceCount {
             let t = engine.traffic[rank]
-            let measured = t.sentBytes(label: "ffn") + t.sentBytes(label: "ffn.weights")
+            let measured = t.sentBytes(part: .feedForward) - t.sentBytes(site: CollectiveSite(.feedForward, .normStatistics))
             #expect(Double(measured) == 4 * expected, "rank \(rank): \(measured) bytes, closed form \(4 * expected)")
         }
     }

@@ -43,6 +43,8 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     /// collectives, since creation (compute ≈ wall − communication).
     public private(set) var wallSeconds = 0.0
     public private(set) var communicationSeconds = 0.0
+    /// When set (tests), each device records what its next passes do here (`ExecutionLog`).
+    var executionLogs: [ExecutionLog]?
 
     public init(source: TensorSource, config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout,
                 format: WeightFormat, threads: Int, overlap: Bool = false) throws {
@@ -98,13 +100,13 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
         let (meshBatch, limit) = try MeshBatch.checked(batch, config: config)
         let layout = meshBatch.isPrefill ? prefill : decode
-        let (config, mesh, blocks, devices, caches, threads, overlap) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap)
+        let (config, mesh, blocks, devices, caches, threads, overlap, logs) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap, executionLogs)
         let start = DispatchTime.now().uptimeNanoseconds
         let results = try runOnMesh(mesh) { rank, comm in
             let timed = TimedCommunicator(comm)
             let program = DeviceProgram(config: config, mesh: mesh, rank: rank, layout: layout, blocks: blocks,
                                         weights: devices[rank], caches: caches[rank], comm: timed,
-                                        threads: WorkSplitter(threads: threads), limit: limit, overlap: overlap)
+                                        threads: WorkSplitter(threads: threads), limit: limit, overlap: overlap, log: logs?[rank])
             return UncheckedSendable((try program.forward(meshBatch), comm.traffic, timed.seconds))
         }
         wallSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9

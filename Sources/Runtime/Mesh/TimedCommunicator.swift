@@ -20,16 +20,16 @@ final class TimedCommunicator: Communicator, @unchecked Sendable {
         defer { seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         return try body()
     }
-    func allGather(_ d: [Float], over a: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        try timed { () throws(CollectiveError) in try inner.allGather(d, over: a, label: label) }
+    func allGather(_ d: [Float], over a: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        try timed { () throws(CollectiveError) in try inner.allGather(d, over: a, site: site) }
     }
-    func reduceScatter(_ d: [Float], over a: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        try timed { () throws(CollectiveError) in try inner.reduceScatter(d, over: a, label: label) }
+    func reduceScatter(_ d: [Float], over a: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        try timed { () throws(CollectiveError) in try inner.reduceScatter(d, over: a, site: site) }
     }
-    func allReduce(_ d: [Float], over a: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        try timed { () throws(CollectiveError) in try inner.allReduce(d, over: a, label: label) }
+    func allReduce(_ d: [Float], over a: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        try timed { () throws(CollectiveError) in try inner.allReduce(d, over: a, site: site) }
     }
-    func allToAll(_ d: [Float], over a: AxisSet, label: String) throws(CollectiveError) -> [Float] {
-        try timed { () throws(CollectiveError) in try inner.allToAll(d, over: a, label: label) }
+    func allToAll(_ d: [Float], over a: AxisSet, site: CollectiveSite) throws(CollectiveError) -> [Float] {
+        try timed { () throws(CollectiveError) in try inner.allToAll(d, over: a, site: site) }
     }
 }

@@ -1,0 +1,160 @@
+import CKernels
+import Collectives
+import Foundation
+import Partitioning
+import Tensors
+import Transformer
+
+/// An activation between primitives of the executing interpreter. With overlap (§3.5), an
+/// all-gather is left pending until the matmul it feeds, and matmul products until the sum or
+/// reduce-scatter they feed, so that the pair can be pipelined; any other primitive runs them.
+enum DeviceValue {
+    case ready(Matrix)
+    case gathering(PendingGather)
+    case products([(Matrix, LinearWeight)])
+}
+
+/// An all-gather not yet run: the first matmul that reads it runs it chunk by chunk and keeps
+/// the gathered input for any other matmul on the same input (the parallel block's two).
+final class PendingGather {
+    let local: Matrix
+    let axes: AxisSet
+    let site: CollectiveSite
+    var gathered: Matrix?
+    init(_ local: Matrix, _ axes: AxisSet, _ site: CollectiveSite) {
+        self.local = local
+        self.axes = axes
+        self.site = site
+    }
+}
+
+/// The executing interpreter of the layer program: one device, one forward pass. It only does
+/// tensor mechanics; which collective runs over which axes is the program's.
+struct LayerRun: LayerInterpreter {
+    typealias Value = DeviceValue
+    let program: DeviceProgram
+    let rows: [RowInfo]                    // this device's rows (padding included)
+    let batch: MeshBatch
+
+    var config: ModelConfig { program.config }
+
+    /// Runs whatever is pending and returns the matrix.
+    func force(_ v: DeviceValue) throws -> Matrix {
+        switch v {
+        case let .ready(m): return m
+        case let .gathering(p):
+            if let g = p.gathered { return g }
+            let g = try program.gatherColumns([p.local], p.axes, p.site)[0]
+            p.gathered = g
+            return g
+        case let .products(pairs):
+            return pairs.map { program.multiply($0.0, $0.1) }.reduce(nil as Matrix?) { $0?.adding($1) ?? $1 }!
+        }
+    }
+
+    func allGather(_ values: [DeviceValue], over axes: AxisSet, at site: CollectiveSite) throws -> [DeviceValue] {
+        if program.mesh.size(axes) == 1 { return values }
+        if values.count == 1, case let .ready(m) = values[0], program.overlaps(rows: m.rows, axes) {
+            return [.gathering(PendingGather(m, axes, site))]
+        }
+        return try program.gatherColumns(values.map(force), axes, site).map { .ready($0) }
+    }
+
+    func reduceScatter(_ values: [DeviceValue], over axes: AxisSet, at site: CollectiveSite) throws -> [DeviceValue] {
+        if program.mesh.size(axes) == 1 { return values }
+        if values.count == 1, case let .products(pairs) = values[0], program.overlaps(rows: pairs[0].0.rows, axes) {
+            return [.ready(try program.multiplyWhileReducing(pairs, axes, site))]
+        }
+        return try program.reduceScatterColumns(values.map(force), axes, site).map { .ready($0) }
+    }
+
+    func allToAll(_ value: DeviceValue, over axes: AxisSet, _ exchange: AttentionExchange, at site: CollectiveSite) throws -> DeviceValue {
+        let x = program.batchExchange(rows: rows, batch: batch)
+        switch exchange {
+        case .toBatch: return .ready(try program.toBatch(force(value), x, site))
+        case .fromBatch: return .ready(try program.fromBatch(force(value), rows: rows, x, site))
+        }
+    }
+
+    func matmul(_ x: DeviceValue, _ use: WeightUse, at site: CollectiveSite) throws -> DeviceValue {
+        let w = try program.weight(use, site)
+        switch x {
+        case let .gathering(p) where p.gathered == nil:
+            let (product, gathered) = try program.gatherWhileMultiplying(p.local, p.axes, p.site, w)
+            p.gathered = gathered
+            return .ready(product)
+        case let .ready(m) where program.overlap:
+            return .products([(m, w)])
+        default:
+            return .ready(program.multiply(try force(x), w))
+        }
+    }
+
+    func norm(_ x: DeviceValue, _ weight: NormWeight, sumsOver axes: AxisSet, at site: CollectiveSite) throws -> DeviceValue {
+        let layer = program.weights.layers(oneDimensional: program.ffn.storesOneDimensional)
+        let w = switch weight {
+        case let .attention(l): layer[l].attentionNorm
+        case let .feedForward(l): layer[l].feedForwardNorm!
+        }
+        return .ready(try program.norm(force(x), w, axes: axes, site))
+    }
+
+    func attention(_ qkv: DeviceValue, layer: Int, _ layout: AttentionLayout, headsOver: AxisSet) throws -> DeviceValue {
+        switch layout {
+        case .shardedOverHeads:
+            return .ready(program.headAttention(layer, try force(qkv), owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows))
+        case .shardedOverBatch:
+            return .ready(program.batchAttention(layer, try force(qkv), program.batchExchange(rows: rows, batch: batch)))
+        }
+    }
+
+    /// swiglu per hidden block: each block's columns are its gate rows, then its up rows.
+    func activation(_ gateUp: DeviceValue) throws -> DeviceValue {
+        let gu = try force(gateUp)   // (rows, blocks · 2·F/n)
+        let fb = config.feedForwardDimension / program.mesh.deviceCount
+        let blocksHere = gu.columns / (2 * fb)
+        let act = Matrix(uninitializedRows: gu.rows, columns: blocksHere * fb)   // (rows, blocks · F/n)
+        for r in 0..<gu.rows {
+            for b in 0..<blocksHere {
+                mi_swiglu(gu.row(r) + b * 2 * fb, gu.row(r) + b * 2 * fb + fb, Int32(fb), act.row(r) + b * fb)
+            }
+        }
+        return .ready(act)
+    }
+
+    func add(_ a: DeviceValue, _ b: DeviceValue) throws -> DeviceValue {
+        if case let .products(p) = a, case let .products(q) = b { return .products(p + q) }
+        return .ready(try force(a).adding(force(b)))
+    }
+}
+
+/// What a device's executing interpreter did in one pass, counted where it happened: the
+/// collectives in program order with the bytes the transport counted, and the matmul and
+/// attention work from the shapes handed to the kernels. Tests compare it with the trace.
+final class ExecutionLog: @unchecked Sendable {
+    struct Collective: Equatable, CustomStringConvertible {
+        var kind: CollectiveKind
+        var axes: AxisSet
+        var site: CollectiveSite
+        var bytes: Int
+        var description: String { "\(kind.rawValue)(\(axes)) \(site) \(bytes) B" }
+    }
+    private let lock = NSLock()
+    private var _collectives: [Collective] = []
+    private(set) var matmulFLOPs = 0.0
+    private(set) var weightBytes = 0.0
+    var attentionFLOPs = 0.0
+    var kvBytes = 0.0
+
+    var collectives: [Collective] { lock.withLock { _collectives } }
+
+    func append(_ c: Collective) { lock.withLock { _collectives.append(c) } }
+
+    func matmul(rows: Int, _ w: LinearWeight) {
+        let (n, k) = w.storedShape
+        lock.withLock {
+            matmulFLOPs += 2 * Double(rows) * Double(n) * Double(k)
+            weightBytes += Double(w.byteCount)
+        }
+    }
+}
