@@ -11,8 +11,9 @@ import Transformer
 /// §3 layouts, SPEC §4.4–4.6).
 struct MeshTests {
     /// Tiny random models whose heads split over up to 8 devices: Llama with grouped-query
-    /// attention (8 query heads, 2 KV heads, serial block) and PaLM with multiquery attention
-    /// (parallel block, F = 4E).
+    /// attention (8 query heads, 2 KV heads, serial block), Llama with multi-head attention
+    /// (8 and 8), PaLM with multiquery attention (parallel block, F = 4E), and each block kind
+    /// swapped.
     static let models: [ModelConfig] = {
         let llama = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
         let palm = ModelConfig.palmTiny(layers: 2, modelDimension: 64, heads: 8, vocabularySize: 96)
@@ -21,7 +22,9 @@ struct MeshTests {
         llamaParallel.name = "llama-tiny-parallel"
         palmSerial.block = .serial
         palmSerial.name = "palm-tiny-serial"
-        return [llama, palm, llamaParallel, palmSerial]
+        var mha = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 8, vocabularySize: 96)
+        mha.name = "llama-tiny-mha"
+        return [llama, mha, palm, llamaParallel, palmSerial]
     }()
     static let meshes = ["1", "2", "4", "2x2", "2x2x2"]
 
@@ -115,7 +118,7 @@ struct MeshTests {
     /// Prefill and decode in different layouts over the same stored weights (§3.2.3).
     @Test(arguments: [FeedForwardLayout.weightGatheredX, .weightGatheredXY, .weightGatheredXYZ])
     func prefillWeightGatheredDecodeWeightStationary(_ prefill: FeedForwardLayout) throws {
-        let config = Self.models[1]
+        let config = Self.models[2]
         let mesh = Mesh(x: 2, y: 2, z: 2)
         let reference = oracle(config, seed: 3)
         let sharded = try MeshEngine(source: RandomWeights(config: config, seed: 3), config: config, mesh: mesh,
