@@ -62,12 +62,6 @@ final class FabricCore: @unchecked Sendable {
         condition.unlock()
     }
 
-    var isAborted: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return abortReason != nil
-    }
-
     /// Deposits `data` as member `index` of `group`, waits until every member has deposited,
     /// and returns all members' buffers in group order.
     func exchange(_ data: [Float], kind: CollectiveKind, group: GroupState, index: Int) throws(CollectiveError) -> [[Float]] {
@@ -142,9 +136,6 @@ public final class LocalFabric: Sendable {
 
     /// Marks the whole mesh failed (see `Communicator.abort(reason:)`).
     public func abort(reason: String) { core.abort(reason: reason) }
-
-    /// Whether the fabric has been aborted.
-    public var isAborted: Bool { core.isAborted }
 }
 
 /// One device's endpoint on a `LocalFabric`.

@@ -65,22 +65,6 @@ public enum FeedForwardLayout: String, CaseIterable, Sendable, Codable, CustomSt
     }
     /// Whether the weights are stored `E F_xyz` (1D) rather than `E_x F_yz`.
     public var storesOneDimensional: Bool { self == .weightStationary1D }
-
-    /// The dataflow in the paper's notation, for one (W_in, W_out) pair.
-    public var dataflow: String {
-        switch self {
-        case .weightStationary1D:
-            "BLE_xyz -all-gather(xyz)-> BLE -W_in[E F_xyz]-> BLF_xyz -swiglu-> -W_out[F_xyz E]-> BLE (partialsum-xyz) -reduce-scatter(xyz)-> BLE_xyz"
-        case .weightStationary2D:
-            "BLE_xyz -all-gather(yz)-> BLE_x -W_in[E_x F_yz]-> BLF_yz (partialsum-x) -reduce-scatter(x)-> BLF_xyz -swiglu-> -all-gather(x)-> BLF_yz -W_out[F_yz E_x]-> BLE_x (partialsum-yz) -reduce-scatter(yz)-> BLE_xyz"
-        case .weightGatheredX:
-            "B_xLE_yz -all-gather(yz)-> B_xLE -W_in[E F_yz] (weights all-gather(x))-> B_xLF_yz -swiglu-> -W_out[F_yz E] (weights all-gather(x))-> B_xLE (partialsum-yz) -reduce-scatter(yz)-> B_xLE_yz"
-        case .weightGatheredXY:
-            "B_xyLE_z -all-gather(z)-> B_xyLE -W_in[E F_z] (weights all-gather(xy))-> B_xyLF_z -swiglu-> -W_out[F_z E] (weights all-gather(xy))-> B_xyLE (partialsum-z) -reduce-scatter(z)-> B_xyLE_z"
-        case .weightGatheredXYZ:
-            "B_xyzLE -W_in[E F] (weights all-gather(xyz))-> B_xyzLF -swiglu-> -W_out[F E] (weights all-gather(xyz))-> B_xyzLE"
-        }
-    }
 }
 
 /// Attention layouts of §3.3 (SPEC §4.5).

@@ -1,4 +1,3 @@
-import Foundation
 @_exported import Tensors
 @_exported import Transformer
 

@@ -1,5 +1,4 @@
 import Foundation
-import Tensors
 import Tokenization
 
 public struct GenerationRequest: Sendable {

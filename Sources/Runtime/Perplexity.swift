@@ -1,5 +1,4 @@
 import Foundation
-import Tensors
 
 public struct PerplexityResult: Sendable, Codable {
     public var perplexity: Double

@@ -1,7 +1,5 @@
-import Collectives
 import Partitioning
 import Tensors
-import Transformer
 
 /// Batch-sharded attention (Pope et al. §3.3, Fig. 5b): an all-to-all over the hidden axes
 /// gives each device every head of the sequences it is home to; it attends with their whole KV
@@ -15,6 +13,7 @@ extension DeviceProgram {
         let chunks: [[Int]]      // per member of the group over `axes`: local row indices
         let chunkRows: Int       // rows any device sends any member (padded to this)
         let mine: [RowInfo]      // rows attended here
+        let rope: RopeTable      // RoPE angles of `mine`
     }
 
     func batchExchange(rows: [RowInfo], batch: MeshBatch) -> BatchExchange {
@@ -23,10 +22,10 @@ extension DeviceProgram {
         for (r, info) in rows.enumerated() where !info.isPadding {
             chunks[mesh.index(of: home(info.sequence), within: axes)].append(r)
         }
-        let me = mesh.index(of: rank, within: axes)
+        let mine = chunks[mesh.index(of: rank, within: axes)].map { rows[$0] }
         return BatchExchange(axes: axes, chunks: chunks,
                              chunkRows: placement.chunkRows(batch.entries.map { ($0.sequence, $0.tokens.count) }),
-                             mine: chunks[me].map { rows[$0] })
+                             mine: mine, rope: RopeTable(config: config, positions: mine.map(\.position)))
     }
 
     /// q|k|v of the owned head blocks (rows, owned slots · Q) → every head of the home rows in
@@ -76,7 +75,7 @@ extension DeviceProgram {
         let Q = config.headDimension, H = config.heads, KV = config.kvHeads
         logAttention(x.mine, queryHeads: H, kvHeads: KV)
         return causalAttention(
-            full, heads: H, kvHeads: KV, headDimension: Q, rope: RopeTable(config: config, positions: x.mine.map(\.position)),
+            full, heads: H, kvHeads: KV, headDimension: Q, rope: x.rope,
             caches: x.mine.map { caches.cache($0.sequence, config: config, kvDimension: KV * Q, limit: limit) },
             positions: x.mine.map(\.position), layer: l, threads: threads)
     }

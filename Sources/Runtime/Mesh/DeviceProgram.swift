@@ -1,6 +1,5 @@
 import CKernels
 import Collectives
-import Foundation
 import Partitioning
 import Tensors
 import Transformer
@@ -57,7 +56,7 @@ struct DeviceProgram {
     /// Where to record what this pass did (tests of trace == execution), or nil.
     var log: ExecutionLog? = nil
 
-    var n: Int { mesh.deviceCount }
+
     var ffn: FeedForwardLayout { layout.feedForward }
     var placement: BatchPlacement { BatchPlacement(mesh: mesh, layout: ffn) }
     func home(_ sequence: Int) -> Int { placement.home(sequence) }

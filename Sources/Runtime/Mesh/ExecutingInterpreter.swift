@@ -34,7 +34,17 @@ struct LayerRun: LayerInterpreter {
     typealias Value = DeviceValue
     let program: DeviceProgram
     let rows: [RowInfo]                    // this device's rows (padding included)
-    let batch: MeshBatch
+    /// RoPE angles of `rows`, and for batch-sharded attention who attends which row: the same
+    /// in every layer, so worked out once per pass.
+    let rope: RopeTable
+    let exchange: DeviceProgram.BatchExchange
+
+    init(program: DeviceProgram, rows: [RowInfo], batch: MeshBatch) {
+        self.program = program
+        self.rows = rows
+        rope = RopeTable(config: program.config, positions: rows.map(\.position))
+        exchange = program.batchExchange(rows: rows, batch: batch)
+    }
 
     var config: ModelConfig { program.config }
 
@@ -69,10 +79,9 @@ struct LayerRun: LayerInterpreter {
     }
 
     func allToAll(_ value: DeviceValue, over axes: AxisSet, _ exchange: AttentionExchange, at site: CollectiveSite) throws -> DeviceValue {
-        let x = program.batchExchange(rows: rows, batch: batch)
         switch exchange {
-        case .toBatch: return .ready(try program.toBatch(force(value), x, site))
-        case .fromBatch: return .ready(try program.fromBatch(force(value), rows: rows, x, site))
+        case .toBatch: return .ready(try program.toBatch(force(value), self.exchange, site))
+        case .fromBatch: return .ready(try program.fromBatch(force(value), rows: rows, self.exchange, site))
         }
     }
 
@@ -102,9 +111,9 @@ struct LayerRun: LayerInterpreter {
     func attention(_ qkv: DeviceValue, layer: Int, _ layout: AttentionLayout, headsOver: AxisSet) throws -> DeviceValue {
         switch layout {
         case .shardedOverHeads:
-            return .ready(program.headAttention(layer, try force(qkv), owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows))
+            return .ready(program.headAttention(layer, try force(qkv), owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows, rope: rope))
         case .shardedOverBatch:
-            return .ready(program.batchAttention(layer, try force(qkv), program.batchExchange(rows: rows, batch: batch)))
+            return .ready(program.batchAttention(layer, try force(qkv), exchange))
         }
     }
 

@@ -1,19 +1,16 @@
 import CKernels
-import Partitioning
 import Tensors
-import Transformer
 
 extension DeviceProgram {
     /// Heads layout (Fig. 5a): every block here holds whole heads; the KV cache keeps this
     /// device's blocks' KV heads (replicated ones included) for its sequences.
-    func headAttention(_ l: Int, _ qkv: Matrix, owned: [Int], rows: [RowInfo]) -> Matrix {
+    func headAttention(_ l: Int, _ qkv: Matrix, owned: [Int], rows: [RowInfo], rope: RopeTable) -> Matrix {
         let Q = config.headDimension
         let slots = owned.map { blocks.qkv[$0] }
         let kvPerBlock = slots.map { $0.filter { if case .key = $0 { true } else { false } }.count }
         let qPerBlock = slots.map { $0.filter { if case .query = $0 { true } else { false } }.count }
         let kvDim = kvPerBlock.reduce(0, +) * Q
         let out = Matrix(rows: qkv.rows, columns: qPerBlock.reduce(0, +) * Q)
-        let rope = RopeTable(config: config, positions: rows.map(\.position))
         logAttention(rows, queryHeads: qPerBlock.reduce(0, +), kvHeads: kvPerBlock.reduce(0, +))
         let blockWidth = slots[0].count * Q
         for (r, info) in rows.enumerated() where !info.isPadding {

@@ -1,4 +1,3 @@
-import Collectives
 import Foundation
 import Partitioning
 import Tensors

@@ -1,4 +1,3 @@
-import Collectives
 import Partitioning
 import Tensors
 import Transformer
