@@ -9,10 +9,13 @@ import Transformer
 func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension Q: Int, rope: RopeTable,
                      caches: [KVCache], positions: [Int], layer: Int, threads: WorkSplitter) -> Matrix {
     let out = Matrix(rows: qkv.rows, columns: H * Q)
+    // Each cache grows once to its last new position, before any row is written.
+    var last: [ObjectIdentifier: (KVCache, Int)] = [:]
+    for (c, p) in zip(caches, positions) { last[ObjectIdentifier(c)] = (c, max(last[ObjectIdentifier(c)]?.1 ?? 0, p)) }
+    for (c, p) in last.values { c.reserve(p + 1) }
     for r in 0..<qkv.rows {
         let row = qkv.row(r)
         for h in 0..<(H + K) { rope.apply(row + h * Q, row: r) }
-        caches[r].reserve(positions[r] + 1)
         caches[r].key(layer: layer, position: positions[r]).update(from: row + H * Q, count: K * Q)
         caches[r].value(layer: layer, position: positions[r]).update(from: row + (H + K) * Q, count: K * Q)
     }

@@ -56,7 +56,6 @@ struct DeviceProgram {
     /// Where to record what this pass did (tests of trace == execution), or nil.
     var log: ExecutionLog? = nil
 
-
     var ffn: FeedForwardLayout { layout.feedForward }
     var placement: BatchPlacement { BatchPlacement(mesh: mesh, layout: ffn) }
     func home(_ sequence: Int) -> Int { placement.home(sequence) }

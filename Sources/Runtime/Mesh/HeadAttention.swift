@@ -13,14 +13,19 @@ extension DeviceProgram {
         let out = Matrix(rows: qkv.rows, columns: qPerBlock.reduce(0, +) * Q)
         logAttention(rows, queryHeads: qPerBlock.reduce(0, +), kvHeads: kvPerBlock.reduce(0, +))
         let blockWidth = slots[0].count * Q
+        // Each sequence's cache grows once to its last new position, before any row is written.
+        var last: [Int: Int] = [:]
+        for info in rows where !info.isPadding { last[info.sequence] = max(last[info.sequence] ?? 0, info.position) }
+        for (sequence, position) in last {
+            caches.cache(sequence, config: config, kvDimension: kvDim, limit: limit).reserve(position + 1)
+        }
         for (r, info) in rows.enumerated() where !info.isPadding {
             let row = qkv.row(r)
             for i in 0..<(slots.count * slots[0].count) {
                 if case .value = slots[i / slots[0].count][i % slots[0].count] { continue }
                 rope.apply(row + i * Q, row: r)
             }
-            let cache = caches.cache(info.sequence, config: config, kvDimension: kvDim, limit: limit)
-            cache.reserve(info.position + 1)
+            let cache = caches.caches[info.sequence]!
             var kvAt = 0
             for (b, _) in slots.enumerated() {
                 let base = row + b * blockWidth
