@@ -170,28 +170,36 @@ public final class LinearWeight: @unchecked Sendable {
     /// `native` has no file blocks to keep here and means f32.
     public convenience init(values: [Float], outputs N: Int, inputs K: Int, format: WeightFormat) {
         precondition(values.count == N * K)
-        self.init(f32Window: values, rows: N, windowInputs: K,
-                  inputSegments: [Segment(logical: 0, window: 0, count: K)], inputs: K,
-                  kind: format == .int8 ? .int8 : .f32)
+        self.init(rows: N, windowInputs: K, inputSegments: [Segment(logical: 0, window: 0, count: K)], inputs: K,
+                  kind: format == .int8 ? .int8 : .f32) { rows, staging, ld in
+            values.withUnsafeBufferPointer { v in
+                for r in rows { (staging + (r - rows.lowerBound) * ld).update(from: v.baseAddress! + r * K, count: K) }
+            }
+        }
     }
 
-    /// Packs a row-major f32 window (rows × windowInputs), padding inputs to the kind's unit.
-    private convenience init(f32Window values: [Float], rows: Int, windowInputs: Int, inputSegments: [Segment],
-                             inputs: Int, kind: StorageKind) {
+    /// Packs an f32 window of `rows` × `windowInputs`, padding inputs to the kind's unit and rows
+    /// to a panel. `fill(rows, buffer, ld)` writes the given rows into a zeroed buffer; it is
+    /// called for a few panels at a time, so no f32 copy of a large matrix is ever whole.
+    private convenience init(rows: Int, windowInputs: Int, inputSegments: [Segment], inputs: Int, kind: StorageKind,
+                             fill: (Range<Int>, UnsafeMutablePointer<Float>, Int) throws -> Void) rethrows {
         let paddedInputs = (windowInputs + kind.unitInputs - 1) / kind.unitInputs * kind.unitInputs
         let paddedRows = max(16, (rows + 15) / 16 * 16)
         self.init(kind: kind, outputs: rows, inputs: inputs, windowOutputs: paddedRows, windowInputs: paddedInputs,
                   inputSegments: inputSegments, outputSegments: [Segment(logical: 0, window: 0, count: rows)])
-        let staging = UnsafeMutablePointer<Float>.allocate(capacity: paddedRows * paddedInputs)
+        let chunk = max(16, (1 << 20) / max(1, paddedInputs) / 16 * 16)   // rows per staging chunk (~4 MiB)
+        let staging = UnsafeMutablePointer<Float>.allocate(capacity: chunk * paddedInputs)   // (chunk, paddedInputs)
         defer { staging.deallocate() }
-        staging.initialize(repeating: 0, count: paddedRows * paddedInputs)
-        values.withUnsafeBufferPointer { v in
-            for r in 0..<rows { (staging + r * paddedInputs).update(from: v.baseAddress! + r * windowInputs, count: windowInputs) }
-        }
-        if kind == .int8 {
-            mi_pack_int8(staging, Int64(paddedInputs), Int32(paddedRows), Int32(paddedInputs), storage.assumingMemoryBound(to: UInt8.self))
-        } else {
-            mi_pack_f32(staging, Int64(paddedInputs), Int32(paddedRows), Int32(paddedInputs), storage.assumingMemoryBound(to: Float.self))
+        for first in stride(from: 0, to: paddedRows, by: chunk) {
+            let count = min(chunk, paddedRows - first)
+            staging.initialize(repeating: 0, count: count * paddedInputs)
+            if first < rows { try fill(first..<min(rows, first + count), staging, paddedInputs) }
+            let panel = storage + first / kind.panelRows * panelBytes
+            if kind == .int8 {
+                mi_pack_int8(staging, Int64(paddedInputs), Int32(count), Int32(paddedInputs), panel.assumingMemoryBound(to: UInt8.self))
+            } else {
+                mi_pack_f32(staging, Int64(paddedInputs), Int32(count), Int32(paddedInputs), panel.assumingMemoryBound(to: Float.self))
+            }
         }
     }
 
@@ -244,33 +252,36 @@ public final class LinearWeight: @unchecked Sendable {
             return
         }
 
-        var values = [Float](repeating: 0, count: N * window)
-        var at = 0
-        for rows in spec.rows {
-            switch rows {
-            case let .zeros(n): at += n
-            case let .tensor(name, range):
-                let width = try source.shape(name).columns
-                for case let (c?, _) in covers where c.upperBound > width {
-                    throw WeightError.incompatibleTiles("columns \(c) of \(name), which has \(width)")
-                }
-                var full = [Float](repeating: 0, count: range.count * width)
-                try full.withUnsafeMutableBufferPointer { try source.readRows(name, range, into: $0.baseAddress!) }
-                values.withUnsafeMutableBufferPointer { v in
-                    full.withUnsafeBufferPointer { f in
-                        for r in 0..<range.count {
-                            var offset = 0
-                            for (c, w) in covers {
-                                if let c { (v.baseAddress! + (at + r) * window + offset).update(from: f.baseAddress! + r * width + c.lowerBound, count: c.count) }
-                                offset += w
-                            }
-                        }
-                    }
-                }
-                at += range.count
+        // Rows are read a few panels at a time and their covered columns copied into the window:
+        // a vocabulary-sized matrix never exists whole in f32.
+        for case let .tensor(name, _) in spec.rows {
+            let width = try source.shape(name).columns
+            for case let (c?, _) in covers where c.upperBound > width {
+                throw WeightError.incompatibleTiles("columns \(c) of \(name), which has \(width)")
             }
         }
-        self.init(f32Window: values, rows: N, windowInputs: window, inputSegments: merged, inputs: K, kind: kind)
+        try self.init(rows: N, windowInputs: window, inputSegments: merged, inputs: K, kind: kind) { wanted, staging, ld in
+            var at = 0   // the spec's first row of the current piece
+            for rows in spec.rows {
+                defer { at += rows.count }
+                guard case let .tensor(name, range) = rows else { continue }
+                let (lo, hi) = (max(wanted.lowerBound, at), min(wanted.upperBound, at + rows.count))
+                guard lo < hi else { continue }
+                let part = lo..<hi   // the rows of this piece wanted now (spec row numbers)
+                let width = try source.shape(name).columns
+                let buffer = UnsafeMutablePointer<Float>.allocate(capacity: part.count * width)   // (part, width)
+                defer { buffer.deallocate() }
+                try source.readRows(name, (range.lowerBound + part.lowerBound - at)..<(range.lowerBound + part.upperBound - at), into: buffer)
+                for r in 0..<part.count {
+                    var offset = 0
+                    let row = staging + (part.lowerBound + r - wanted.lowerBound) * ld
+                    for (c, w) in covers {
+                        if let c { (row + offset).update(from: buffer + r * width + c.lowerBound, count: c.count) }
+                        offset += w
+                    }
+                }
+            }
+        }
     }
 
     // MARK: joining shards (weight-gathered layouts, Pope et al. §3.2.3)
@@ -399,18 +410,11 @@ public final class LinearWeight: @unchecked Sendable {
     }
 }
 
-/// Weight memory: 64-byte aligned, and on Linux advised onto huge pages (weights are streamed
-/// once per decode step; huge pages stream 25–40% faster on this machine kind).
+/// Weight memory, 64-byte aligned. (Huge pages were tried per matrix and measured: most of this
+/// model's matrices are under 2 MiB, decode did not change and f32 prefill lost 3–5%; a single
+/// huge-page arena for all of a device's weights is the way to get them.)
 func allocateWeights(_ bytes: Int) -> UnsafeMutableRawPointer {
-    let huge = 2 << 20
-    if bytes >= huge {
-        let p = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: huge)
-        #if os(Linux)
-        _ = madvise(p, bytes / huge * huge, MADV_HUGEPAGE)
-        #endif
-        return p
-    }
-    return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+    UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
 }
 
 /// Which SIMD path the kernels were built with: 2 = AVX-512 VNNI, 1 = AVX-512F, 0 = scalar.
