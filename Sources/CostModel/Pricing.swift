@@ -52,6 +52,9 @@ public enum WeightPrecision: String, Sendable, CaseIterable {
     /// Output channels per stored panel (this runtime packs f32 and int8 weights 16 channels to
     /// a panel; file blocks and the paper's formats are row by row).
     public var panelRows: Int { self == .f32 || self == .int8Grouped ? 16 : 1 }
+    /// Inputs per stored unit: this runtime's 8-bit groups and the file's 4-bit blocks are 32
+    /// wide, so a shard's columns are stored as whole units of 32.
+    public var unitInputs: Int { self == .int8Grouped || self == .native ? 32 : 1 }
 }
 
 /// A priced forward pass (or decode run) of one configuration.
@@ -120,12 +123,12 @@ public struct CostModel: Sendable {
         switch phase {
         case .prefill:
             trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
-                                       batch: TracedBatch(sequences: B, newTokens: L, context: L), panelRows: weights.panelRows)
+                                       batch: TracedBatch(sequences: B, newTokens: L, context: L), panelRows: weights.panelRows, unitInputs: weights.unitInputs)
             (passes, tokens) = (1, Double(B * L))
         case .decode:
             // G steps with the context growing from C to C + G: priced at the mean context.
             trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
-                                       batch: TracedBatch(sequences: B, newTokens: 1, context: context + G / 2), panelRows: weights.panelRows)
+                                       batch: TracedBatch(sequences: B, newTokens: 1, context: context + G / 2), panelRows: weights.panelRows, unitInputs: weights.unitInputs)
             (passes, tokens) = (Double(G), Double(B * G))
         }
         // Memory per chip: weight shards plus the KV cache of B sequences at full context.

@@ -71,12 +71,17 @@ public final class Tracer: LayerInterpreter {
     /// weight-gathered layouts, all-gathered) with its rows padded to whole panels (16 for this
     /// runtime's packed f32 and int8; 1 for file blocks and the paper's formats).
     let panelRows: Int
+    /// Inputs per unit of the stored format (32 for 8- and 4-bit blocks, 1 for f32): a shard's
+    /// columns are stored as the whole units that cover them.
+    let unitInputs: Int
     public private(set) var trace = Trace()
 
     var ffn: FeedForwardLayout { layout.feedForward }
 
-    public init(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch, panelRows: Int = 1) {
+    public init(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch, panelRows: Int = 1,
+                unitInputs: Int = 1) {
         self.panelRows = panelRows
+        self.unitInputs = unitInputs
         self.config = config
         self.mesh = mesh
         self.rank = rank
@@ -88,8 +93,9 @@ public final class Tracer: LayerInterpreter {
     /// Traces one forward pass on this device: every layer, then the unembedding (`layers`
     /// nil), or the given number of layers alone.
     public static func forward(config: ModelConfig, mesh: Mesh, rank: Int, layout: PhaseLayout, batch: TracedBatch,
-                               panelRows: Int = 1) throws -> Trace {
-        let t = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch, panelRows: panelRows)
+                               panelRows: Int = 1, unitInputs: Int = 1) throws -> Trace {
+        let t = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch, panelRows: panelRows,
+                       unitInputs: unitInputs)
         let x = SymbolicTensor(rows: t.paddedRows, columns: config.modelDimension / mesh.size(layout.feedForward.residualAxes))
         _ = try layerProgram(t, layout, block: config.block, layer: 0, x)
         let one = t.trace
@@ -116,17 +122,44 @@ public final class Tracer: LayerInterpreter {
         trace.collectives.append(TracedCollective(kind: kind, axes: axes, site: site, count: count, groupSize: k))
     }
 
-    /// (rows, columns) of this device's stored shard of a matrix (DeviceWeights.specs).
-    func shard(_ w: WeightUse) -> (rows: Int, columns: Int) {
-        let E = config.modelDimension, Q = config.headDimension, n = mesh.deviceCount
+    /// This device's stored shard of a matrix (DeviceWeights.specs): its rows, its logical
+    /// columns, and the columns stored — each run of source columns widened to the whole units
+    /// covering it, each run of zero columns (padding head slots) rounded up to whole units.
+    func shard(_ w: WeightUse) -> (rows: Int, columns: Int, storedColumns: Int) {
+        let E = config.modelDimension, Q = config.headDimension, F = config.feedForwardDimension, n = mesh.deviceCount
         let layout: FeedForwardLayout = w.storage == .oneDimensional ? .weightStationary1D : .weightStationary2D
-        let stored = layout.storedBlocks(rank: rank, mesh: mesh).count
+        let stored = layout.storedBlocks(rank: rank, mesh: mesh)
         let e = E / mesh.size(w.storage.modelAxes)
+        let lo = w.storage == .oneDimensional ? 0 : mesh.coordinates(of: rank)[0] * e
+        // Column runs: nil is zero columns; adjacent source runs are one.
+        var runs: [(Range<Int>?, Int)] = []
+        func append(_ r: Range<Int>?, _ count: Int) {
+            if let r, let last = runs.last, let l = last.0, l.upperBound == r.lowerBound {
+                runs[runs.count - 1] = (l.lowerBound..<r.upperBound, last.1 + count)
+            } else {
+                runs.append((r, count))
+            }
+        }
+        let u = unitInputs
         switch w.matrix {
-        case .qkv: return (stored * blocks.qkv[0].count * Q, e)
-        case .gateUp: return (stored * 2 * config.feedForwardDimension / n, e)
-        case .attentionOutput: return (e, stored * blocks.attentionOutput[0].count * Q)
-        case .down: return (e, stored * config.feedForwardDimension / n)
+        case .qkv, .gateUp: append(lo..<(lo + e), e)
+        case .attentionOutput:
+            for f in stored {
+                for slot in blocks.attentionOutput[f] {
+                    if case let .query(h) = slot { append((h * Q)..<((h + 1) * Q), Q) } else { append(nil, Q) }
+                }
+            }
+        case .down: for f in stored { append((f * F / n)..<((f + 1) * F / n), F / n) }
+        }
+        let columns = runs.reduce(0) { $0 + $1.1 }
+        let storedColumns = runs.reduce(0) { sum, run in
+            guard let r = run.0 else { return sum + (run.1 + u - 1) / u * u }
+            return sum + (r.upperBound + u - 1) / u * u - r.lowerBound / u * u
+        }
+        switch w.matrix {
+        case .qkv: return (stored.count * blocks.qkv[0].count * Q, columns, storedColumns)
+        case .gateUp: return (stored.count * 2 * F / n, columns, storedColumns)
+        case .attentionOutput, .down: return (e, columns, storedColumns)
         }
     }
 
@@ -171,15 +204,15 @@ public final class Tracer: LayerInterpreter {
         let k = mesh.size(w.gatheredOver)
         guard k > 1 else {
             precondition(x.columns == s.columns, "traced shapes disagree: \(x.columns) vs \(s.columns)")
-            return multiply(x.rows, stored: (rows, s.columns), outputs: s.rows)
+            return multiply(x.rows, stored: (rows, s.storedColumns), outputs: s.rows)
         }
         // All-gather the stored shards, then join them: W_in-role tiles stack rows by i_yz and
         // columns by i_x; W_out-role the other way round.
-        record(.allGather, w.gatheredOver, site, rows * s.columns)
+        record(.allGather, w.gatheredOver, site, rows * s.storedColumns)
         let grid = ffn.weightGatherGrid(rank: rank, mesh: mesh)
         let (rowTiles, columnTiles) = w.matrix.isInput ? (grid.yzs.count, grid.xs.count) : (grid.xs.count, grid.yzs.count)
         precondition(x.columns == s.columns * columnTiles, "traced shapes disagree: \(x.columns) vs \(s.columns * columnTiles)")
-        return multiply(x.rows, stored: (rows * rowTiles, s.columns * columnTiles), outputs: s.rows * rowTiles)
+        return multiply(x.rows, stored: (rows * rowTiles, s.storedColumns * columnTiles), outputs: s.rows * rowTiles)
     }
 
     public func norm(_ x: SymbolicTensor, _ weight: NormWeight, sumsOver axes: AxisSet, at site: CollectiveSite) throws -> SymbolicTensor {

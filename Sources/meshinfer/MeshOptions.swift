@@ -26,7 +26,6 @@ struct MeshOptions: ParsableArguments {
     var transport: Transport = .inprocess
     @Option(help: "Seconds a collective waits for its peers before the run fails (mpi transport).")
     var collectiveTimeout: Double = 30
-
 }
 
 /// An engine and tokenizer built from the model and mesh options. A single device is a mesh

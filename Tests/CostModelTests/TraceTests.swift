@@ -32,10 +32,37 @@ struct TraceTests {
         let config: ModelConfig = c.parallel
             ? .palmTiny(layers: 2, modelDimension: 64, heads: 8, vocabularySize: 96)
             : .llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
-        let mesh = try Mesh(parsing: c.mesh)
-        let layout = PhaseLayout(c.ffn, c.attention)
+        try Self.check(config, try Mesh(parsing: c.mesh), PhaseLayout(c.ffn, c.attention), .f32)
+    }
+
+    /// 8-bit weights: 32-input groups and 16-channel panels. On 4 devices a 2D shard's E/x = 16
+    /// columns start inside a group and are stored as the whole group (16 extra columns), head
+    /// slots of Q = 8 as whole groups too; the trace prices what is stored. Weight-gathered
+    /// layouts refuse such shards (they could not be joined as stored).
+    @Test(arguments: ["2", "4", "2x2"], [FeedForwardLayout.weightStationary1D, .weightStationary2D, .weightGatheredX])
+    func traceEqualsExecutionInt8(_ meshName: String, _ ffn: FeedForwardLayout) throws {
+        let config = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
+        let mesh = try Mesh(parsing: meshName)
+        let layout = PhaseLayout(ffn, .shardedOverBatch)
+        if mesh.size(ffn.weightGatherAxes) > 1 && config.modelDimension / mesh.x % 32 != 0 {
+            #expect(throws: LayoutError.shardInsideBlock(layout: "\(ffn)", columns: config.modelDimension / mesh.x, block: 32, format: "int8")) {
+                try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: mesh, prefill: layout,
+                               decode: layout, format: .int8, threads: 1)
+            }
+            return
+        }
+        try Self.check(config, mesh, layout, .int8)
+    }
+
+    /// Trace == execution, device by device, for a prefill of B sequences of L tokens and the
+    /// decode step after it: the ordered collectives (kind, axes, site, bytes the transport
+    /// counted), the matmul and attention FLOPs, and the weight and KV-cache bytes read. The
+    /// executed side is counted where it happened (the shapes handed to the kernels, the
+    /// buffers' sizes, the transports' counters), never from a formula shared with the tracer.
+    static func check(_ config: ModelConfig, _ mesh: Mesh, _ layout: PhaseLayout, _ format: WeightFormat) throws {
+        let precision: WeightPrecision = format == .int8 ? .int8Grouped : .f32
         let engine = try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: mesh,
-                                    prefill: layout, decode: layout, format: .f32, threads: 1)
+                                    prefill: layout, decode: layout, format: format, threads: 1)
         let B = mesh.deviceCount + 1, L = 5
         let caches = (0..<B).map { _ in engine.makeCache() }
         for (step, batch) in [TracedBatch(sequences: B, newTokens: L, context: L), TracedBatch(sequences: B, newTokens: 1, context: L + 1)].enumerated() {
@@ -47,18 +74,19 @@ struct TraceTests {
             })
             for rank in 0..<mesh.deviceCount {
                 let trace = try Tracer.forward(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch,
-                                               panelRows: WeightPrecision.f32.panelRows)
+                                               panelRows: precision.panelRows, unitInputs: precision.unitInputs)
                 let log = logs[rank]
-                let where_ = "step \(step) rank \(rank)"
-                #expect(trace.collectives.map { "\($0.kind.rawValue)(\($0.axes)) \($0.site) \(Int($0.bytesSent(elementBytes: 4))) B" }
+                let where_ = "\(layout) \(format) step \(step) rank \(rank)"
+                func bytes(_ c: TracedCollective) -> Double { c.bytesSent(elementBytes: c.site.payload == .weights ? precision.bytes : 4) }
+                #expect(trace.collectives.map { "\($0.kind.rawValue)(\($0.axes)) \($0.site) \(Int(bytes($0))) B" }
                         == log.collectives.map(\.description), "\(where_)")
                 #expect(trace.matmulFLOPs == log.matmulFLOPs, "\(where_)")
                 #expect(trace.attentionFLOPs == log.attentionFLOPs, "\(where_)")
-                #expect(trace.weightElements * 4 == log.weightBytes, "\(where_)")
+                #expect(trace.weightElements * precision.bytes == log.weightBytes, "\(where_)")
                 #expect(trace.kvElements * 4 == log.kvBytes, "\(where_)")
                 // The transport's per-kind counters agree with the ordered list.
                 for kind in CollectiveKind.allCases {
-                    let traced = trace.collectives.filter { $0.kind == kind }.reduce(0.0) { $0 + $1.bytesSent(elementBytes: 4) }
+                    let traced = trace.collectives.filter { $0.kind == kind }.reduce(0.0) { $0 + bytes($1) }
                     #expect(traced == Double(engine.traffic[rank].sentBytes(kind: kind)), "\(where_) \(kind)")
                 }
             }
