@@ -76,7 +76,11 @@ public struct Planner: Sendable {
                     for ffn in layouts ?? self.layouts {
                         for attention in AttentionLayout.allCases {
                             let layout = PhaseLayout(ffn, attention)
-                            guard (try? layout.validate(for: model.config, on: mesh, batch: b)) != nil else { continue }
+                            guard (try? layout.validate(for: model.config, on: mesh)) != nil else { continue }
+                            // A batch smaller than the devices it is split over runs (padded rows),
+                            // but padding costs as much as real rows: not proposed.
+                            let split = attention == .shardedOverBatch ? mesh.deviceCount : mesh.size(ffn.batchAxes)
+                            guard b >= split else { continue }
                             for w in weights {
                                 guard let p = try? costModel.predict(model: model, mesh: mesh, layout: layout, phase: phase, batch: b,
                                                                      inputTokens: inputTokens, generateTokens: generateTokens,

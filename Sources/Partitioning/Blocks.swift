@@ -9,7 +9,6 @@ public enum HeadSlot: Hashable, Sendable {
 public enum LayoutError: Error, Equatable, CustomStringConvertible {
     case indivisible(what: String, size: Int, parts: Int)
     case headsDoNotDivide(heads: Int, kvHeads: Int, devices: Int)
-    case batchTooSmall(batch: Int, needed: Int, layout: String)
     case incompatibleKVPlacement(prefill: String, decode: String)
     /// A weight-gathered layout joins shards as stored, so every member's shard must cover the
     /// same whole blocks of the weight format.
@@ -21,8 +20,6 @@ public enum LayoutError: Error, Equatable, CustomStringConvertible {
             "\(what) (\(size)) does not divide into \(parts) shards"
         case let .headsDoNotDivide(h, k, n):
             "attention sharded over heads needs the \(h) query heads to split evenly over \(n) devices and the \(k) KV heads to split over them or be replicated evenly (K % n == 0 or n % K == 0); use --attention batch"
-        case let .batchTooSmall(b, n, layout):
-            "layout \(layout) splits the batch \(n) ways but the batch has \(b) sequences: run at least \(n) sequences (repeat --prompt), or use --attention heads where the heads divide over the mesh"
         case let .shardInsideBlock(layout, columns, block, format):
             "layout \(layout) all-gathers weight shards as stored, but a shard of \(columns) columns (E/x, a head or a hidden block) does not fall on the \(block)-input blocks of \(format) weights; use --weights f32, or a mesh whose x splits E into multiples of \(block)"
         case let .incompatibleKVPlacement(p, d):

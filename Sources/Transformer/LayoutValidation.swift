@@ -14,12 +14,4 @@ extension PhaseLayout {
             throw .headsDoNotDivide(heads: config.heads, kvHeads: config.kvHeads, devices: n)
         }
     }
-
-    /// Also checks that a batch of `batch` sequences can be split as the layout says: batch
-    /// attention spreads sequences over every device, weight-gathered layouts over their batch axes.
-    public func validate(for config: ModelConfig, on mesh: Mesh, batch: Int) throws(LayoutError) {
-        try validate(for: config, on: mesh)
-        let split = attention == .shardedOverBatch ? mesh.deviceCount : mesh.size(feedForward.batchAxes)
-        if batch < split { throw .batchTooSmall(batch: batch, needed: split, layout: "\(self)") }
-    }
 }

@@ -57,10 +57,7 @@ struct Session {
                 },
                 comm: comm, control: world, format: model.weights,
                 threads: max(1, model.threads / MPIWorld.ranksOnThisHost), overlap: options.overlap)
-            if world.rank == 0 {
-                registerSession(engine)
-                try engine.validate(batchSize: batchSize)
-            }
+            if world.rank == 0 { registerSession(engine) }
             self.tokenizer = tokenizer!
             meshEngine = engine
             loadSeconds = Date().timeIntervalSince(start)
@@ -71,7 +68,6 @@ struct Session {
         let (prefill, decode) = Session.layouts(options, config: config, mesh: mesh, batchSize: batchSize)
         let engine = try MeshEngine(source: source, config: config, mesh: mesh, prefill: prefill, decode: decode,
                                     format: model.weights, threads: model.threads, overlap: options.overlap)
-        try engine.validate(batchSize: batchSize)
         meshEngine = engine
         loadSeconds = Date().timeIntervalSince(start)
     }

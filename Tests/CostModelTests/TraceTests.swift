@@ -35,6 +35,16 @@ struct TraceTests {
         try Self.check(config, try Mesh(parsing: c.mesh), PhaseLayout(c.ffn, c.attention), .f32)
     }
 
+    /// One sequence on every mesh: the other devices' rows (weight-gathered layouts) and homes
+    /// (batch-sharded attention) are padding, priced as executed.
+    @Test(arguments: ["2", "4", "2x2x2"], FeedForwardLayout.allCases)
+    func traceEqualsExecutionForOneSequence(_ meshName: String, _ ffn: FeedForwardLayout) throws {
+        let config = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
+        for attention in AttentionLayout.allCases {
+            try Self.check(config, try Mesh(parsing: meshName), PhaseLayout(ffn, attention), .f32, sequences: 1)
+        }
+    }
+
     /// 8-bit weights: 32-input groups and 16-channel panels. On 4 devices a 2D shard's E/x = 16
     /// columns start inside a group and are stored as the whole group (16 extra columns), head
     /// slots of Q = 8 as whole groups too; the trace prices what is stored. Weight-gathered
@@ -59,11 +69,12 @@ struct TraceTests {
     /// counted), the matmul and attention FLOPs, and the weight and KV-cache bytes read. The
     /// executed side is counted where it happened (the shapes handed to the kernels, the
     /// buffers' sizes, the transports' counters), never from a formula shared with the tracer.
-    static func check(_ config: ModelConfig, _ mesh: Mesh, _ layout: PhaseLayout, _ format: WeightFormat) throws {
+    static func check(_ config: ModelConfig, _ mesh: Mesh, _ layout: PhaseLayout, _ format: WeightFormat,
+                      sequences: Int? = nil) throws {
         let precision: WeightPrecision = format == .int8 ? .int8Grouped : .f32
         let engine = try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: mesh,
                                     prefill: layout, decode: layout, format: format, threads: 1)
-        let B = mesh.deviceCount + 1, L = 5
+        let B = sequences ?? mesh.deviceCount + 1, L = 5
         let caches = (0..<B).map { _ in engine.makeCache() }
         for (step, batch) in [TracedBatch(sequences: B, newTokens: L, context: L), TracedBatch(sequences: B, newTokens: 1, context: L + 1)].enumerated() {
             let logs = (0..<mesh.deviceCount).map { _ in ExecutionLog() }

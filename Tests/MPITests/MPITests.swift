@@ -43,6 +43,21 @@ struct MPITests {
         }
     }
 
+    /// One prompt on meshes of 2 and 4 ranks (the batch is padded to the mesh): the tokens of one
+    /// device, with the default layouts.
+    @Test(arguments: [("2", 2), ("4", 4)])
+    func onePromptEqualsOneDevice(_ mesh: String, _ ranks: Int) throws {
+        let args = ["generate", "--weights", "f32", "--temperature", "0", "--max-tokens", "16", "--ignore-eos", "--json",
+                    "--prompt", "The capital of France is"]
+        let mpi = try MPI.mpirun(ranks, args + ["--mesh", mesh, "--transport", "mpi"])
+        #expect(mpi.status == 0, "\(mpi.stderr)")
+        let single = try MPI.run(MPI.binary, args)
+        #expect(single.status == 0, "\(single.stderr)")
+        #expect(mpi.json.count == 1 && single.json.count == 1)
+        #expect(mpi.json.first?["token_ids"] as? [Int] == single.json.first?["token_ids"] as? [Int])
+        #expect((mpi.json.first?["token_ids"] as? [Int])?.count == 16)
+    }
+
     /// One rank killed mid-generation: every other rank (and mpirun) exits non-zero within 30 s.
     @Test func killedRankStopsTheJob() throws {
         let job = try MPI.Generation(extra: [])

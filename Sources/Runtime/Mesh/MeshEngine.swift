@@ -164,13 +164,6 @@ public protocol MeshRunner: ForwardEngine {
     func weightsByDevice() throws -> [DeviceWeightReport]
 }
 
-extension MeshRunner {
-    /// Checks that a batch of `batchSize` sequences can be split as the layouts say.
-    public func validate(batchSize: Int) throws(LayoutError) {
-        for phase in [prefill, decode] { try phase.validate(for: config, on: mesh, batch: batchSize) }
-    }
-}
-
 extension MeshEngine: MeshRunner {
     public func resetCounters() { resetTraffic() }
     public func trafficByDevice() -> [TrafficCounter] { traffic }
