@@ -63,21 +63,27 @@ struct MeshTests {
                                      format: .f32, threads: 2, overlap: c.overlap)
         for batch in Set([n, n + 1]) {
             let prompts = (0..<batch).map { b in (0..<((c.overlap ? 24 : 3) + b % 4)).map { ($0 * 7 + b * 5 + 1) % c.model.vocabularySize } }
-            let refCaches = prompts.map { _ in reference.makeSequence() }
-            let meshCaches = prompts.map { _ in sharded.makeCache() }
-            var expected = reference.forward(refCaches, prompts, logitsFrom: 0)
-            var got = try sharded.forward(zip(meshCaches, prompts).map { SequenceInput(cache: $0, tokens: $1, logitsFrom: 0) })
-            for step in 0...8 {
-                for b in 0..<batch {
-                    #expect(got[b].rows == expected[b].rows)
-                    let d = maxAbsDifference(got[b].values, expected[b].values)
-                    #expect(d < 2e-3, "step \(step) sequence \(b): max |Δ| = \(d)")
-                }
-                if step == 8 { break }
-                let next = expected.map { Sampler.argmax($0.rowArray($0.rows - 1)) }
-                expected = reference.forward(refCaches, next.map { [$0] })
-                got = try sharded.forward(zip(meshCaches, next).map { SequenceInput(cache: $0, tokens: [$1]) })
+            try Self.expectOracle(sharded, reference, prompts, steps: 8)
+        }
+    }
+
+    /// Prefill logits of every position, then `steps` greedy decode steps: `engine` within 2e-3
+    /// of the oracle for every sequence.
+    static func expectOracle(_ engine: MeshEngine, _ reference: NaiveModel, _ prompts: [[Int]], steps: Int) throws {
+        let refCaches = prompts.map { _ in reference.makeSequence() }
+        let meshCaches = prompts.map { _ in engine.makeCache() }
+        var expected = reference.forward(refCaches, prompts, logitsFrom: 0)
+        var got = try engine.forward(zip(meshCaches, prompts).map { SequenceInput(cache: $0, tokens: $1, logitsFrom: 0) })
+        for step in 0...steps {
+            for b in prompts.indices {
+                #expect(got[b].rows == expected[b].rows)
+                let d = maxAbsDifference(got[b].values, expected[b].values)
+                #expect(d < 2e-3, "\(engine.decode) batch \(prompts.count) step \(step) sequence \(b): max |Δ| = \(d)")
             }
+            if step == steps { break }
+            let next = expected.map { Sampler.argmax($0.rowArray($0.rows - 1)) }
+            expected = reference.forward(refCaches, next.map { [$0] })
+            got = try engine.forward(zip(meshCaches, next).map { SequenceInput(cache: $0, tokens: [$1]) })
         }
     }
 
@@ -205,19 +211,7 @@ struct PaddedBatchTests {
                                              prefill: layout, decode: layout, format: .f32, threads: 2)
                 for batch in Set([1, max(1, mesh.deviceCount / 2)]) {
                     let prompts = (0..<batch).map { b in (0..<(3 + b)).map { ($0 * 7 + b * 5 + 1) % model.vocabularySize } }
-                    let refCaches = prompts.map { _ in reference.makeSequence() }
-                    let meshCaches = prompts.map { _ in sharded.makeCache() }
-                    var expected = reference.forward(refCaches, prompts, logitsFrom: 0)
-                    var got = try sharded.forward(zip(meshCaches, prompts).map { SequenceInput(cache: $0, tokens: $1, logitsFrom: 0) })
-                    for step in 0...4 {
-                        for b in 0..<batch {
-                            let d = maxAbsDifference(got[b].values, expected[b].values)
-                            #expect(d < 2e-3, "\(layout) batch \(batch) step \(step) sequence \(b): max |Δ| = \(d)")
-                        }
-                        let next = expected.map { Sampler.argmax($0.rowArray($0.rows - 1)) }
-                        expected = reference.forward(refCaches, next.map { [$0] })
-                        got = try sharded.forward(zip(meshCaches, next).map { SequenceInput(cache: $0, tokens: [$1]) })
-                    }
+                    try MeshTests.expectOracle(sharded, reference, prompts, steps: 4)
                 }
             }
         }
