@@ -17,7 +17,8 @@ public enum LayoutError: Error, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .indivisible(what, size, parts):
-            "\(what) (\(size)) does not divide into \(parts) shards"
+            "\(what) (\(size)) does not divide into \(parts) shards; it divides into "
+                + (1...64).filter { size % $0 == 0 }.map(String.init).joined(separator: ", ") + " (use a mesh of that many devices)"
         case let .headsDoNotDivide(h, k, n):
             "attention sharded over heads needs the \(h) query heads to split evenly over \(n) devices and the \(k) KV heads to split over them or be replicated evenly (K % n == 0 or n % K == 0); use --attention batch"
         case let .shardInsideBlock(layout, columns, block, format):

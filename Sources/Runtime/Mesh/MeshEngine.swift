@@ -37,12 +37,14 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     let threadsPerDevice: Int
     private let lock = NSLock()
     private var nextSequence = 0
-    /// Bytes each device sent and received, per collective kind, axes and label, since creation.
-    public private(set) var traffic: [TrafficCounter]
+    /// Counters of forward passes, read and written under `lock`.
+    private var counters = (traffic: [TrafficCounter](), wall: 0.0, communication: 0.0)
+    /// Bytes each device sent and received, per collective kind, axes and site, since the last reset.
+    public var traffic: [TrafficCounter] { lock.withLock { counters.traffic } }
     /// Wall time of forward passes, and the mean over devices of the time spent inside
-    /// collectives, since creation (compute ≈ wall − communication).
-    public private(set) var wallSeconds = 0.0
-    public private(set) var communicationSeconds = 0.0
+    /// collectives, since the last reset (compute ≈ wall − communication).
+    public var wallSeconds: Double { lock.withLock { counters.wall } }
+    public var communicationSeconds: Double { lock.withLock { counters.communication } }
     /// When set (tests), each device records what its next passes do here (`ExecutionLog`).
     var executionLogs: [ExecutionLog]?
 
@@ -62,7 +64,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         }
         caches = (0..<mesh.deviceCount).map { _ in DeviceCaches() }
         self.threadsPerDevice = threadsPerDevice
-        traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount)
+        counters.traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount)
     }
 
     /// Checks a layout against the model and mesh before anything is allocated.
@@ -92,9 +94,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     }
 
     public func resetTraffic() {
-        traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount)
-        wallSeconds = 0
-        communicationSeconds = 0
+        lock.withLock { counters = (Array(repeating: TrafficCounter(), count: mesh.deviceCount), 0, 0) }
     }
 
     public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
@@ -109,9 +109,12 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
                                         threads: WorkSplitter(threads: threads), limit: limit, overlap: overlap, log: logs?[rank])
             return UncheckedSendable((try program.forward(meshBatch), comm.traffic, timed.seconds))
         }
-        wallSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        communicationSeconds += results.reduce(0) { $0 + $1.value.2 } / Double(results.count)
-        for (rank, r) in results.enumerated() { traffic[rank] = traffic[rank] + r.value.1 }
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        lock.withLock {
+            counters.wall += wall
+            counters.communication += results.reduce(0) { $0 + $1.value.2 } / Double(results.count)
+            for (rank, r) in results.enumerated() { counters.traffic[rank] = counters.traffic[rank] + r.value.1 }
+        }
         return MeshBatch.finish(batch, logits: results[0].value.0, vocabularySize: config.vocabularySize)
     }
 }
