@@ -6,6 +6,8 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
     case invalidToken(id: Int, vocabularySize: Int)
     case emptyInput
     case duplicateSequence
+    /// A sequence made by another engine (its caches live on that engine's devices).
+    case foreignSequence
 
     public var description: String {
         switch self {
@@ -13,6 +15,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
         case let .invalidToken(id, v): "token id \(id) is outside the vocabulary (0..<\(v))"
         case .emptyInput: "no tokens to process"
         case .duplicateSequence: "the same sequence appears twice in one batch"
+        case .foreignSequence: "a sequence made by another engine was passed to this one; make sequences with this engine's makeCache()"
         }
     }
 }

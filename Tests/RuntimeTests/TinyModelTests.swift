@@ -65,6 +65,9 @@ struct TinyModelTests {
         #expect(throws: EngineError.duplicateSequence) {
             try engine.forward([SequenceInput(cache: c, tokens: [1]), SequenceInput(cache: c, tokens: [2])])
         }
+        // Sequence ids are per engine: another engine's sequence 0 must not reach this one's caches.
+        let other = try singleDevice(config, seed: 2)
+        #expect(throws: EngineError.foreignSequence) { try engine.forward([SequenceInput(cache: other.makeCache(), tokens: [1])]) }
     }
 
     @Test func int8RandomModelTracksF32() throws {

@@ -9,10 +9,13 @@ public final class MeshSequence: SequenceState, @unchecked Sendable {
     public let id: Int
     public internal(set) var count = 0
     public let limit: Int
+    /// The engine whose devices hold this sequence's caches (ids are per engine).
+    let owner: ObjectIdentifier
     let release: @Sendable (Int) -> Void
-    init(id: Int, limit: Int, release: @escaping @Sendable (Int) -> Void) {
+    init(id: Int, limit: Int, owner: AnyObject, release: @escaping @Sendable (Int) -> Void) {
         self.id = id
         self.limit = limit
+        self.owner = ObjectIdentifier(owner)
         self.release = release
     }
     public func truncate(to position: Int) {
@@ -88,7 +91,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     public func makeCache(limit: Int?) -> any SequenceState {
         let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
         let caches = caches
-        return MeshSequence(id: id, limit: limit ?? config.contextLength) { id in
+        return MeshSequence(id: id, limit: limit ?? config.contextLength, owner: self) { id in
             for c in caches { c.caches[id] = nil }
         }
     }
@@ -98,7 +101,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     }
 
     public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
-        let (meshBatch, limit) = try MeshBatch.checked(batch, config: config)
+        let (meshBatch, sequences, limit) = try MeshBatch.checked(batch, engine: self, config: config)
         let layout = meshBatch.isPrefill ? prefill : decode
         let (config, mesh, blocks, devices, caches, threads, overlap, logs) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap, executionLogs)
         let start = DispatchTime.now().uptimeNanoseconds
@@ -115,19 +118,22 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
             counters.communication += results.reduce(0) { $0 + $1.value.2 } / Double(results.count)
             for (rank, r) in results.enumerated() { counters.traffic[rank] = counters.traffic[rank] + r.value.1 }
         }
-        return MeshBatch.finish(batch, logits: results[0].value.0, vocabularySize: config.vocabularySize)
+        return MeshBatch.finish(batch, sequences, logits: results[0].value.0, vocabularySize: config.vocabularySize)
     }
 }
 
 extension MeshBatch {
-    /// Checks a batch against the model and the sequences' limits; returns the batch every
-    /// device runs (sequences with no new tokens left out) and the longest cache limit.
-    static func checked(_ batch: [SequenceInput], config: ModelConfig) throws -> (MeshBatch, limit: Int) {
+    /// Checks a batch against the engine, the model and the sequences' limits; returns the batch
+    /// every device runs (sequences with no new tokens left out), each input's sequence, and
+    /// the longest cache limit.
+    static func checked(_ batch: [SequenceInput], engine: AnyObject, config: ModelConfig) throws -> (MeshBatch, [MeshSequence], limit: Int) {
         guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw EngineError.emptyInput }
         let V = config.vocabularySize
         var entries: [MeshBatch.Entry] = []
+        var sequences: [MeshSequence] = []
         for input in batch {
-            guard let s = input.cache as? MeshSequence else { preconditionFailure("a mesh engine needs caches it made") }
+            guard let s = input.cache as? MeshSequence, s.owner == ObjectIdentifier(engine) else { throw EngineError.foreignSequence }
+            sequences.append(s)
             let end = s.count + input.tokens.count
             if end > s.limit { throw EngineError.contextOverflow(requested: end, limit: s.limit) }
             for t in input.tokens where t < 0 || t >= V { throw EngineError.invalidToken(id: t, vocabularySize: V) }
@@ -135,15 +141,15 @@ extension MeshBatch {
         }
         if Set(entries.map(\.sequence)).count != entries.count { throw EngineError.duplicateSequence }
         let limit = batch.map(\.cache.limit).max() ?? config.contextLength
-        return (MeshBatch(entries: entries.filter { !$0.tokens.isEmpty }), limit)
+        return (MeshBatch(entries: entries.filter { !$0.tokens.isEmpty }), sequences, limit)
     }
 
     /// Prefill when any sequence brings more than one new token.
     var isPrefill: Bool { entries.contains { $0.tokens.count > 1 } }
 
     /// Advances the sequences past their new tokens and hands each input its logits.
-    static func finish(_ batch: [SequenceInput], logits: [Matrix], vocabularySize V: Int) -> [Matrix] {
-        for input in batch { (input.cache as! MeshSequence).count += input.tokens.count }
+    static func finish(_ batch: [SequenceInput], _ sequences: [MeshSequence], logits: [Matrix], vocabularySize V: Int) -> [Matrix] {
+        for (input, s) in zip(batch, sequences) { s.count += input.tokens.count }
         var logits = logits
         return batch.map { $0.tokens.isEmpty ? Matrix(rows: 0, columns: V) : logits.removeFirst() }
     }

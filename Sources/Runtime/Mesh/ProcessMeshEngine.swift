@@ -101,7 +101,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
 
     public func makeCache(limit: Int?) -> any SequenceState {
         let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
-        return MeshSequence(id: id, limit: limit ?? config.contextLength) { [weak self] id in
+        return MeshSequence(id: id, limit: limit ?? config.contextLength, owner: self) { [weak self] id in
             guard let self else { return }
             self.lock.withLock {
                 self.caches.caches[id] = nil
@@ -113,7 +113,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
     /// Leader only: one forward pass on every rank.
     public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
         precondition(rank == 0, "only rank 0 drives a process mesh")
-        let (meshBatch, limit) = try MeshBatch.checked(batch, config: config)
+        let (meshBatch, sequences, limit) = try MeshBatch.checked(batch, engine: self, config: config)
         try send(MeshCommand(kind: .forward, batch: meshBatch, limit: limit))
         let logits: [Matrix]
         do { logits = try run(meshBatch, limit: limit) } catch {
@@ -121,7 +121,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
             comm.abort(reason: "rank 0 failed during a forward pass: \(error)")
             throw error
         }
-        return MeshBatch.finish(batch, logits: logits, vocabularySize: config.vocabularySize)
+        return MeshBatch.finish(batch, sequences, logits: logits, vocabularySize: config.vocabularySize)
     }
 
     /// Leader only: every rank's byte counters, in rank order.
