@@ -1,20 +1,15 @@
-import GGUF
 import Transformer
 
 public enum ModelLoadError: Error, CustomStringConvertible {
     case missingTensor(String)
     case badShape(tensor: String, expected: [Int], found: [Int])
     case config(ModelConfigError)
-    case file(GGUFError)
-    case weight(String)
 
     public var description: String {
         switch self {
         case let .missingTensor(n): "model file has no tensor '\(n)'"
         case let .badShape(n, e, f): "tensor '\(n)' has shape \(f), expected \(e)"
         case let .config(e): "\(e)"
-        case let .file(e): "\(e)"
-        case let .weight(s): s
         }
     }
 }

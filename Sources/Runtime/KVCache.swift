@@ -45,6 +45,14 @@ final class KVCache: @unchecked Sendable {
         capacity = newCapacity
     }
 
+    /// Grows each cache once to the last of the positions the rows write into it (rows of one
+    /// pass), before any row is written.
+    static func reserve(_ caches: [KVCache], _ positions: [Int]) {
+        var last: [ObjectIdentifier: (KVCache, Int)] = [:]
+        for (c, p) in zip(caches, positions) { last[ObjectIdentifier(c)] = (c, max(last[ObjectIdentifier(c)]?.1 ?? 0, p)) }
+        for (c, p) in last.values { c.reserve(p + 1) }
+    }
+
     var byteCount: Int { 2 * layers * capacity * kvDimension * 4 }
 
     func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { keys[layer] + position * kvDimension }

@@ -16,14 +16,12 @@ public enum WeightFormat: String, Sendable, CaseIterable, Codable {
 }
 
 public enum WeightError: Error, CustomStringConvertible, Equatable {
-    case unsupported(tensor: String, type: String)
     case emptyWeight
     /// Weight shards that cannot be joined (different formats or shapes where they must agree).
     case incompatibleTiles(String)
 
     public var description: String {
         switch self {
-        case let .unsupported(t, ty): "tensor \(t): type \(ty) cannot be loaded"
         case .emptyWeight: "a weight with no rows"
         case let .incompatibleTiles(s): "weight shards cannot be joined: \(s)"
         }

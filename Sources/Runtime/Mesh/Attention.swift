@@ -9,10 +9,7 @@ import Transformer
 func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension Q: Int, rope: RopeTable,
                      caches: [KVCache], positions: [Int], layer: Int, threads: WorkSplitter) -> Matrix {
     let out = Matrix(rows: qkv.rows, columns: H * Q)
-    // Each cache grows once to its last new position, before any row is written.
-    var last: [ObjectIdentifier: (KVCache, Int)] = [:]
-    for (c, p) in zip(caches, positions) { last[ObjectIdentifier(c)] = (c, max(last[ObjectIdentifier(c)]?.1 ?? 0, p)) }
-    for (c, p) in last.values { c.reserve(p + 1) }
+    KVCache.reserve(caches, positions)
     for r in 0..<qkv.rows {
         let row = qkv.row(r)
         for h in 0..<(H + K) { rope.apply(row + h * Q, row: r) }

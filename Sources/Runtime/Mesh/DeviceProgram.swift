@@ -101,6 +101,11 @@ struct DeviceProgram {
         return w.apply(x, threads: threads)
     }
 
+    /// Σ xᵢ · Wᵢᵀ (the parallel block's two W_out products, or one).
+    func sumOfProducts(_ pairs: [(Matrix, LinearWeight)]) -> Matrix {
+        pairs.dropFirst().reduce(multiply(pairs[0].0, pairs[0].1)) { $0.adding(multiply($1.0, $1.1)) }
+    }
+
     // MARK: the whole pass
 
     /// Embeds this device's rows, runs every layer, and returns the logits of the requested

@@ -58,7 +58,7 @@ struct LayerRun: LayerInterpreter {
             p.gathered = g
             return g
         case let .products(pairs):
-            return pairs.map { program.multiply($0.0, $0.1) }.reduce(nil as Matrix?) { $0?.adding($1) ?? $1 }!
+            return program.sumOfProducts(pairs)
         }
     }
 

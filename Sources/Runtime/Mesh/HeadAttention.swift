@@ -13,12 +13,8 @@ extension DeviceProgram {
         let out = Matrix(rows: qkv.rows, columns: qPerBlock.reduce(0, +) * Q)
         logAttention(rows, queryHeads: qPerBlock.reduce(0, +), kvHeads: kvPerBlock.reduce(0, +))
         let blockWidth = slots[0].count * Q
-        // Each sequence's cache grows once to its last new position, before any row is written.
-        var last: [Int: Int] = [:]
-        for info in rows where !info.isPadding { last[info.sequence] = max(last[info.sequence] ?? 0, info.position) }
-        for (sequence, position) in last {
-            caches.cache(sequence, config: config, kvDimension: kvDim, limit: limit).reserve(position + 1)
-        }
+        let live = rows.filter { !$0.isPadding }
+        KVCache.reserve(live.map { caches.cache($0.sequence, config: config, kvDimension: kvDim, limit: limit) }, live.map(\.position))
         for (r, info) in rows.enumerated() where !info.isPadding {
             let row = qkv.row(r)
             for i in 0..<(slots.count * slots[0].count) {

@@ -42,7 +42,7 @@ extension DeviceProgram {
         let chunks = rowChunks(pairs[0].0.rows)
         let reduced = Pipeline(count: chunks.count)
         for (i, r) in chunks.enumerated() {
-            let partial = pairs.map { multiply($0.0.selectingRows(Array(r)), $0.1) }.reduce(nil as Matrix?) { $0?.adding($1) ?? $1 }!
+            let partial = sumOfProducts(pairs.map { ($0.0.selectingRows(Array(r)), $0.1) })
             reduced.submit(i) { try reduceScatterColumns([partial], axes, site)[0] }
         }
         return stackRows(try chunks.indices.map { try reduced.result($0) })
