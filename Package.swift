@@ -59,7 +59,7 @@ let package = Package(
         // The naive oracle every layout is compared with: plain loops, no production module but
         // the model configuration (Transformer).
         .target(name: "NaiveModel", dependencies: ["Transformer"], path: "Tests/NaiveModel"),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NaiveModel"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "NaiveModel", "CostModel"]),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
         // Launches the built `meshinfer` under mpirun (build the product first: scripts/test.sh does).
         .testTarget(name: "MPITests"),

@@ -14,3 +14,8 @@ swift build -c release --product meshinfer
 BIN="$(swift build -c release --show-bin-path)/meshinfer"
 "$BIN" pull --pip "$(command -v pip || echo pip)" >/dev/null
 swift test -c release -Xswiftc -enable-testing "$@"
+# Sequences made and released by other threads while passes run, under the thread sanitizer
+# (a debug build of its own; the full run only).
+if [ $# -eq 0 ]; then
+    swift test --scratch-path .build-tsan --sanitize=thread --filter SequenceChurnTests
+fi

@@ -230,3 +230,23 @@ extension FabricCore {
         return abortReason
     }
 }
+
+/// The in-process control plane: byte messages between the device threads of a fabric, so the
+/// MPI leader/follower protocol runs (and is tested) without `mpirun`. Use a fabric of its own
+/// (its bytes travel as collectives and would count in a data fabric's traffic). Bytes travel
+/// one per Float (exact for 0…255); waits end at the fabric's timeout whatever `timeout` says.
+extension LocalCommunicator: MeshControl {
+    public var size: Int { mesh.deviceCount }
+
+    public func allGather(_ message: [UInt8], timeout: Double?) throws -> [[UInt8]] {
+        let site = CollectiveSite(.measurement, .data)
+        let lengths = try allGather([Float(message.count)], over: .xyz, site: site).map { Int($0) }
+        let longest = lengths.max() ?? 0
+        let all = try allGather(message.map(Float.init) + Array(repeating: 0, count: longest - message.count), over: .xyz, site: site)
+        return lengths.enumerated().map { r, count in all[(r * longest)..<(r * longest + count)].map { UInt8($0) } }
+    }
+
+    public func broadcast(_ message: [UInt8], root: Int, timeout: Double?) throws -> [UInt8] {
+        try allGather(rank == root ? message : [], timeout: timeout)[root]
+    }
+}

@@ -123,7 +123,14 @@ public final class Printer: LayerInterpreter {
         func sub(_ a: AxisSet) -> String { a == .none ? "" : "_\(a)" }
         // KV heads split with the query heads, or replicated when there are fewer than devices.
         let split = config.kvHeads % mesh.size(qkv.featureAxes) == 0
-        lines.append("attention: \(qkv), KV cache B\(sub(qkv.batchAxes))LK\(split ? sub(qkv.featureAxes) : "")Q\(split ? "" : " (replicated)")")
+        var line = "attention: \(qkv), KV cache B\(sub(qkv.batchAxes))LK\(split ? sub(qkv.featureAxes) : "")Q\(split ? "" : " (replicated)")"
+        // Heads that do not divide over the devices are padded (§3.3), as the runtime pads them.
+        if attention == .shardedOverHeads,
+           let padded = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: attention).paddedHeads,
+           padded != (config.heads, config.kvHeads) {
+            line += "; heads padded \(config.heads) → \(padded.queries), KV heads \(config.kvHeads) → \(padded.kv)"
+        }
+        lines.append(line)
         return qkv
     }
 

@@ -87,7 +87,7 @@ public final class Tracer: LayerInterpreter {
         self.rank = rank
         self.layout = layout
         self.batch = batch
-        blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
+        blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: layout.attention)
     }
 
     /// Traces one forward pass on this device: every layer, then the unembedding (`layers`
@@ -227,11 +227,11 @@ public final class Tracer: LayerInterpreter {
         let sequences: Int, queryHeads: Int, kvHeads: Int
         switch attention {
         case .shardedOverHeads:
-            let owned = ffn.ownedBlocks(rank: rank, mesh: mesh)
-            let slots = owned.flatMap { blocks.qkv[$0] }
+            // Padded head slots run like real ones (HiddenBlocks: whole heads, padded).
+            let owned = ffn.ownedBlocks(rank: rank, mesh: mesh).count
             sequences = localSequences
-            queryHeads = slots.filter { if case .query = $0 { true } else { false } }.count
-            kvHeads = slots.filter { if case .key = $0 { true } else { false } }.count
+            queryHeads = owned * blocks.wholeHeads!.queries
+            kvHeads = owned * blocks.wholeHeads!.kv
         case .shardedOverBatch:
             sequences = homeSequences
             queryHeads = config.heads

@@ -28,26 +28,28 @@ public protocol SequenceState: AnyObject, Sendable {
     func truncate(to position: Int)
 }
 
-/// Something that runs the model over a batch of sequences: one device, or a mesh.
-public protocol ForwardEngine: AnyObject, Sendable {
+/// Something that runs the model over a batch of sequences: one device, or a mesh. Its
+/// sequences are its own type: their caches live where the engine put them.
+public protocol ForwardEngine<Sequence>: AnyObject, Sendable {
+    associatedtype Sequence: SequenceState
     var config: ModelConfig { get }
-    func makeCache(limit: Int?) -> any SequenceState
+    func makeCache(limit: Int?) -> Sequence
     /// Appends each input's tokens to its cache; returns its logits (rows per `logitsFrom`).
-    func forward(_ batch: [SequenceInput]) throws -> [Matrix]
+    func forward(_ batch: [SequenceInput<Sequence>]) throws -> [Matrix]
 }
 
 extension ForwardEngine {
-    public func makeCache() -> any SequenceState { makeCache(limit: nil) }
+    public func makeCache() -> Sequence { makeCache(limit: nil) }
 }
 
 /// One sequence's part of a batch: new tokens appended at the end of its cache.
-public struct SequenceInput {
-    public var cache: any SequenceState
+public struct SequenceInput<Sequence: SequenceState> {
+    public var cache: Sequence
     public var tokens: [Int]
     /// Logits for the new tokens from this index on (perplexity), or nil for only the last
     /// one (generation).
     public var logitsFrom: Int?
-    public init(cache: any SequenceState, tokens: [Int], logitsFrom: Int? = nil) {
+    public init(cache: Sequence, tokens: [Int], logitsFrom: Int? = nil) {
         self.cache = cache
         self.tokens = tokens
         self.logitsFrom = logitsFrom

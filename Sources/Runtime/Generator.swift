@@ -30,18 +30,18 @@ public struct GenerationResult: Sendable {
 
 /// Prompt → tokens → text for a batch of requests, streaming each request's text as it
 /// becomes final (never part of a UTF-8 character, never a prefix of a stop string).
-public final class Generator: @unchecked Sendable {
-    public let engine: any ForwardEngine
+public final class Generator<Sequence: SequenceState>: @unchecked Sendable {
+    public let engine: any ForwardEngine<Sequence>
     public let tokenizer: Tokenizer
 
-    public init(engine: any ForwardEngine, tokenizer: Tokenizer) {
+    public init(engine: any ForwardEngine<Sequence>, tokenizer: Tokenizer) {
         self.engine = engine
         self.tokenizer = tokenizer
     }
 
     /// Generates for all requests as one batch. `caches[i]` (optional) continues a sequence;
     /// the request's prompt tokens are appended to it. `onText(i, chunk)` streams output.
-    public func generate(_ requests: [GenerationRequest], caches: [any SequenceState]? = nil,
+    public func generate(_ requests: [GenerationRequest], caches: [Sequence]? = nil,
                          onText: (Int, String) -> Void = { _, _ in }) throws -> [GenerationResult] {
         let caches = caches ?? requests.map { _ in engine.makeCache() }
         precondition(caches.count == requests.count)

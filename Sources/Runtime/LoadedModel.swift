@@ -34,7 +34,7 @@ public final class LoadedModel: @unchecked Sendable {
     public let config: ModelConfig
     public let tokenizer: Tokenizer
     public let engine: MeshEngine
-    public let generator: Generator
+    public let generator: Generator<MeshSequence>
     public let loadSeconds: Double
 
     /// The layouts of a mesh of one: every collective is an identity, so all are the same

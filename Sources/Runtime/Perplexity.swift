@@ -24,7 +24,7 @@ public enum PerplexityError: Error, CustomStringConvertible, Equatable {
 /// llama.cpp's perplexity method (llama-perplexity defaults): the token stream is cut into
 /// non-overlapping chunks of `context` tokens, each run from an empty cache; only the second
 /// half of each chunk is scored (position j predicts token j+1 for j in [context/2, context−1)).
-public func perplexity(engine: any ForwardEngine, tokens: [Int], context: Int,
+public func perplexity<S: SequenceState>(engine: any ForwardEngine<S>, tokens: [Int], context: Int,
                        progress: (Int, Int, Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
     guard context >= 4 else { throw PerplexityError.badContext(context) }
     let chunks = tokens.count / context

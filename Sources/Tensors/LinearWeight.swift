@@ -294,8 +294,10 @@ public final class LinearWeight: @unchecked Sendable {
         }
     }
 
-    /// A weight of this one's shape and format holding another member's stored bytes.
-    public func sameShape(wireWords words: UnsafeBufferPointer<Float>) -> LinearWeight {
+    /// A weight of this one's stored shape and format holding another member's stored bytes,
+    /// whose logical inputs sit at `inputSegments` of the window (the member's own: its zero
+    /// columns, padding head slots, may sit elsewhere than this shard's).
+    public func sameShape(wireWords words: UnsafeBufferPointer<Float>, inputSegments: [Segment]) -> LinearWeight {
         precondition(words.count * 4 >= byteCount)
         let w = LinearWeight(kind: kind, outputs: outputs, inputs: inputs, windowOutputs: windowOutputs, windowInputs: windowInputs,
                              inputSegments: inputSegments, outputSegments: outputSegments)

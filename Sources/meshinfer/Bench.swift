@@ -43,7 +43,10 @@ struct Bench: ParsableCommand {
                 modelOptions.model = model
                 modelOptions.weights = format
                 modelOptions.threads = t
-                let session = try Session(model: modelOptions, mesh: meshOptions, batchSize: batch)
+                let (batch, promptTokens, genTokens) = (batch, promptTokens, genTokens)
+                let session = try Session(model: modelOptions, mesh: meshOptions) { _ in
+                    Workload(batch: batch, promptTokens: max(1, promptTokens), generateTokens: genTokens)
+                }
                 let engine = session.engine
                 let config = engine.config
                 var rng = SplitMix64(seed: 1)
@@ -126,7 +129,7 @@ struct Bench: ParsableCommand {
 
 /// One pp (a single prefill of n tokens per sequence) or tg (n decode steps) run on fresh
 /// caches; returns tokens per second over all sequences.
-func timeRun(_ engine: any ForwardEngine, _ kind: String, _ n: Int, _ tokens: [[Int]]) throws -> Double {
+func timeRun(_ engine: any ForwardEngine<MeshSequence>, _ kind: String, _ n: Int, _ tokens: [[Int]]) throws -> Double {
     let caches = tokens.map { _ in engine.makeCache(limit: n + 1) }
     let start = Date()
     if kind == "pp" {

@@ -8,8 +8,12 @@ import Runtime
 import Tensors
 import CKernels
 
-/// Where `calibrate` stores this host's measurements (read by `predict --hardware cpu` and `bench`).
-func hostCalibrationPath() -> String { ModelStore().directory + "/cpu-calibration.json" }
+/// Where `calibrate` stores this host's measurements (read by `predict --hardware cpu`, `bench`
+/// and the default layout choice): `MESHINFER_CALIBRATION`, else the model cache's
+/// cpu-calibration.json.
+func hostCalibrationPath() -> String {
+    ProcessInfo.processInfo.environment["MESHINFER_CALIBRATION"] ?? ModelStore().directory + "/cpu-calibration.json"
+}
 
 func loadHostCalibration() -> HostCalibration? {
     guard let data = FileManager.default.contents(atPath: hostCalibrationPath()) else { return nil }

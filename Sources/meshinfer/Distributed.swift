@@ -1,6 +1,7 @@
 import ArgumentParser
 import Collectives
 import Foundation
+import Partitioning
 import Runtime
 import Tensors
 
@@ -12,10 +13,9 @@ nonisolated(unsafe) private var servedEngine: ProcessMeshEngine?
 /// ranks follow: for each session the leader opens they load their shards and run the passes
 /// the leader broadcasts, until the leader ends the session; then they wait for the next one.
 ///
-/// Session messages, broadcast by the leader: a `SessionSpec` (a session starts), "end" (the
-/// command finished: everyone exits 0) or "fail" (the leader failed: it has printed the error;
-/// everyone exits 1). A failed session (the leader's error, or a rank that could not load its
-/// shards) is followed by "fail".
+/// The leader's messages are `ControlMessage`s: `open` (a session starts), its passes and
+/// reports, `close`, and at last `end` (failed when the leader failed: it has printed the error
+/// and every rank exits 1). Followers run them through `ProcessMeshEngine.follow`.
 func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws -> Void) throws {
     try mesh.checkLaunch()
     guard mesh.transport == .mpi else { return try leader() }
@@ -32,7 +32,7 @@ func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws ->
     do {
         try leader()
         endSessions(failed: false)
-        _ = try world.broadcast(Array("end".utf8), root: 0, timeout: 0)
+        try ControlMessage.end(failed: false).broadcast(over: world)
         world.finalize()
     } catch {
         // Print first: the followers exit once told, and the launcher then stops this rank too.
@@ -42,24 +42,16 @@ func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws ->
             world.abort(code: 1)
         }
         endSessions(failed: true)
-        _ = try? world.broadcast(Array("fail".utf8), root: 0, timeout: 0)
+        try? ControlMessage.end(failed: true).broadcast(over: world)
         world.finalize()
         throw ExitCode(MeshInfer.exitCode(for: error).rawValue)
     }
 }
 
-/// What the leader announces when it opens a session: what every rank must load alike.
-struct SessionSpec: Codable {
-    var batchSize: Int
-    var weights: String
-    var threads: Int
-}
-
-/// Rank 0: announces a session to the followers (ending the previous one first).
-func beginSession(_ world: MPIWorld, model: ModelOptions, batchSize: Int) throws {
+/// Rank 0: opens a session on the followers (closing the previous one first).
+func beginSession(_ world: MPIWorld, model: ModelOptions, prefill: PhaseLayout, decode: PhaseLayout) throws {
     endSessions(failed: false)
-    let spec = SessionSpec(batchSize: batchSize, weights: model.weights.rawValue, threads: model.threads)
-    _ = try world.broadcast(Array(try JSONEncoder().encode(spec)), root: 0, timeout: 0)
+    try ControlMessage.open(SessionSpec(prefill: prefill, decode: decode, weights: model.weights, threads: model.threads)).broadcast(over: world)
 }
 
 func registerSession(_ engine: ProcessMeshEngine) { servedEngine = engine }
@@ -70,29 +62,22 @@ private func endSessions(failed: Bool) {
 }
 
 private func follow(_ world: MPIWorld, model: ModelOptions, mesh: MeshOptions) throws {
-    while true {
-        let message = String(decoding: try world.broadcast([], root: 0, timeout: 0), as: UTF8.self)
-        if message == "end" { world.finalize(); return }
-        guard let spec = try? JSONDecoder().decode(SessionSpec.self, from: Data(message.utf8)),
-              let weights = WeightFormat(rawValue: spec.weights)
-        else { world.finalize(); throw ExitCode(1) }   // "fail"
-        var model = model
-        model.weights = weights
-        model.threads = spec.threads
-        do {
-            let session = try Session(model: model, mesh: mesh, batchSize: spec.batchSize)
-            try (session.meshEngine as! ProcessMeshEngine).serve()
-        } catch ProcessMeshError.leaderFailed {
-            continue   // "fail" follows, once rank 0 has printed its error
-        } catch ProcessMeshError.loadFailed {
-            continue   // every rank saw it; rank 0 names the rank and the reason, then sends "fail"
-        } catch {
-            // This rank cannot go on while the others may be mid-pass: stop the whole job.
-            printError("meshinfer rank \(world.rank) (\(world.processorName)): \(error)")
-            world.abort(code: 1)
-            throw ExitCode(1)
+    let failed: Bool
+    do {
+        failed = try ProcessMeshEngine.follow(control: world) { spec in
+            var model = model
+            model.weights = spec.weights
+            model.threads = spec.threads
+            return try Session.follower(model: model, mesh: mesh, prefill: spec.prefill, decode: spec.decode)
         }
+    } catch {
+        // This rank cannot go on while the others may be mid-pass: stop the whole job.
+        printError("meshinfer rank \(world.rank) (\(world.processorName)): \(error)")
+        world.abort(code: 1)
+        throw ExitCode(1)
     }
+    world.finalize()
+    if failed { throw ExitCode(1) }
 }
 
 /// The message a rank prints when the launcher terminates it (mpirun sends SIGTERM to every

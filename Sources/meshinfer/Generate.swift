@@ -1,4 +1,5 @@
 import ArgumentParser
+import CostModel
 import Foundation
 import Runtime
 import Tokenization
@@ -34,14 +35,19 @@ struct Generate: ParsableCommand {
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
         guard topLogits >= 0 else { throw ValidationError("--top-logits must be >= 0") }
         let parameters = try sampling.parameters()
-        let model = try Session(model: modelOptions, mesh: meshOptions, batchSize: prompts.count)
+        let chat = self.chat, maxTokens = self.maxTokens
+        func encode(_ text: String, _ tokenizer: Tokenizer) -> [Int] {
+            tokenizer.encode(chat ? tokenizer.chatTemplate.render([ChatMessage(role: "user", content: text)], addGenerationPrompt: true) : text)
+        }
+        let model = try Session(model: modelOptions, mesh: meshOptions) { tokenizer in
+            let lengths = prompts.map { encode($0, tokenizer).count }
+            return Workload(batch: prompts.count, promptTokens: (lengths.reduce(0, +) + prompts.count - 1) / prompts.count,
+                            generateTokens: maxTokens)
+        }
         let tokenizer = model.tokenizer
 
         let requests = prompts.map { text -> GenerationRequest in
-            let rendered = chat
-                ? tokenizer.chatTemplate.render([ChatMessage(role: "user", content: text)], addGenerationPrompt: true)
-                : text
-            var r = GenerationRequest(promptTokens: tokenizer.encode(rendered))
+            var r = GenerationRequest(promptTokens: encode(text, tokenizer))
             r.maxTokens = maxTokens
             r.sampling = parameters
             r.stopStrings = stop
@@ -97,19 +103,28 @@ struct Chat: ParsableCommand {
 
     func lead() throws {
         let parameters = try sampling.parameters()
-        let model = try Session(model: modelOptions, mesh: meshOptions, batchSize: 1)
-        let tokenizer = model.tokenizer
-        let cache = model.engine.makeCache()
         var cached: [Int] = []          // tokens whose keys/values are in the cache
         var messages: [ChatMessage] = system.map { [ChatMessage(role: "system", content: $0)] } ?? []
         let interactive = isatty(0) != 0
-        if interactive { printError("chat with \(model.engine.config.name); /exit or Ctrl-D to quit") }
+        if interactive { printError("chat; /exit or Ctrl-D to quit") }
+        // Loaded at the first turn, whose length picks the layouts (kept for the whole chat).
+        var loaded: (model: Session, cache: MeshSequence)?
         while true {
             if interactive { writeOut("> ") }
             guard let line = readLine() else { break }
             if line == "/exit" || line == "/quit" { break }
             if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
             messages.append(ChatMessage(role: "user", content: line))
+            if loaded == nil {
+                let (first, maxTokens) = (messages, self.maxTokens)
+                let session = try Session(model: modelOptions, mesh: meshOptions) { tokenizer in
+                    Workload(batch: 1, promptTokens: tokenizer.encode(tokenizer.chatTemplate.render(first, addGenerationPrompt: true)).count,
+                             generateTokens: maxTokens)
+                }
+                loaded = (session, session.engine.makeCache())
+            }
+            let (model, cache) = loaded!
+            let tokenizer = model.tokenizer
             let tokens = tokenizer.encode(tokenizer.chatTemplate.render(messages, addGenerationPrompt: true))
             // Reuse the longest cached prefix; prefill only what is new.
             var common = 0

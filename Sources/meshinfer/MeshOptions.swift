@@ -2,6 +2,7 @@ import ArgumentParser
 import Collectives
 import Foundation
 import GGUF
+import CostModel
 import Partitioning
 import Runtime
 import Tensors
@@ -13,10 +14,10 @@ extension AttentionLayout: ExpressibleByArgument {}
 /// Where the model runs: one device, or a mesh with the paper's layouts.
 struct MeshOptions: ParsableArguments {
     @Option(help: "Device mesh XxYxZ (devices are threads of this process).") var mesh: String = "1x1x1"
-    @Option(help: "Feed-forward layout for prefill: ws1d, ws2d, wg-x, wg-xy, wg-xyz (default: §7's rule).")
+    @Option(help: "Feed-forward layout for prefill: ws1d, ws2d, wg-x, wg-xy, wg-xyz (default: the cost model's choice; see --verbose).")
     var prefillLayout: FeedForwardLayout?
-    @Option(help: "Feed-forward layout for decode (default ws2d).") var decodeLayout: FeedForwardLayout?
-    @Option(help: "Attention layout: heads or batch (default: batch when the batch covers the mesh).")
+    @Option(help: "Feed-forward layout for decode (default: the cost model's choice).") var decodeLayout: FeedForwardLayout?
+    @Option(help: "Attention layout: heads or batch (default: the cost model's choice).")
     var attention: AttentionLayout?
     @Option(help: "Attention layout for prefill (default: as --attention; the KV cache must stay in place).")
     var prefillAttention: AttentionLayout?
@@ -26,6 +27,12 @@ struct MeshOptions: ParsableArguments {
     var transport: Transport = .inprocess
     @Option(help: "Seconds a collective waits for its peers before the run fails (mpi transport).")
     var collectiveTimeout: Double = 30
+    @Flag(help: "Print which layouts were chosen and why (to stderr).") var verbose = false
+
+    var constraints: LayoutConstraints {
+        LayoutConstraints(prefillFeedForward: prefillLayout, decodeFeedForward: decodeLayout, attention: attention,
+                          prefillAttention: prefillAttention)
+    }
 }
 
 /// An engine and tokenizer built from the model and mesh options. A single device is a mesh
@@ -34,41 +41,86 @@ struct Session {
     let tokenizer: Tokenizer
     let meshEngine: any MeshRunner
     let loadSeconds: Double
-    var engine: any ForwardEngine { meshEngine }
-    var generator: Generator { Generator(engine: engine, tokenizer: tokenizer) }
+    /// How the layouts were chosen (nil on MPI followers, which run the leader's choice).
+    let layoutChoice: LayoutChoice?
+    /// This rank's engine under `--transport mpi`.
+    let processEngine: ProcessMeshEngine?
+    /// The same engine, as what the generator drives.
+    let engine: any ForwardEngine<MeshSequence>
+    var generator: Generator<MeshSequence> { Generator(engine: engine, tokenizer: tokenizer) }
 
-    init(model: ModelOptions, mesh options: MeshOptions, batchSize: Int) throws {
+    /// `workload` says what the run will do (sequences, prompt tokens, tokens to generate), for
+    /// choosing the layouts the options leave open; it is given the model's tokenizer.
+    init(model: ModelOptions, mesh options: MeshOptions, workload: @escaping (Tokenizer) -> Workload) throws {
+        try self.init(model: model, mesh: options, layouts: .choose(workload))
+    }
+
+    /// An MPI follower's engine for the session the leader opened.
+    static func follower(model: ModelOptions, mesh: MeshOptions, prefill: PhaseLayout, decode: PhaseLayout) throws -> ProcessMeshEngine {
+        var mesh = mesh
+        mesh.transport = .mpi
+        return try Session(model: model, mesh: mesh, layouts: .given(prefill, decode)).processEngine!
+    }
+
+    enum Layouts {
+        case choose((Tokenizer) -> Workload)
+        /// An MPI follower: the leader's choice.
+        case given(PhaseLayout, PhaseLayout)
+    }
+
+    init(model: ModelOptions, mesh options: MeshOptions, layouts: Layouts) throws {
         let start = Date()
         let mesh = try Mesh(parsing: options.mesh)
         guard model.threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        func choose(_ config: ModelConfig, _ tokenizer: Tokenizer) -> (PhaseLayout, PhaseLayout, LayoutChoice?) {
+            switch layouts {
+            case let .given(p, d): return (p, d, nil)
+            case let .choose(workload):
+                let choice = Session.chooseLayouts(options, model: model, config: config, mesh: mesh, workload: workload(tokenizer))
+                if options.verbose { printError("layouts: \(choice.reason)") }
+                return (choice.prefill, choice.decode, choice)
+            }
+        }
         if options.transport == .mpi {
-            // Rank 0 read the prompts and announces the batch size (`runAcrossRanks`), so every rank
-            // picks the same layouts.
+            // Rank 0 chooses the layouts and announces them with the session (`runAcrossRanks`),
+            // so every rank loads the same shards whatever its own calibration file says.
             guard let world = MPIWorld.current else { throw MPIError.failed("MPI was not started") }
-            if world.rank == 0 { try beginSession(world, model: model, batchSize: batchSize) }
+            var chosen: (PhaseLayout, PhaseLayout, LayoutChoice?)?
+            var loaded: (TensorSource, ModelConfig, Tokenizer)?
+            if world.rank == 0 {
+                let (source, config, tokenizer) = try Session.source(model: model, options: options)
+                loaded = (source, config, tokenizer)
+                chosen = choose(config, tokenizer)
+                try beginSession(world, model: model, prefill: chosen!.0, decode: chosen!.1)
+            }
             let comm = try MPICommunicator(world: world, mesh: mesh, timeout: options.collectiveTimeout)
-            var tokenizer: Tokenizer?
             let engine = try ProcessMeshEngine(
                 load: {
-                    let (source, config, t) = try Session.source(model: model, options: options)
-                    tokenizer = t
-                    let (prefill, decode) = Session.layouts(options, config: config, mesh: mesh, batchSize: batchSize)
+                    let (source, config, tokenizer) = try loaded ?? Session.source(model: model, options: options)
+                    loaded = (source, config, tokenizer)
+                    let (prefill, decode, _) = chosen ?? choose(config, tokenizer)
                     return (source, config, prefill, decode)
                 },
                 comm: comm, control: world, format: model.weights,
                 threads: max(1, model.threads / MPIWorld.ranksOnThisHost), overlap: options.overlap)
             if world.rank == 0 { registerSession(engine) }
-            self.tokenizer = tokenizer!
+            self.tokenizer = loaded!.2
             meshEngine = engine
+            self.engine = engine
+            processEngine = engine
+            layoutChoice = chosen?.2
             loadSeconds = Date().timeIntervalSince(start)
             return
         }
         let (source, config, tokenizer) = try Session.source(model: model, options: options)
         self.tokenizer = tokenizer
-        let (prefill, decode) = Session.layouts(options, config: config, mesh: mesh, batchSize: batchSize)
+        let (prefill, decode, choice) = choose(config, tokenizer)
         let engine = try MeshEngine(source: source, config: config, mesh: mesh, prefill: prefill, decode: decode,
                                     format: model.weights, threads: model.threads, overlap: options.overlap)
         meshEngine = engine
+        self.engine = engine
+        processEngine = nil
+        layoutChoice = choice
         loadSeconds = Date().timeIntervalSince(start)
     }
 
@@ -88,19 +140,22 @@ struct Session {
         return (file, try ModelConfig(gguf: file), try Tokenizer(Vocabulary(gguf: file)))
     }
 
-    /// The layouts the options name, with §7's defaults: decode is 2D weight-stationary with
-    /// batch-sharded attention once the batch covers the mesh; prefill uses the same attention
-    /// (the KV cache stays where prefill put it). On a mesh of one every layout is the same
-    /// program with identity collectives; 1D with attention over heads has the least bookkeeping.
-    static func layouts(_ options: MeshOptions, config: ModelConfig, mesh: Mesh, batchSize: Int) -> (PhaseLayout, PhaseLayout) {
-        let n = mesh.deviceCount
-        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: n)
-        let single = LoadedModel.singleDeviceLayout
-        let attention = options.attention
-            ?? (n == 1 ? single.attention : batchSize >= n || !blocks.headAligned ? .shardedOverBatch : .shardedOverHeads)
-        let decode = PhaseLayout(options.decodeLayout ?? (n > 1 ? .weightStationary2D : single.feedForward), attention)
-        let prefill = PhaseLayout(options.prefillLayout ?? decode.feedForward, options.prefillAttention ?? attention)
-        return (prefill, decode)
+    /// The layouts the options name; those they leave open are the cost model's choice for the
+    /// workload, priced with this host's calibration (`meshinfer calibrate`; for MPI its MPI
+    /// measurements), or §7's rule without one (`LayoutChooser`).
+    static func chooseLayouts(_ options: MeshOptions, model: ModelOptions, config: ModelConfig, mesh: Mesh,
+                              workload: Workload) -> LayoutChoice {
+        let precision = WeightPrecision(model.weights)
+        var host = loadHostCalibration()
+        if options.transport == .mpi { host = host?.overMPI }
+        let pricing = host.map { host in
+            CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: max(1, model.threads / mesh.deviceCount),
+                                              activeThreads: model.threads),
+                      calibration: host.calibration(for: precision, activeThreads: model.threads))
+        }
+        return LayoutChooser.choose(model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh,
+                                    workload: workload, weights: precision, pricing: pricing, constraints: options.constraints,
+                                    singleDevice: LoadedModel.singleDeviceLayout)
     }
 
     /// `mesh`, `layouts`, per-device `collective_bytes` (bytes sent per collective kind) and
@@ -115,6 +170,20 @@ struct Session {
                 "decode": ["ffn": m.decode.feedForward.rawValue, "attention": m.decode.attention.rawValue],
             ],
             "transport": m is ProcessMeshEngine ? "mpi" : "inprocess",
+            "layout_choice": layoutChoice.map { c -> [String: Any] in
+                var o: [String: Any] = [
+                    "basis": c.basis.rawValue, "reason": c.reason,
+                    "workload": ["batch": c.workload.batch, "prompt_tokens": c.workload.promptTokens,
+                                 "generate_tokens": c.workload.generateTokens],
+                    "paper_rule": ["prefill": "\(c.rule.prefill)", "decode": "\(c.rule.decode)"],
+                ]
+                if !c.ranked.isEmpty {
+                    o["candidates"] = c.ranked.prefix(8).map {
+                        ["prefill": "\($0.prefill)", "decode": "\($0.decode)", "predicted_s": rounded($0.seconds, 6)] as [String: Any]
+                    }
+                }
+                return o
+            } ?? NSNull(),
             "collective_bytes": ((try? m.trafficByDevice()) ?? []).enumerated().map { rank, t in
                 [
                     "device": rank,

@@ -45,23 +45,38 @@ struct TraceTests {
         }
     }
 
+    /// Padded heads (9 query heads over 3 KV heads on 2, 3 and 4 devices; 4 multiquery heads
+    /// on 3): the padding slots are priced as executed.
+    @Test(arguments: ["2", "3", "4"], FeedForwardLayout.allCases)
+    func traceEqualsExecutionForPaddedHeads(_ meshName: String, _ ffn: FeedForwardLayout) throws {
+        let gqa = ModelConfig.llamaTiny(layers: 2, modelDimension: 72, heads: 9, kvHeads: 3, vocabularySize: 96)
+        let mqa = ModelConfig.palmTiny(layers: 2, modelDimension: 48, heads: 4, vocabularySize: 96)
+        for config in [gqa, mqa] {
+            try Self.check(config, try Mesh(parsing: meshName), PhaseLayout(ffn, .shardedOverHeads), .f32)
+            try Self.check(config, try Mesh(parsing: meshName), PhaseLayout(ffn, .shardedOverHeads), .f32, sequences: 1)
+        }
+    }
+
     /// 8-bit weights: 32-input groups and 16-channel panels. On 4 devices a 2D shard's E/x = 16
     /// columns start inside a group and are stored as the whole group (16 extra columns), head
-    /// slots of Q = 8 as whole groups too; the trace prices what is stored. Weight-gathered
-    /// layouts refuse such shards (they could not be joined as stored).
+    /// slots of Q = 8 as whole groups too; weight-gathered layouts gather and join those whole
+    /// groups (each member's columns where its shard holds them). The trace prices what is stored.
     @Test(arguments: ["2", "4", "2x2"], [FeedForwardLayout.weightStationary1D, .weightStationary2D, .weightGatheredX])
     func traceEqualsExecutionInt8(_ meshName: String, _ ffn: FeedForwardLayout) throws {
         let config = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
-        let mesh = try Mesh(parsing: meshName)
-        let layout = PhaseLayout(ffn, .shardedOverBatch)
-        if mesh.size(ffn.weightGatherAxes) > 1 && config.modelDimension / mesh.x % 32 != 0 {
-            #expect(throws: LayoutError.shardInsideBlock(layout: "\(ffn)", columns: config.modelDimension / mesh.x, block: 32, format: "int8")) {
-                try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: mesh, prefill: layout,
-                               decode: layout, format: .int8, threads: 1)
-            }
-            return
+        try Self.check(config, try Mesh(parsing: meshName), PhaseLayout(ffn, .shardedOverBatch), .int8)
+    }
+
+    /// Weight-gathered layouts gather shards as stored, so members' shards must be stored alike:
+    /// E/x = 24 columns over 32-input groups are one group on the first device and two on the
+    /// second; refused with a typed error before any pass.
+    @Test func shardsStoredUnlikeAreRefused() throws {
+        let config = ModelConfig.llamaTiny(layers: 1, modelDimension: 96, heads: 8, kvHeads: 2, vocabularySize: 96)
+        let layout = PhaseLayout(.weightGatheredX, .shardedOverBatch)
+        #expect(throws: LayoutError.shardInsideBlock(layout: "wg-x", columns: 24, block: 32, format: "int8")) {
+            try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: Mesh(x: 4), prefill: layout,
+                           decode: layout, format: .int8, threads: 1)
         }
-        try Self.check(config, mesh, layout, .int8)
     }
 
     /// Trace == execution, device by device, for a prefill of B sequences of L tokens and the

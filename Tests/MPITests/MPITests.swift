@@ -43,19 +43,24 @@ struct MPITests {
         }
     }
 
-    /// One prompt on meshes of 2 and 4 ranks (the batch is padded to the mesh): the tokens of one
-    /// device, with the default layouts.
-    @Test(arguments: [("2", 2), ("4", 4)])
-    func onePromptEqualsOneDevice(_ mesh: String, _ ranks: Int) throws {
+    /// One prompt on meshes of 2 and 4 ranks (heads and the batch padded to the mesh): the
+    /// tokens of one device, with the default layouts (reported in --json, chosen by §7's rule:
+    /// no host calibration is read here) and with each attention layout named.
+    @Test(arguments: [("2", 2), ("4", 4)], [nil, "heads", "batch"])
+    func onePromptEqualsOneDevice(_ mesh: (String, Int), _ attention: String?) throws {
         let args = ["generate", "--weights", "f32", "--temperature", "0", "--max-tokens", "16", "--ignore-eos", "--json",
                     "--prompt", "The capital of France is"]
-        let mpi = try MPI.mpirun(ranks, args + ["--mesh", mesh, "--transport", "mpi"])
+        let mpi = try MPI.mpirun(mesh.1, args + ["--mesh", mesh.0, "--transport", "mpi"] + (attention.map { ["--attention", $0] } ?? []))
         #expect(mpi.status == 0, "\(mpi.stderr)")
         let single = try MPI.run(MPI.binary, args)
         #expect(single.status == 0, "\(single.stderr)")
         #expect(mpi.json.count == 1 && single.json.count == 1)
         #expect(mpi.json.first?["token_ids"] as? [Int] == single.json.first?["token_ids"] as? [Int])
         #expect((mpi.json.first?["token_ids"] as? [Int])?.count == 16)
+        let layouts = mpi.json.first?["layouts"] as? [String: [String: String]]
+        #expect(layouts?["decode"]?["attention"] == attention ?? "heads", "\(layouts ?? [:])")
+        let choice = mpi.json.first?["layout_choice"] as? [String: Any]
+        #expect(choice?["basis"] as? String == "paper_rule")
     }
 
     /// One rank killed mid-generation: every other rank (and mpirun) exits non-zero within 30 s.
@@ -175,6 +180,8 @@ enum MPI {
         var env = ProcessInfo.processInfo.environment
         env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
         env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        // Default layouts follow §7's rule here: no test reads the user's host calibration.
+        env["MESHINFER_CALIBRATION"] = "/nonexistent/cpu-calibration.json"
         return env
     }
 

@@ -120,6 +120,27 @@ struct MeshTests {
         }
     }
 
+    /// int8 weights whose 2D shards start inside a 32-input group (E/x = 16 on 4 devices): each
+    /// device stores the whole group, and the weight-gathered layout joins the gathered groups
+    /// with each member's columns where that member holds them. Its logits equal the 2D
+    /// weight-stationary run of the same shards (which never gathers weights) up to rounding.
+    /// (Not one device's int8 run: activations are quantized per 32-input group too, and a
+    /// shard's group holds zeros for the columns it does not own.)
+    @Test func int8GatheredShardsInsideGroupsEqualStationary() throws {
+        let config = Self.models[0]
+        func run(_ ffn: FeedForwardLayout) throws -> [Matrix] {
+            let layout = PhaseLayout(ffn, .shardedOverBatch)
+            let engine = try MeshEngine(source: RandomWeights(config: config, seed: 9), config: config, mesh: Mesh(x: 4),
+                                        prefill: layout, decode: layout, format: .int8, threads: 1)
+            let prompts = (0..<4).map { b in (0..<(3 + b)).map { ($0 * 5 + b + 2) % config.vocabularySize } }
+            return try engine.forward(prompts.map { SequenceInput(cache: engine.makeCache(), tokens: $0, logitsFrom: 0) })
+        }
+        for (e, g) in zip(try run(.weightStationary2D), try run(.weightGatheredX)) {
+            let d = maxAbsDifference(g.values, e.values)
+            #expect(d < 1e-4, "max |Δ| = \(d)")
+        }
+    }
+
     /// Prefill and decode in different layouts over the same stored weights (§3.2.3).
     @Test(arguments: [FeedForwardLayout.weightGatheredX, .weightGatheredXY, .weightGatheredXYZ])
     func prefillWeightGatheredDecodeWeightStationary(_ prefill: FeedForwardLayout) throws {
@@ -145,12 +166,16 @@ struct MeshTests {
     @Test func badLayoutsAreRejectedBeforeWork() throws {
         let gqa = ModelConfig.llamaTiny(layers: 1, modelDimension: 48, heads: 6, kvHeads: 3, vocabularySize: 64)
         let ws = PhaseLayout(.weightStationary2D, .shardedOverHeads)
-        #expect(throws: LayoutError.indivisible(what: "model dimension E", size: 48, parts: 32)) {
+        // E = 48, F = 144: meshes of 1, 2, 3, 4, 6, 8, 12, 16, 24 and 48 devices split both.
+        let sizes = [1, 2, 3, 4, 6, 8, 12, 16, 24, 48]
+        #expect(throws: LayoutError.indivisible(what: "model dimension E", size: 48, parts: 32, meshSizes: sizes)) {
             try MeshEngine.validate(config: gqa, mesh: Mesh(x: 2, y: 4, z: 4), prefill: ws, decode: ws)
         }
-        #expect(throws: LayoutError.headsDoNotDivide(heads: 6, kvHeads: 3, devices: 4)) {
-            try MeshEngine.validate(config: gqa, mesh: Mesh(x: 4), prefill: ws, decode: ws)
+        #expect(throws: LayoutError.indivisible(what: "model dimension E", size: 48, parts: 5, meshSizes: sizes)) {
+            try MeshEngine.validate(config: gqa, mesh: Mesh(x: 5), prefill: ws, decode: ws)
         }
+        // Heads that do not divide are padded, not refused.
+        try MeshEngine.validate(config: gqa, mesh: Mesh(x: 4), prefill: ws, decode: ws)
         let batch = PhaseLayout(.weightStationary2D, .shardedOverBatch)
         let aligned = Self.models[0]
         #expect(throws: LayoutError.incompatibleKVPlacement(prefill: "\(ws)", decode: "\(batch)")) {
@@ -215,5 +240,53 @@ struct PaddedBatchTests {
                 }
             }
         }
+    }
+}
+
+/// Heads that do not divide over the devices are padded (Pope et al. §3.3: PaLM 540B's 48
+/// heads to 64 over 64 chips): zero-weight head slots that change no result.
+struct PaddedHeadsTests {
+    /// 9 query heads over 3 KV heads (the default model's shape), 4 multiquery heads (Gemma's),
+    /// and 6 multi-head heads: none divides over every mesh below.
+    static let models: [ModelConfig] = {
+        var gqa = ModelConfig.llamaTiny(layers: 2, modelDimension: 72, heads: 9, kvHeads: 3, vocabularySize: 96)
+        gqa.name = "llama-9q-3kv"
+        var mqa = ModelConfig.palmTiny(layers: 2, modelDimension: 48, heads: 4, vocabularySize: 96)
+        mqa.name = "palm-4q-1kv"
+        var mha = ModelConfig.llamaTiny(layers: 2, modelDimension: 48, heads: 6, kvHeads: 6, vocabularySize: 96)
+        mha.name = "llama-6q-6kv"
+        return [gqa, mqa, mha]
+    }()
+
+    @Test(arguments: models, ["2", "3", "4", "2x2", "2x2x2"])
+    func paddedHeadsEqualOracle(_ model: ModelConfig, _ meshName: String) throws {
+        let mesh = try Mesh(parsing: meshName)
+        let reference = oracle(model, seed: 23)
+        for ffn in FeedForwardLayout.allCases {
+            for attention in AttentionLayout.allCases {
+                let layout = PhaseLayout(ffn, attention)
+                let sharded = try MeshEngine(source: RandomWeights(config: model, seed: 23), config: model, mesh: mesh,
+                                             prefill: layout, decode: layout, format: .f32, threads: 2)
+                for batch in Set([1, mesh.deviceCount + 1]) {
+                    let prompts = (0..<batch).map { b in (0..<(3 + b % 3)).map { ($0 * 7 + b * 5 + 1) % model.vocabularySize } }
+                    try MeshTests.expectOracle(sharded, reference, prompts, steps: 3)
+                }
+            }
+        }
+    }
+
+    /// The paper's example: 48 multiquery heads over 64 chips are 64 query slots, one per chip,
+    /// each chip holding the one KV head. The default model's 9 query and 3 KV heads over 2
+    /// devices: the KV heads padded to 4, two whole groups of 3 query heads per device.
+    @Test func paddingFollowsThePaper() {
+        let palm = HiddenBlocks(heads: 48, kvHeads: 1, devices: 64, attention: .shardedOverHeads)
+        #expect(palm.wholeHeads! == (1, 1))
+        #expect(palm.qkv[47] == [.query(47), .key(0), .value(0)])
+        #expect(palm.qkv[48] == [.padding, .key(0), .value(0)])
+        let smol = HiddenBlocks(heads: 9, kvHeads: 3, devices: 2, attention: .shardedOverHeads)
+        #expect(smol.qkv[0] == (0..<6).map { .query($0) } + [.key(0), .key(1), .value(0), .value(1)])
+        #expect(smol.qkv[1] == (6..<9).map { .query($0) } + Array(repeating: .padding, count: 3) + [.key(2), .padding, .value(2), .padding])
+        // Over the batch the same heads split evenly, with no whole-head padding.
+        #expect(HiddenBlocks(heads: 9, kvHeads: 3, devices: 2, attention: .shardedOverBatch).qkv[0].count == 8)
     }
 }

@@ -1,3 +1,4 @@
+import CostModel
 import Foundation
 import Partitioning
 import Testing
@@ -208,5 +209,35 @@ struct RealModelMeshFormatTests {
             let nearTie = a.topLogits.firstIndex { $0[0].logit - $0[1].logit < spread } ?? a.tokenIDs.count
             #expect(Array(m.tokenIDs.prefix(nearTie)) == Array(a.tokenIDs.prefix(nearTie)), "\(id): near-tie at step \(nearTie)")
         }
+    }
+
+    /// One prompt, f32, greedy, on meshes 2, 3, 4 and 2×2: with the default layouts (§7's rule,
+    /// as without a host calibration: attention over heads, padded — 9 query heads and 3 KV
+    /// heads do not divide over 2 or 4 devices) and with each attention layout named, the tokens
+    /// equal the single device's up to the first step whose top-2 gap is under 0.01 (f32 sums in
+    /// another order move a logit by ~1e-3 here).
+    @Test(arguments: ["2", "3", "4", "2x2"])
+    func onePromptOnMeshEqualsOneDevice(_ meshName: String) throws {
+        let model = try ModelCache.shared.model(.f32)
+        let mesh = try Mesh(parsing: meshName)
+        var request = GenerationRequest(promptTokens: reference.prompt("english")["prompt_token_ids"] as! [Int])
+        request.sampling = .greedy
+        request.maxTokens = 24
+        request.ignoreEOS = true
+        request.topLogits = 2
+        let alone = try model.generator.generate([request])[0]
+        let nearTie = alone.topLogits.firstIndex { $0[0].logit - $0[1].logit < 0.01 } ?? alone.tokenIDs.count
+        let rule = LayoutChooser.paperRule(mesh: mesh, batch: 1)
+        let layouts = [(rule.prefill, rule.decode), (PhaseLayout(.weightStationary1D, .shardedOverHeads), PhaseLayout(.weightStationary1D, .shardedOverHeads)),
+                       (PhaseLayout(.weightStationary2D, .shardedOverBatch), PhaseLayout(.weightStationary2D, .shardedOverBatch))]
+        for (prefill, decode) in layouts {
+            let sharded = try MeshEngine(source: model.file, config: model.config, mesh: mesh, prefill: prefill, decode: decode,
+                                         format: .f32, threads: 2)
+            let meshed = try Generator(engine: sharded, tokenizer: model.tokenizer).generate([request])[0]
+            #expect(meshed.tokenIDs.count == alone.tokenIDs.count)
+            #expect(Array(meshed.tokenIDs.prefix(nearTie)) == Array(alone.tokenIDs.prefix(nearTie)),
+                    "\(meshName) \(prefill)/\(decode): near-tie at step \(nearTie)")
+        }
+        #expect(nearTie >= 8)
     }
 }

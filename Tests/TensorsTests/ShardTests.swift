@@ -83,7 +83,7 @@ struct ShardTests {
             try [0..<64, 64..<128].map { columns in
                 let t = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(c.tensor, rows)], columns: [.source(columns)]),
                                          format: c.format)
-                return t.wireWords.withUnsafeBufferPointer { t.sameShape(wireWords: $0) }
+                return t.wireWords.withUnsafeBufferPointer { t.sameShape(wireWords: $0, inputSegments: t.inputSegments) }
             }
         }
         let joined = try LinearWeight.joining(tiles)

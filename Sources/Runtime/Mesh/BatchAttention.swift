@@ -76,7 +76,7 @@ extension DeviceProgram {
         logAttention(x.mine, queryHeads: H, kvHeads: KV)
         return causalAttention(
             full, heads: H, kvHeads: KV, headDimension: Q, rope: x.rope,
-            caches: x.mine.map { caches.cache($0.sequence, config: config, kvDimension: KV * Q, limit: limit) },
+            caches: caches.caches(x.mine.map(\.sequence), config: config, kvDimension: KV * Q, limit: limit),
             positions: x.mine.map(\.position), layer: l, threads: threads)
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import CKernels
 import Collectives
 import Partitioning
@@ -14,8 +15,8 @@ struct RowInfo: Equatable {
 }
 
 /// The batch of one forward pass, as every device sees it: new tokens per sequence.
-struct MeshBatch: Codable {
-    struct Entry: Codable {
+public struct MeshBatch: Codable, Equatable, Sendable {
+    struct Entry: Codable, Equatable {
         let sequence: Int       // stable id; its home device is sequence % n
         let start: Int          // first new position
         let tokens: [Int]
@@ -25,14 +26,29 @@ struct MeshBatch: Codable {
 }
 
 /// A device's KV caches, per sequence id.
+/// The device is their one owner: passes look caches up (or make them) and sequences being
+/// released drop them, from any thread, under its lock. A pass holds the caches of its own
+/// sequences (which cannot be released while their batch runs) for the whole pass.
 final class DeviceCaches: @unchecked Sendable {
-    var caches: [Int: KVCache] = [:]
-    func cache(_ sequence: Int, config: ModelConfig, kvDimension: Int, limit: Int) -> KVCache {
-        if let c = caches[sequence] { return c }
-        let c = KVCache(config: config, kvDimension: kvDimension, limit: limit)
-        caches[sequence] = c
-        return c
+    private let lock = NSLock()
+    private var caches: [Int: KVCache] = [:]
+
+    /// The cache of each sequence, made on first use.
+    func caches(_ sequences: [Int], config: ModelConfig, kvDimension: Int, limit: Int) -> [KVCache] {
+        lock.withLock {
+            sequences.map { s in
+                if let c = caches[s] { return c }
+                let c = KVCache(config: config, kvDimension: kvDimension, limit: limit)
+                caches[s] = c
+                return c
+            }
+        }
     }
+
+    func release(_ sequences: [Int]) { lock.withLock { for s in sequences { caches[s] = nil } } }
+
+    /// Sequences holding a cache on this device.
+    var sequences: Set<Int> { lock.withLock { Set(caches.keys) } }
 }
 
 /// One device's forward pass under a phase layout (Pope et al. §3, Fig. 2 and 5): embeds its

@@ -27,6 +27,9 @@ final class DeviceWeights: @unchecked Sendable {
     /// Vocabulary rows [rank·⌈V/n⌉, …) of the unembedding (zero rows pad V to a multiple of n).
     let output: LinearWeight          // (⌈V/n⌉, E)
     let embedding: TensorSource
+    /// Where each rank's logical input columns sit in its stored 2D shards of every layer, for
+    /// joining gathered shards (weight-gathered layouts only; empty otherwise).
+    let inputSegments: [[LayerMatrix: [Segment]]]
 
     /// Bytes of weight matrices this device holds.
     var weightBytes: Int {
@@ -43,7 +46,7 @@ final class DeviceWeights: @unchecked Sendable {
     init(source: TensorSource, config: ModelConfig, mesh: Mesh, rank: Int, prefill: PhaseLayout, decode: PhaseLayout,
          format: WeightFormat, threads: Int = 1) throws {
         try Self.validateShapes(source, config)
-        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
+        let blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: prefill.attention)
         let storages = Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional])
         self.rank = rank
         embedding = source
@@ -78,22 +81,29 @@ final class DeviceWeights: @unchecked Sendable {
         output = try LinearWeight(source: source, spec: ShardSpec(rows: [.tensor(outputName, lo..<hi), .zeros(per - (hi - lo))],
                                                                   columns: [.source(0..<E)]), format: format)
 
-        // Weight-gathered layouts join their group's shards as stored: every member's shard must
-        // then have the same stored shape, which fails only where a shard's columns begin or end
-        // inside a block of the format (E/x not a multiple of 32 for 8- and 4-bit weights).
-        for phase in [prefill, decode] where mesh.size(phase.feedForward.weightGatherAxes) > 1 {
-            let mine = Self.specs(config, mesh, rank, blocks, 0, oneD: false)
-            let layer = layers(oneDimensional: false)[0].matrices
-            for member in mesh.group(of: rank, over: phase.feedForward.weightGatherAxes) {
-                let theirs = Self.specs(config, mesh, member, blocks, 0, oneD: false)
-                for (m, (a, b)) in zip(layer, zip(mine, theirs)) {
-                    let unit = m.kind.unitInputs
-                    if ShardSpec.window(a.columns, unit: unit).segments != ShardSpec.window(b.columns, unit: unit).segments {
-                        throw LayoutError.shardInsideBlock(layout: "\(phase.feedForward)", columns: a.inputs, block: unit, format: m.format.rawValue)
+        // Weight-gathered layouts all-gather their group's shards as stored: every member's
+        // shard must have the same stored shape, which fails only where a shard's columns begin
+        // or end inside a block of the format (E/x not a multiple of 32 for 8- and 4-bit weights).
+        var segments: [[LayerMatrix: [Segment]]] = []
+        let gathering = [prefill, decode].map(\.feedForward).filter { mesh.size($0.weightGatherAxes) > 1 }
+        if !gathering.isEmpty {
+            let layer = twoD![0].matrices
+            let group = Set(gathering.flatMap { mesh.group(of: rank, over: $0.weightGatherAxes) })
+            segments = try (0..<n).map { member in
+                let specs = Self.specs(config, mesh, member, blocks, 0, oneD: false)
+                var bySpec: [LayerMatrix: [Segment]] = [:]
+                for (matrix, (m, spec)) in zip([LayerMatrix.qkv, .attentionOutput, .gateUp, .down], zip(layer, specs)) {
+                    let window = ShardSpec.window(spec.columns, unit: m.kind.unitInputs)
+                    if group.contains(member) && window.width != m.storedShape.inputs {
+                        throw LayoutError.shardInsideBlock(layout: "\(gathering[0])", columns: spec.inputs, block: m.kind.unitInputs,
+                                                           format: m.format.rawValue)
                     }
+                    bySpec[matrix] = window.segments
                 }
+                return bySpec
             }
         }
+        inputSegments = segments
     }
 
     func layers(oneDimensional: Bool) -> [DeviceLayer] { (oneDimensional ? oneD : twoD)! }

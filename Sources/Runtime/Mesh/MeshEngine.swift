@@ -59,7 +59,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         self.mesh = mesh
         self.prefill = prefill
         self.decode = decode
-        blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
+        blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: prefill.attention)
         let threadsPerDevice = max(1, threads / mesh.deviceCount)
         devices = try runOnMesh(mesh) { rank, _ in
             try DeviceWeights(source: source, config: config, mesh: mesh, rank: rank, prefill: prefill, decode: decode,
@@ -72,27 +72,14 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
 
     /// Checks a layout against the model and mesh before anything is allocated.
     public static func validate(config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout) throws(LayoutError) {
-        let n = mesh.deviceCount
-        try prefill.validate(for: config, on: mesh)
-        try decode.validate(for: config, on: mesh)
-        // The KV cache stays where prefill put it: both phases must place it alike.
-        if prefill.attention != decode.attention {
-            throw .incompatibleKVPlacement(prefill: "\(prefill)", decode: "\(decode)")
-        }
-        if prefill.attention == .shardedOverHeads && prefill.feedForward != decode.feedForward {
-            let same = (0..<n).allSatisfy {
-                prefill.feedForward.ownedBlocks(rank: $0, mesh: mesh) == decode.feedForward.ownedBlocks(rank: $0, mesh: mesh)
-            } && prefill.feedForward.batchAxes == decode.feedForward.batchAxes
-            if !same { throw .incompatibleKVPlacement(prefill: "\(prefill)", decode: "\(decode)") }
-        }
+        try PhaseLayout.validatePhases(prefill: prefill, decode: decode, config: config, mesh: mesh)
     }
 
-
-    public func makeCache(limit: Int?) -> any SequenceState {
+    public func makeCache(limit: Int?) -> MeshSequence {
         let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
         let caches = caches
         return MeshSequence(id: id, limit: limit ?? config.contextLength, owner: self) { id in
-            for c in caches { c.caches[id] = nil }
+            for c in caches { c.release([id]) }
         }
     }
 
@@ -100,7 +87,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         lock.withLock { counters = (Array(repeating: TrafficCounter(), count: mesh.deviceCount), 0, 0) }
     }
 
-    public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
+    public func forward(_ batch: [SequenceInput<MeshSequence>]) throws -> [Matrix] {
         let (meshBatch, sequences, limit) = try MeshBatch.checked(batch, engine: self, config: config)
         let layout = meshBatch.isPrefill ? prefill : decode
         let (config, mesh, blocks, devices, caches, threads, overlap, logs) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap, executionLogs)
@@ -126,13 +113,14 @@ extension MeshBatch {
     /// Checks a batch against the engine, the model and the sequences' limits; returns the batch
     /// every device runs (sequences with no new tokens left out), each input's sequence, and
     /// the longest cache limit.
-    static func checked(_ batch: [SequenceInput], engine: AnyObject, config: ModelConfig) throws -> (MeshBatch, [MeshSequence], limit: Int) {
+    static func checked(_ batch: [SequenceInput<MeshSequence>], engine: AnyObject, config: ModelConfig) throws -> (MeshBatch, [MeshSequence], limit: Int) {
         guard batch.contains(where: { !$0.tokens.isEmpty }) else { throw EngineError.emptyInput }
         let V = config.vocabularySize
         var entries: [MeshBatch.Entry] = []
         var sequences: [MeshSequence] = []
         for input in batch {
-            guard let s = input.cache as? MeshSequence, s.owner == ObjectIdentifier(engine) else { throw EngineError.foreignSequence }
+            let s = input.cache
+            guard s.owner == ObjectIdentifier(engine) else { throw EngineError.foreignSequence }
             sequences.append(s)
             let end = s.count + input.tokens.count
             if end > s.limit { throw EngineError.contextOverflow(requested: end, limit: s.limit) }
@@ -140,7 +128,7 @@ extension MeshBatch {
             entries.append(.init(sequence: s.id, start: s.count, tokens: input.tokens, logitsFrom: input.logitsFrom))
         }
         if Set(entries.map(\.sequence)).count != entries.count { throw EngineError.duplicateSequence }
-        let limit = batch.map(\.cache.limit).max() ?? config.contextLength
+        let limit = batch.map { $0.cache.limit }.max() ?? config.contextLength
         return (MeshBatch(entries: entries.filter { !$0.tokens.isEmpty }), sequences, limit)
     }
 
@@ -148,7 +136,7 @@ extension MeshBatch {
     var isPrefill: Bool { entries.contains { $0.tokens.count > 1 } }
 
     /// Advances the sequences past their new tokens and hands each input its logits.
-    static func finish(_ batch: [SequenceInput], _ sequences: [MeshSequence], logits: [Matrix], vocabularySize V: Int) -> [Matrix] {
+    static func finish(_ batch: [SequenceInput<MeshSequence>], _ sequences: [MeshSequence], logits: [Matrix], vocabularySize V: Int) -> [Matrix] {
         for (input, s) in zip(batch, sequences) { s.count += input.tokens.count }
         var logits = logits
         return batch.map { $0.tokens.isEmpty ? Matrix(rows: 0, columns: V) : logits.removeFirst() }
@@ -157,7 +145,7 @@ extension MeshBatch {
 
 /// A model partitioned over a mesh, whichever transport connects its devices (threads of this
 /// process, or MPI ranks): what `generate --json` and `bench` report about it.
-public protocol MeshRunner: ForwardEngine {
+public protocol MeshRunner: ForwardEngine where Sequence == MeshSequence {
     var mesh: Mesh { get }
     var prefill: PhaseLayout { get }
     var decode: PhaseLayout { get }

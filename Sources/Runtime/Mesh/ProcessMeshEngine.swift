@@ -4,36 +4,14 @@ import Partitioning
 import Tensors
 import Transformer
 
-/// What the leader tells the followers to do next.
-struct MeshCommand: Codable {
-    enum Kind: String, Codable {
-        case forward        // run `batch` under the prefill or decode layout
-        case traffic        // report byte counters (an all-gather over the control plane)
-        case weights        // report weight formats and bytes (an all-gather over the control plane)
-        case resetTraffic
-        case stop           // leave `serve()`; `failed` says whether the leader ended with an error
-    }
-    var kind: Kind
-    var batch: MeshBatch?
-    var limit = 0
-    /// Sequences the leader has released since the last command (their caches are dropped first).
-    var released: [Int] = []
-    var failed = false
-}
-
 public enum ProcessMeshError: Error, CustomStringConvertible {
-    /// The leader ended the run with an error; followers exit non-zero too.
-    case leaderFailed
     /// Some ranks could not load their part of the model (rank, host, message).
     case loadFailed([(rank: Int, message: String)])
-    case malformedCommand(String)
 
     public var description: String {
         switch self {
-        case .leaderFailed: "rank 0 ended the run with an error"
         case let .loadFailed(failures):
             "could not start the mesh: " + failures.map { "rank \($0.rank): \($0.message)" }.joined(separator: "; ")
-        case let .malformedCommand(m): "malformed command from rank 0: \(m)"
         }
     }
 }
@@ -43,8 +21,8 @@ public enum ProcessMeshError: Error, CustomStringConvertible {
 /// in-process mesh, with collectives over `comm`.
 ///
 /// Rank 0 is the leader: it is the `ForwardEngine` the generator drives. Each `forward` first
-/// broadcasts the batch over `control`, so the followers (ranks ≠ 0, looping in `serve()`) run
-/// the same pass in step. The leader must end with `shutdown()`.
+/// broadcasts the batch over `control` (`ControlMessage`), so the followers (ranks ≠ 0, in
+/// `follow`) run the same pass in step. The leader must end the session with `shutdown()`.
 public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
     public let config: ModelConfig
     public let mesh: Mesh
@@ -95,26 +73,24 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         self.comm = comm
         self.control = control
         self.weights = weights
-        blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount)
+        blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: prefill.attention)
         self.threads = WorkSplitter(threads: max(1, threads))
     }
 
-    public func makeCache(limit: Int?) -> any SequenceState {
+    public func makeCache(limit: Int?) -> MeshSequence {
         let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
         return MeshSequence(id: id, limit: limit ?? config.contextLength, owner: self) { [weak self] id in
             guard let self else { return }
-            self.lock.withLock {
-                self.caches.caches[id] = nil
-                self.released.append(id)
-            }
+            self.caches.release([id])
+            self.lock.withLock { self.released.append(id) }
         }
     }
 
     /// Leader only: one forward pass on every rank.
-    public func forward(_ batch: [SequenceInput]) throws -> [Matrix] {
+    public func forward(_ batch: [SequenceInput<MeshSequence>]) throws -> [Matrix] {
         precondition(rank == 0, "only rank 0 drives a process mesh")
         let (meshBatch, sequences, limit) = try MeshBatch.checked(batch, engine: self, config: config)
-        try send(MeshCommand(kind: .forward, batch: meshBatch, limit: limit))
+        try ControlMessage.forward(meshBatch, limit: limit, released: takeReleased()).broadcast(over: control)
         let logits: [Matrix]
         do { logits = try run(meshBatch, limit: limit) } catch {
             // The followers are mid-pass, waiting in collectives this rank will never join.
@@ -126,60 +102,45 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
 
     /// Leader only: every rank's byte counters, in rank order.
     public func gatherTraffic() throws -> [TrafficCounter] {
-        try send(MeshCommand(kind: .traffic))
+        try ControlMessage.reportTraffic.broadcast(over: control)
         return try reportTraffic()
     }
 
     /// Leader only: every rank's weight formats and bytes, in rank order.
     public func gatherWeights() throws -> [DeviceWeightReport] {
-        try send(MeshCommand(kind: .weights))
+        try ControlMessage.reportWeights.broadcast(over: control)
         return try reportWeights()
     }
 
     /// Leader only: zeroes the byte counters and timers on every rank.
     public func resetTraffic() throws {
-        try send(MeshCommand(kind: .resetTraffic))
+        try ControlMessage.resetCounters.broadcast(over: control)
         resetLocal()
     }
 
-    /// Leader only: releases the followers from `serve()`. Call once, on success or failure.
+    /// Leader only: closes the session on every rank. Call once, on success or failure.
     public func shutdown(failed: Bool = false) {
         guard rank == 0, !stopped else { return }
         stopped = true
-        _ = try? send(MeshCommand(kind: .stop, failed: failed))
+        try? ControlMessage.close(failed: failed).broadcast(over: control)
     }
 
-    /// Followers: runs the leader's commands until it stops. Throws `.leaderFailed` when the
-    /// leader ended with an error, and any error of a pass (a collective timing out, say).
-    public func serve() throws {
-        precondition(rank != 0, "rank 0 leads; it does not serve")
-        while true {
-            // Idle until the leader's next command, however long that takes (a chat user typing).
-            let bytes = try control.broadcast([], root: 0, timeout: 0)
-            let command: MeshCommand
-            do { command = try JSONDecoder().decode(MeshCommand.self, from: Data(bytes)) } catch {
-                throw ProcessMeshError.malformedCommand("\(error)")
-            }
-            lock.withLock { for id in command.released { caches.caches[id] = nil } }
-            switch command.kind {
-            case .forward:
-                guard let batch = command.batch else { throw ProcessMeshError.malformedCommand("forward without a batch") }
-                _ = try run(batch, limit: command.limit)
-            case .traffic: _ = try reportTraffic()
-            case .weights: _ = try reportWeights()
-            case .resetTraffic: resetLocal()
-            case .stop:
-                if command.failed { throw ProcessMeshError.leaderFailed }
-                return
-            }
+    /// A follower: does what the leader asked (`follow`).
+    func perform(_ action: FollowerMachine.Action) throws {
+        precondition(rank != 0, "rank 0 leads; it does not follow")
+        switch action {
+        case let .forward(batch, limit, released):
+            caches.release(released)
+            _ = try run(batch, limit: limit)
+        case .reportTraffic: _ = try reportTraffic()
+        case .reportWeights: _ = try reportWeights()
+        case .resetCounters: resetLocal()
+        case .open, .close, .exit: break
         }
     }
 
-    private func send(_ command: MeshCommand) throws {
-        var command = command
-        command.released = lock.withLock { defer { released = [] }; return released }
-        _ = try control.broadcast(Array(try JSONEncoder().encode(command)), root: 0, timeout: nil)
-    }
+    /// Sequences released since the last pass (their caches on the followers go next pass).
+    private func takeReleased() -> [Int] { lock.withLock { defer { released = [] }; return released } }
 
     private func run(_ batch: MeshBatch, limit: Int) throws -> [Matrix] {
         let layout = batch.isPrefill ? prefill : decode
