@@ -226,6 +226,7 @@ public struct HostCalibration: Sendable, Codable, Equatable {
 
     /// Measured numbers are achieved rates: kernel efficiencies 1 (times the whole-pass
     /// efficiencies for `weights`, when measured), the measured per-call latency, and no overlap
+    /// of collectives or weight gathers with anything
     /// (in-process "communication" is copying on the cores the matmuls use).
     public func calibration(for weights: WeightPrecision? = nil, activeThreads: Int = 1) -> Calibration {
         func pick(_ table: [String: Double]?) -> Double {
@@ -238,6 +239,7 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         c.interconnectEfficiency = 1
         c.collectiveLatency = collectiveLatency
         c.overlap = 0
+        c.prefetchesWeights = false
         return c
     }
 }

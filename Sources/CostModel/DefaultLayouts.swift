@@ -91,7 +91,8 @@ public enum LayoutChooser {
     /// batch once the batch covers the mesh (else over heads, padded), prefill in the decode
     /// layouts (the KV cache stays where prefill put it).
     public static func paperRule(mesh: Mesh, batch: Int, constraints c: LayoutConstraints = .init()) -> (prefill: PhaseLayout, decode: PhaseLayout) {
-        let attention = c.attention ?? (batch >= mesh.deviceCount ? .shardedOverBatch : .shardedOverHeads)
+        // The KV cache stays where prefill put it: one attention layout for both phases.
+        let attention = c.attention ?? c.prefillAttention ?? (batch >= mesh.deviceCount ? .shardedOverBatch : .shardedOverHeads)
         let decode = PhaseLayout(c.decodeFeedForward ?? .weightStationary2D, attention)
         return (PhaseLayout(c.prefillFeedForward ?? decode.feedForward, c.prefillAttention ?? attention), decode)
     }
@@ -117,11 +118,15 @@ public enum LayoutChooser {
         }
         var ranked: [LayoutChoice.Priced] = []
         var prefillSeconds: [PhaseLayout: Double] = [:], decodeSeconds: [PhaseLayout: Double] = [:]
-        for attention in AttentionLayout.allCases where (c.attention ?? attention) == attention {
+        for attention in AttentionLayout.allCases where (c.attention ?? c.prefillAttention ?? attention) == attention {
             for pf in FeedForwardLayout.allCases where (c.prefillFeedForward ?? pf) == pf {
                 for df in FeedForwardLayout.allCases where (c.decodeFeedForward ?? df) == df {
                     let prefill = PhaseLayout(pf, c.prefillAttention ?? attention), decode = PhaseLayout(df, attention)
-                    guard (try? PhaseLayout.validatePhases(prefill: prefill, decode: decode, config: config, mesh: mesh)) != nil else { continue }
+                    guard (try? PhaseLayout.validatePhases(prefill: prefill, decode: decode, config: config, mesh: mesh)) != nil,
+                          [prefill, decode].allSatisfy({
+                              Tracer.gatheredShardsAgree(config: config, mesh: mesh, layout: $0, unitInputs: weights.unitInputs)
+                          })
+                    else { continue }
                     if prefillSeconds[prefill] == nil { prefillSeconds[prefill] = seconds(prefill, .prefill) ?? .infinity }
                     if decodeSeconds[decode] == nil {
                         decodeSeconds[decode] = w.generateTokens > 0 ? seconds(decode, .decode) ?? .infinity : 0

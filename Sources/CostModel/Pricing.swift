@@ -31,6 +31,10 @@ public struct Calibration: Sendable, Equatable, Codable {
     /// (§3.5) overlaps collectives with the matmuls they feed, but never with the streaming of
     /// weights or KV cache, which the same dependent steps wait on (fitted: 0.46).
     public var overlap = 0.46
+    /// Whether weight all-gathers are prefetched behind the rest of the pass (a TPU's ICI moves
+    /// them without the cores, §3.5). On a CPU host the "all-gather" is copying on the cores
+    /// that multiply, so it adds to the pass (`HostCalibration.calibration` sets false).
+    public var prefetchesWeights = true
     public init() {}
 }
 
@@ -95,6 +99,7 @@ public struct TracedConfiguration: Sendable {
 ///
 ///     pass = max(C + (1 − overlap)·A, M + A, W) + collectiveLatency · hops
 ///
+/// (with `prefetchesWeights` false: max(C + (1 − overlap)·A, M + A) + W + latency).
 /// Matmuls overlap everything else; activation collectives overlap compute only in part and
 /// memory streaming not at all (at small batch a decode step is memory plus communication plus
 /// latency); weight all-gathers are prefetched behind everything (§3.5). Every collective moves
@@ -155,7 +160,8 @@ public struct CostModel: Sendable {
         let activations = t.activationCommunication / c.interconnectEfficiency
         let weightGathers = t.weightCommunication / c.interconnectEfficiency
         let latency = c.collectiveLatency * t.hops + t.measuredLatency
-        let pass = max(compute + (1 - c.overlap) * activations, memory + activations, weightGathers) + latency
+        let streamed = max(compute + (1 - c.overlap) * activations, memory + activations)
+        let pass = (c.prefetchesWeights ? max(streamed, weightGathers) : streamed + weightGathers) + latency
         let n = Double(tc.mesh.deviceCount)
         let seconds = pass * tc.passes
         return Prediction(

@@ -121,13 +121,14 @@ public final class Printer: LayerInterpreter {
 
     public func attention(_ qkv: ShardedActivation, layer: Int, _ attention: AttentionLayout, headsOver: AxisSet) throws -> ShardedActivation {
         func sub(_ a: AxisSet) -> String { a == .none ? "" : "_\(a)" }
-        // KV heads split with the query heads, or replicated when there are fewer than devices.
-        let split = config.kvHeads % mesh.size(qkv.featureAxes) == 0
+        // KV heads (padded, for attention over heads) split with the query heads, or replicated
+        // when there are fewer than devices; heads that do not divide are padded (§3.3), as the
+        // runtime pads them.
+        let padded = attention == .shardedOverHeads
+            ? HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: attention).paddedHeads : nil
+        let split = (padded?.kv ?? config.kvHeads) % mesh.size(qkv.featureAxes) == 0
         var line = "attention: \(qkv), KV cache B\(sub(qkv.batchAxes))LK\(split ? sub(qkv.featureAxes) : "")Q\(split ? "" : " (replicated)")"
-        // Heads that do not divide over the devices are padded (§3.3), as the runtime pads them.
-        if attention == .shardedOverHeads,
-           let padded = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: attention).paddedHeads,
-           padded != (config.heads, config.kvHeads) {
+        if let padded, padded != (config.heads, config.kvHeads) {
             line += "; heads padded \(config.heads) → \(padded.queries), KV heads \(config.kvHeads) → \(padded.kv)"
         }
         lines.append(line)

@@ -106,6 +106,22 @@ public final class Tracer: LayerInterpreter {
         return t.trace
     }
 
+    /// Whether the members of every weight-gather group store their shards alike: the runtime
+    /// all-gathers shards as stored and refuses a layout whose members' stored widths differ
+    /// (`LayoutError.shardInsideBlock`), so such a layout is no candidate.
+    public static func gatheredShardsAgree(config: ModelConfig, mesh: Mesh, layout: PhaseLayout, unitInputs: Int) -> Bool {
+        let axes = layout.feedForward.weightGatherAxes
+        guard mesh.size(axes) > 1 else { return true }
+        let widths = (0..<mesh.deviceCount).map { rank in
+            let t = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: TracedBatch(sequences: 1, newTokens: 1, context: 1),
+                           unitInputs: unitInputs)
+            return LayerMatrix.allCases.map {
+                t.shard(WeightUse(matrix: $0, layer: 0, storage: .twoDimensional, gatheredOver: .none)).storedColumns
+            }
+        }
+        return (0..<mesh.deviceCount).allSatisfy { r in mesh.group(of: r, over: axes).allSatisfy { widths[$0] == widths[r] } }
+    }
+
     var placement: BatchPlacement { BatchPlacement(mesh: mesh, layout: ffn) }
     var tokens: [(sequence: Int, count: Int)] { (0..<batch.sequences).map { ($0, batch.newTokens) } }
     /// Rows on a device, padded as the runtime pads.

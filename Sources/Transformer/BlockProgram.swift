@@ -35,6 +35,13 @@ public struct WeightUse: Hashable, Sendable {
     public var storage: WeightStorage
     public var gatheredOver: AxisSet
 
+    public init(matrix: LayerMatrix, layer: Int, storage: WeightStorage, gatheredOver: AxisSet) {
+        self.matrix = matrix
+        self.layer = layer
+        self.storage = storage
+        self.gatheredOver = gatheredOver
+    }
+
     /// The axes the matmul's contracting dimension is split over (its partial sums), and its
     /// output dimension, once gathered.
     public var contractingAxes: AxisSet { (matrix.isInput ? storage.modelAxes : storage.hiddenAxes).subtracting(gatheredOver) }

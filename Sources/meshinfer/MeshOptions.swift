@@ -148,8 +148,10 @@ struct Session {
         let precision = WeightPrecision(model.weights)
         var host = loadHostCalibration()
         if options.transport == .mpi { host = host?.overMPI }
+        // Threads per device as the engines split them: in-process over the mesh, MPI per host.
+        let perDevice = max(1, model.threads / (options.transport == .mpi ? MPIWorld.ranksOnThisHost : mesh.deviceCount))
         let pricing = host.map { host in
-            CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: max(1, model.threads / mesh.deviceCount),
+            CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: perDevice,
                                               activeThreads: model.threads),
                       calibration: host.calibration(for: precision, activeThreads: model.threads))
         }

@@ -1,5 +1,6 @@
 import CostModel
 import Partitioning
+import Runtime
 import Testing
 import Transformer
 
@@ -87,5 +88,36 @@ struct DefaultLayoutTests {
         #expect(c.decode == PhaseLayout(.weightGatheredXYZ, .shardedOverBatch))
         #expect(c.prefill.attention == .shardedOverBatch)
         #expect(c.ranked.allSatisfy { $0.decode == c.decode })
+    }
+
+    /// A prefill attention layout named alone sets the decode's too (the KV cache stays put),
+    /// with or without a calibration.
+    @Test func prefillAttentionAloneGivesOnePlacement() throws {
+        let mesh = Mesh(x: 2)
+        for pricing in [nil, Self.pricing(Self.slowLinks, threads: 2, mesh: mesh)] {
+            let c = LayoutChooser.choose(model: Self.smol, mesh: mesh, workload: Workload(batch: 4, promptTokens: 8, generateTokens: 8),
+                                         weights: .native, pricing: pricing, constraints: LayoutConstraints(prefillAttention: .shardedOverHeads),
+                                         singleDevice: PhaseLayout(.weightStationary1D, .shardedOverHeads))
+            #expect(c.prefill.attention == .shardedOverHeads && c.decode.attention == .shardedOverHeads)
+            try PhaseLayout.validatePhases(prefill: c.prefill, decode: c.decode, config: Self.smol.config, mesh: mesh)
+        }
+    }
+
+    /// Every pair the chooser ranks loads: with int8 weights and E/x = 24 on 4 devices the
+    /// weight-gathered-over-x layouts would store shards of different widths and are left out;
+    /// each remaining pair builds an engine.
+    @Test func everyRankedPairLoads() throws {
+        let config = ModelConfig.llamaTiny(layers: 1, modelDimension: 96, heads: 8, kvHeads: 2, vocabularySize: 64)
+        let mesh = Mesh(x: 4)
+        let c = LayoutChooser.choose(model: ModelSpec(config: config, nominalParameters: 1e5), mesh: mesh,
+                                     workload: Workload(batch: 4, promptTokens: 8, generateTokens: 8), weights: .int8Grouped,
+                                     pricing: Self.pricing(Self.slowLinks, threads: 2, mesh: mesh),
+                                     singleDevice: PhaseLayout(.weightStationary1D, .shardedOverHeads))
+        #expect(!c.ranked.isEmpty)
+        #expect(!c.ranked.contains { $0.prefill.feedForward == .weightGatheredX || $0.decode.feedForward == .weightGatheredX })
+        for pair in c.ranked {
+            _ = try MeshEngine(source: RandomWeights(config: config, seed: 1), config: config, mesh: mesh, prefill: pair.prefill,
+                               decode: pair.decode, format: .int8, threads: 1)
+        }
     }
 }

@@ -67,6 +67,22 @@ struct MeshTests {
         }
     }
 
+    /// Every feed-forward × attention layout on `mesh`, for each batch size: `expectOracle`.
+    static func expectEveryLayoutMatchesOracle(_ model: ModelConfig, _ mesh: Mesh, seed: UInt64, batches: Set<Int>, steps: Int) throws {
+        let reference = oracle(model, seed: seed)
+        for ffn in FeedForwardLayout.allCases {
+            for attention in AttentionLayout.allCases {
+                let layout = PhaseLayout(ffn, attention)
+                let sharded = try MeshEngine(source: RandomWeights(config: model, seed: seed), config: model, mesh: mesh,
+                                             prefill: layout, decode: layout, format: .f32, threads: 2)
+                for batch in batches.sorted() {
+                    let prompts = (0..<batch).map { b in (0..<(3 + b % 3)).map { ($0 * 7 + b * 5 + 1) % model.vocabularySize } }
+                    try expectOracle(sharded, reference, prompts, steps: steps)
+                }
+            }
+        }
+    }
+
     /// Prefill logits of every position, then `steps` greedy decode steps: `engine` within 2e-3
     /// of the oracle for every sequence.
     static func expectOracle(_ engine: MeshEngine, _ reference: NaiveModel, _ prompts: [[Int]], steps: Int) throws {
@@ -228,18 +244,7 @@ struct PaddedBatchTests {
     @Test(arguments: MeshTests.models.prefix(3), ["2", "4", "2x2", "2x2x2"])
     func fewerSequencesThanDevicesEqualOracle(_ model: ModelConfig, _ meshName: String) throws {
         let mesh = try Mesh(parsing: meshName)
-        let reference = oracle(model, seed: 17)
-        for ffn in FeedForwardLayout.allCases {
-            for attention in AttentionLayout.allCases {
-                let layout = PhaseLayout(ffn, attention)
-                let sharded = try MeshEngine(source: RandomWeights(config: model, seed: 17), config: model, mesh: mesh,
-                                             prefill: layout, decode: layout, format: .f32, threads: 2)
-                for batch in Set([1, max(1, mesh.deviceCount / 2)]) {
-                    let prompts = (0..<batch).map { b in (0..<(3 + b)).map { ($0 * 7 + b * 5 + 1) % model.vocabularySize } }
-                    try MeshTests.expectOracle(sharded, reference, prompts, steps: 4)
-                }
-            }
-        }
+        try MeshTests.expectEveryLayoutMatchesOracle(model, mesh, seed: 17, batches: [1, max(1, mesh.deviceCount / 2)], steps: 4)
     }
 }
 
@@ -261,18 +266,7 @@ struct PaddedHeadsTests {
     @Test(arguments: models, ["2", "3", "4", "2x2", "2x2x2"])
     func paddedHeadsEqualOracle(_ model: ModelConfig, _ meshName: String) throws {
         let mesh = try Mesh(parsing: meshName)
-        let reference = oracle(model, seed: 23)
-        for ffn in FeedForwardLayout.allCases {
-            for attention in AttentionLayout.allCases {
-                let layout = PhaseLayout(ffn, attention)
-                let sharded = try MeshEngine(source: RandomWeights(config: model, seed: 23), config: model, mesh: mesh,
-                                             prefill: layout, decode: layout, format: .f32, threads: 2)
-                for batch in Set([1, mesh.deviceCount + 1]) {
-                    let prompts = (0..<batch).map { b in (0..<(3 + b % 3)).map { ($0 * 7 + b * 5 + 1) % model.vocabularySize } }
-                    try MeshTests.expectOracle(sharded, reference, prompts, steps: 3)
-                }
-            }
-        }
+        try MeshTests.expectEveryLayoutMatchesOracle(model, mesh, seed: 23, batches: [1, mesh.deviceCount + 1], steps: 3)
     }
 
     /// The paper's example: 48 multiquery heads over 64 chips are 64 query slots, one per chip,

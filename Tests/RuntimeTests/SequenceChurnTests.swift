@@ -20,8 +20,9 @@ struct SequenceChurnTests {
     /// 500 passes on meshes of 1 and 2 (attention over heads and over the batch). Each pass
     /// decodes one token of a long-lived sequence and prefills a sequence another thread just
     /// made; two threads keep making sequences and releasing the used ones (dropping their
-    /// device caches) while the passes run. The long-lived sequence's logits equal the naive
-    /// oracle's at every 50th step, and at the end the devices hold caches of live sequences only.
+    /// device caches) while the passes run. The long-lived sequence's and the newcomer's logits
+    /// equal the naive oracle's at every 50th step, and at the end the devices hold caches of
+    /// live sequences only.
     @Test(.timeLimit(.minutes(5)), arguments: ["1", "2"], AttentionLayout.allCases)
     func sequencesComeAndGoWhilePassesRun(_ meshName: String, _ attention: AttentionLayout) throws {
         let config = ModelConfig.llamaTiny(layers: 2, modelDimension: 32, heads: 4, kvHeads: 2, vocabularySize: 64)
@@ -59,6 +60,12 @@ struct SequenceChurnTests {
             if step % 50 == 0 || step == 499 {
                 let d = maxAbsDifference(logits[0].values, expected)
                 #expect(d < 2e-3, "step \(step): max |Δ| = \(d)")
+                if let newcomer = batch.dropFirst().first {
+                    let fresh = reference.makeSequence()
+                    let alone = newcomer.tokens.map { reference.step(fresh, $0) }.last!
+                    let e = maxAbsDifference(logits[1].values, alone)
+                    #expect(e < 2e-3, "step \(step), newcomer: max |Δ| = \(e)")
+                }
             }
             token = Sampler.argmax(expected)
             if let newcomer { exchange.lock.withLock { exchange.used.append(newcomer) } }

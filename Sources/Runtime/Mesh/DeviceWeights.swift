@@ -88,19 +88,20 @@ final class DeviceWeights: @unchecked Sendable {
         let gathering = [prefill, decode].map(\.feedForward).filter { mesh.size($0.weightGatherAxes) > 1 }
         if !gathering.isEmpty {
             let layer = twoD![0].matrices
-            let group = Set(gathering.flatMap { mesh.group(of: rank, over: $0.weightGatherAxes) })
-            segments = try (0..<n).map { member in
+            let matrices: [LayerMatrix] = [.qkv, .attentionOutput, .gateUp, .down]
+            segments = (0..<n).map { member in
                 let specs = Self.specs(config, mesh, member, blocks, 0, oneD: false)
-                var bySpec: [LayerMatrix: [Segment]] = [:]
-                for (matrix, (m, spec)) in zip([LayerMatrix.qkv, .attentionOutput, .gateUp, .down], zip(layer, specs)) {
-                    let window = ShardSpec.window(spec.columns, unit: m.kind.unitInputs)
-                    if group.contains(member) && window.width != m.storedShape.inputs {
-                        throw LayoutError.shardInsideBlock(layout: "\(gathering[0])", columns: spec.inputs, block: m.kind.unitInputs,
-                                                           format: m.format.rawValue)
+                return Dictionary(uniqueKeysWithValues: zip(matrices, zip(layer, specs)).map { matrix, pair in
+                    (matrix, ShardSpec.window(pair.1.columns, unit: pair.0.kind.unitInputs).segments)
+                })
+            }
+            for layout in gathering {
+                for member in mesh.group(of: rank, over: layout.weightGatherAxes) {
+                    let specs = Self.specs(config, mesh, member, blocks, 0, oneD: false)
+                    for (m, spec) in zip(layer, specs) where ShardSpec.window(spec.columns, unit: m.kind.unitInputs).width != m.storedShape.inputs {
+                        throw LayoutError.shardInsideBlock(layout: "\(layout)", columns: spec.inputs, block: m.kind.unitInputs, format: m.format.rawValue)
                     }
-                    bySpec[matrix] = window.segments
                 }
-                return bySpec
             }
         }
         inputSegments = segments

@@ -7,11 +7,14 @@ import Transformer
 public enum ProcessMeshError: Error, CustomStringConvertible {
     /// Some ranks could not load their part of the model (rank, host, message).
     case loadFailed([(rank: Int, message: String)])
+    /// The leader used a session after closing it (the followers have left it).
+    case sessionClosed
 
     public var description: String {
         switch self {
         case let .loadFailed(failures):
             "could not start the mesh: " + failures.map { "rank \($0.rank): \($0.message)" }.joined(separator: "; ")
+        case .sessionClosed: "this process mesh session is closed; open a new one"
         }
     }
 }
@@ -90,7 +93,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
     public func forward(_ batch: [SequenceInput<MeshSequence>]) throws -> [Matrix] {
         precondition(rank == 0, "only rank 0 drives a process mesh")
         let (meshBatch, sequences, limit) = try MeshBatch.checked(batch, engine: self, config: config)
-        try ControlMessage.forward(meshBatch, limit: limit, released: takeReleased()).broadcast(over: control)
+        try lead(.forward(meshBatch, limit: limit, released: takeReleased()))
         let logits: [Matrix]
         do { logits = try run(meshBatch, limit: limit) } catch {
             // The followers are mid-pass, waiting in collectives this rank will never join.
@@ -102,19 +105,19 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
 
     /// Leader only: every rank's byte counters, in rank order.
     public func gatherTraffic() throws -> [TrafficCounter] {
-        try ControlMessage.reportTraffic.broadcast(over: control)
+        try lead(.reportTraffic)
         return try reportTraffic()
     }
 
     /// Leader only: every rank's weight formats and bytes, in rank order.
     public func gatherWeights() throws -> [DeviceWeightReport] {
-        try ControlMessage.reportWeights.broadcast(over: control)
+        try lead(.reportWeights)
         return try reportWeights()
     }
 
     /// Leader only: zeroes the byte counters and timers on every rank.
     public func resetTraffic() throws {
-        try ControlMessage.resetCounters.broadcast(over: control)
+        try lead(.resetCounters)
         resetLocal()
     }
 
@@ -137,6 +140,12 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         case .resetCounters: resetLocal()
         case .open, .close, .exit: break
         }
+    }
+
+    /// Leader only: sends the followers their next step of this session.
+    private func lead(_ message: ControlMessage) throws {
+        guard !stopped else { throw ProcessMeshError.sessionClosed }
+        try message.broadcast(over: control)
     }
 
     /// Sequences released since the last pass (their caches on the followers go next pass).
