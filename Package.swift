@@ -44,6 +44,7 @@ let package = Package(
         .target(name: "Collectives", dependencies: ["Partitioning", "CMPI"], swiftSettings: fastSwift),
         .target(name: "Transformer", dependencies: ["GGUF", "Partitioning"], swiftSettings: fastSwift),
         .target(name: "CostModel", dependencies: ["Transformer", "Partitioning", "Collectives"], swiftSettings: fastSwift),
+        .target(name: "Serving", swiftSettings: fastSwift),
         .target(
             name: "Runtime",
             dependencies: ["GGUF", "Tokenization", "Tensors", "Transformer", "Partitioning", "Collectives",
@@ -63,6 +64,7 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
         // Launches the built `meshinfer` under mpirun (build the product first: scripts/test.sh does).
         .testTarget(name: "MPITests"),
+        .testTarget(name: "ServingTests", dependencies: ["Serving"]),
         .testTarget(name: "CostModelTests", dependencies: ["CostModel", "Partitioning", "Transformer", "Runtime", "Collectives"]),
     ]
 )

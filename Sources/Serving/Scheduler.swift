@@ -1,0 +1,186 @@
+/// Iteration-level scheduling for `meshinfer serve` (continuous batching), as a pure state
+/// machine: it is told what happens — a request arrives, a client goes away, a step finished —
+/// and answers with what to do: run the next step, release a sequence, reject a request. It
+/// runs no model and reads no clock; the server loop does both. (Issue 11; Pope et al. §1, §4:
+/// the batch size is the run-time latency/throughput trade.)
+///
+/// One step runs at a time. A step decodes one token for every running sequence that has
+/// finished its prompt (all of them: at most `maxBatch`), then spends what is left of the
+/// step's token budget (at least one token) on prefill chunks of admitted sequences, oldest
+/// first — so a long prompt is prefilled over several steps and never stalls the running
+/// streams. A waiting request is admitted (joins the next step) when
+/// fewer than `maxBatch` sequences run and the KV budget can hold its prompt plus its
+/// `maxTokens`: reserved up front, so a running sequence never runs out of KV memory.
+///
+/// Limits, and what happens at each:
+/// - a request needing more positions than `context` or than the whole KV budget: rejected at
+///   arrival (`.tooLong`) — it could never run;
+/// - `maxQueue` requests already waiting: rejected at arrival (`.queueFull`; HTTP 429);
+/// - `maxBatch` sequences running, or the KV budget reserved: the request waits. Admission is
+///   first come, first served (the oldest waiting request blocks those behind it), so every
+///   waiting request is admitted once the ones ahead of it finish: none waits forever.
+/// - a cancelled request frees its sequence at the next step boundary: at once when queued or
+///   between steps, after the step in flight when it is part of it.
+public struct Scheduler: Sendable {
+    public typealias RequestID = Int
+
+    public struct Limits: Sendable, Equatable {
+        /// Sequences running at once (the decode batch).
+        public var maxBatch: Int
+        /// Requests waiting to be admitted.
+        public var maxQueue: Int
+        /// KV positions the running sequences may reserve in all.
+        public var kvPositions: Int
+        /// Positions of one sequence (prompt + generated).
+        public var context: Int
+        /// Tokens one step may feed: one per decoding sequence, the rest prefill chunks.
+        public var stepTokens: Int
+        public init(maxBatch: Int, maxQueue: Int, kvPositions: Int, context: Int, stepTokens: Int) {
+            self.maxBatch = max(1, maxBatch)
+            self.maxQueue = max(0, maxQueue)
+            self.kvPositions = kvPositions
+            self.context = context
+            self.stepTokens = max(1, stepTokens)
+        }
+    }
+
+    public struct Request: Sendable, Equatable {
+        public var id: RequestID
+        public var promptTokens: Int
+        public var maxTokens: Int
+        public init(id: RequestID, promptTokens: Int, maxTokens: Int) {
+            self.id = id
+            self.promptTokens = promptTokens
+            self.maxTokens = maxTokens
+        }
+        /// Positions reserved for it: the prompt and every token it may generate.
+        var positions: Int { promptTokens + maxTokens }
+    }
+
+    public enum Event: Sendable, Equatable {
+        case arrived(Request)
+        case cancelled(RequestID)
+        /// The step in flight is done; `finished` are the sequences that ended in it (end of
+        /// generation, a stop string, or their last token).
+        case stepFinished(finished: Set<RequestID>)
+    }
+
+    public enum Rejection: String, Sendable, Equatable {
+        case queueFull, tooLong
+    }
+
+    /// One sequence's part of a step: prompt tokens [from, to) to prefill (the step's logits
+    /// for it are those of token to − 1, used only when to == promptTokens), or one decode token.
+    public enum Work: Sendable, Equatable {
+        case prefill(from: Int, to: Int)
+        case decode
+        var tokens: Int { if case let .prefill(a, b) = self { b - a } else { 1 } }
+    }
+
+    public struct Step: Sendable, Equatable {
+        public var work: [(id: RequestID, work: Work)]
+        public init(work: [(id: RequestID, work: Work)]) { self.work = work }
+        public var tokens: Int { work.reduce(0) { $0 + $1.work.tokens } }
+        public var decodes: Int { work.filter { $0.work == .decode }.count }
+        public static func == (a: Step, b: Step) -> Bool { a.work.map(\.id) == b.work.map(\.id) && a.work.map(\.work) == b.work.map(\.work) }
+    }
+
+    public enum Action: Sendable, Equatable {
+        case reject(RequestID, Rejection)
+        /// Forget the sequence and free its KV (finished, or cancelled).
+        case release(RequestID)
+        case run(Step)
+    }
+
+    /// Where each known request is.
+    public enum Phase: Sendable, Equatable {
+        case waiting
+        /// Admitted; `prefilled` prompt tokens are in its KV cache.
+        case prefilling(prefilled: Int)
+        case decoding
+    }
+
+    public let limits: Limits
+    public private(set) var waiting: [Request] = []
+    /// Admitted sequences, in admission order.
+    public private(set) var running: [(request: Request, phase: Phase)] = []
+    /// The step in flight, if any.
+    public private(set) var inFlight: Step?
+    /// Requests cancelled while part of the step in flight: released when it finishes.
+    private var cancelledInFlight: Set<RequestID> = []
+
+    public init(limits: Limits) { self.limits = limits }
+
+    /// KV positions reserved by the running sequences.
+    public var reservedPositions: Int { running.reduce(0) { $0 + $1.request.positions } }
+
+    public func phase(of id: RequestID) -> Phase? {
+        if waiting.contains(where: { $0.id == id }) { return .waiting }
+        return running.first { $0.request.id == id }?.phase
+    }
+
+    /// The next state, and what to do now (in order).
+    public mutating func handle(_ event: Event) -> [Action] {
+        var actions: [Action] = []
+        switch event {
+        case let .arrived(r):
+            if r.positions > limits.context || r.positions > limits.kvPositions || r.promptTokens < 1 {
+                return [.reject(r.id, .tooLong)]
+            }
+            if waiting.count >= limits.maxQueue && !(waiting.isEmpty && canAdmit(r)) { return [.reject(r.id, .queueFull)] }
+            waiting.append(r)
+        case let .cancelled(id):
+            if let i = waiting.firstIndex(where: { $0.id == id }) {
+                waiting.remove(at: i)
+                actions.append(.release(id))
+            } else if inFlight?.work.contains(where: { $0.id == id }) == true {
+                cancelledInFlight.insert(id)
+            } else if let i = running.firstIndex(where: { $0.request.id == id }) {
+                running.remove(at: i)
+                actions.append(.release(id))
+            }
+        case let .stepFinished(finished):
+            guard let step = inFlight else { return [] }
+            inFlight = nil
+            for (id, work) in step.work {
+                guard let i = running.firstIndex(where: { $0.request.id == id }) else { continue }
+                if finished.contains(id) || cancelledInFlight.contains(id) {
+                    running.remove(at: i)
+                    actions.append(.release(id))
+                    continue
+                }
+                if case let .prefill(_, to) = work {
+                    running[i].phase = to == running[i].request.promptTokens ? .decoding : .prefilling(prefilled: to)
+                }
+            }
+            cancelledInFlight = []
+        }
+        if inFlight == nil, let step = nextStep() {
+            inFlight = step
+            actions.append(.run(step))
+        }
+        return actions
+    }
+
+    private func canAdmit(_ r: Request) -> Bool {
+        running.count < limits.maxBatch && reservedPositions + r.positions <= limits.kvPositions
+    }
+
+    /// Admits what fits, then plans: every decoding sequence one token, then prefill chunks in
+    /// admission order within the step's token budget.
+    private mutating func nextStep() -> Step? {
+        while let r = waiting.first, canAdmit(r) {
+            waiting.removeFirst()
+            running.append((r, .prefilling(prefilled: 0)))
+        }
+        var work: [(id: RequestID, work: Work)] = running.filter { $0.phase == .decoding }.map { ($0.request.id, .decode) }
+        var budget = max(1, limits.stepTokens - work.count)
+        for s in running where budget > 0 {
+            guard case let .prefilling(done) = s.phase else { continue }
+            let chunk = min(budget, s.request.promptTokens - done)
+            work.append((s.request.id, .prefill(from: done, to: done + chunk)))
+            budget -= chunk
+        }
+        return work.isEmpty ? nil : Step(work: work)
+    }
+}

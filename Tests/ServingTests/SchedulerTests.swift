@@ -1,0 +1,175 @@
+import Serving
+import Testing
+
+/// The continuous-batching scheduler as a pure state machine: events in, actions out, checked
+/// by hand on small cases and against a mock engine on random traffic.
+struct SchedulerTests {
+    typealias S = Scheduler
+    static func limits(maxBatch: Int = 4, maxQueue: Int = 8, kv: Int = 1000, context: Int = 200, step: Int = 8) -> S.Limits {
+        S.Limits(maxBatch: maxBatch, maxQueue: maxQueue, kvPositions: kv, context: context, stepTokens: step)
+    }
+    static func steps(_ actions: [S.Action]) -> [S.Step] { actions.compactMap { if case let .run(s) = $0 { s } else { nil } } }
+
+    /// A 20-token prompt with an 8-token step budget: chunks 0..<8, 8..<16, 16..<20, then decodes.
+    @Test func longPromptIsPrefilledInChunks() {
+        var s = S(limits: Self.limits())
+        #expect(Self.steps(s.handle(.arrived(.init(id: 1, promptTokens: 20, maxTokens: 3)))) == [S.Step(work: [(1, .prefill(from: 0, to: 8))])])
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .prefill(from: 8, to: 16))])])
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .prefill(from: 16, to: 20))])])
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .decode)])])
+        #expect(s.handle(.stepFinished(finished: [1])) == [.release(1)])
+        #expect(s.running.isEmpty && s.inFlight == nil)
+    }
+
+    /// A request arriving while another decodes joins at the next step; the running stream
+    /// decodes every step while the newcomer's prompt is chunked into what the budget leaves.
+    @Test func newcomerJoinsWithoutStallingTheRunningStream() {
+        var s = S(limits: Self.limits(step: 8))
+        _ = s.handle(.arrived(.init(id: 1, promptTokens: 4, maxTokens: 10)))
+        _ = s.handle(.stepFinished(finished: []))            // 1 prefilled; step 2 decodes it
+        #expect(s.handle(.arrived(.init(id: 2, promptTokens: 15, maxTokens: 2))) == [])   // a step is in flight
+        let next = Self.steps(s.handle(.stepFinished(finished: [])))
+        #expect(next == [S.Step(work: [(1, .decode), (2, .prefill(from: 0, to: 7))])])
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .decode), (2, .prefill(from: 7, to: 14))])])
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .decode), (2, .prefill(from: 14, to: 15))])])
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .decode), (2, .decode)])])
+    }
+
+    /// `maxBatch` running: the next request waits, and is admitted when one finishes.
+    @Test func maxBatchHoldsAndThenAdmits() {
+        var s = S(limits: Self.limits(maxBatch: 2, step: 64))
+        _ = s.handle(.arrived(.init(id: 1, promptTokens: 2, maxTokens: 5)))
+        _ = s.handle(.arrived(.init(id: 2, promptTokens: 2, maxTokens: 5)))
+        _ = s.handle(.arrived(.init(id: 3, promptTokens: 2, maxTokens: 5)))
+        #expect(s.phase(of: 3) == .waiting)
+        let step = Self.steps(s.handle(.stepFinished(finished: [])))   // 1 done prefilling; 2 prefills now
+        #expect(step.first?.work.map(\.id) == [1, 2])
+        #expect(s.phase(of: 3) == .waiting)
+        let after = s.handle(.stepFinished(finished: [1]))
+        #expect(after.first == .release(1))
+        #expect(Self.steps(after).first?.work.map(\.id) == [2, 3])
+    }
+
+    /// The KV budget is reserved up front (prompt + max tokens): a request that does not fit
+    /// waits until another releases; one that could never fit is rejected at arrival.
+    @Test func kvBudgetMakesRequestsWaitNeverOverflow() {
+        var s = S(limits: Self.limits(kv: 100, step: 64))
+        _ = s.handle(.arrived(.init(id: 1, promptTokens: 30, maxTokens: 30)))
+        _ = s.handle(.arrived(.init(id: 2, promptTokens: 30, maxTokens: 30)))
+        #expect(s.phase(of: 2) == .waiting && s.reservedPositions == 60)
+        #expect(s.handle(.arrived(.init(id: 3, promptTokens: 90, maxTokens: 20))) == [.reject(3, .tooLong)])
+        let after = s.handle(.stepFinished(finished: [1]))
+        #expect(after.first == .release(1) && s.phase(of: 2) == .prefilling(prefilled: 0))
+    }
+
+    @Test func fullQueueAndOverlongRequestsAreRejected() {
+        var s = S(limits: Self.limits(maxBatch: 1, maxQueue: 1, context: 50))
+        _ = s.handle(.arrived(.init(id: 1, promptTokens: 5, maxTokens: 5)))   // runs
+        _ = s.handle(.arrived(.init(id: 2, promptTokens: 5, maxTokens: 5)))   // waits
+        #expect(s.handle(.arrived(.init(id: 3, promptTokens: 5, maxTokens: 5))) == [.reject(3, .queueFull)])
+        #expect(s.handle(.arrived(.init(id: 4, promptTokens: 40, maxTokens: 20))) == [.reject(4, .tooLong)])
+        #expect(s.handle(.arrived(.init(id: 5, promptTokens: 0, maxTokens: 1))) == [.reject(5, .tooLong)])
+    }
+
+    /// Cancellation frees the sequence at the next step boundary in every phase: queued (at
+    /// once), between prefill chunks and while decoding (after the step in flight, and it is
+    /// in no later step).
+    @Test func cancellationAtEveryPhase() {
+        var s = S(limits: Self.limits(maxBatch: 2, step: 8))
+        _ = s.handle(.arrived(.init(id: 1, promptTokens: 20, maxTokens: 5)))  // chunked prefill
+        _ = s.handle(.arrived(.init(id: 2, promptTokens: 2, maxTokens: 5)))
+        _ = s.handle(.arrived(.init(id: 3, promptTokens: 2, maxTokens: 5)))   // queued (max batch 2)
+        #expect(s.handle(.cancelled(3)) == [.release(3)])
+        #expect(s.phase(of: 3) == nil)
+        // 1 is mid-prefill and in the step in flight: released when the step finishes.
+        #expect(s.handle(.cancelled(1)) == [])
+        let after = s.handle(.stepFinished(finished: []))
+        #expect(after.first == .release(1))
+        #expect(Self.steps(after).allSatisfy { !$0.work.contains { $0.id == 1 } })
+        // 2 decoding, cancelled during its step.
+        _ = s.handle(.stepFinished(finished: []))
+        #expect(s.phase(of: 2) == .decoding)
+        #expect(s.handle(.cancelled(2)) == [])
+        #expect(s.handle(.stepFinished(finished: [])) == [.release(2)])
+        #expect(s.running.isEmpty && s.inFlight == nil)
+        #expect(s.handle(.cancelled(42)) == [])   // unknown or already gone: nothing
+    }
+
+    /// Random traffic against a mock engine that ends each sequence after its max tokens (or a
+    /// cancellation): at every step the limits hold, each sequence's chunks cover its prompt in
+    /// order before it decodes, it decodes exactly max tokens unless cancelled, and every
+    /// accepted request is released exactly once. Nothing waits forever.
+    @Test(arguments: [1, 2, 3, 4, 5])
+    func randomTrafficKeepsEveryInvariant(_ seed: UInt64) {
+        var rng = SplitMix(seed)
+        let limits = Self.limits(maxBatch: 1 + Int(rng.next() % 6), maxQueue: 3 + Int(rng.next() % 8), kv: 150 + Int(rng.next() % 200),
+                                 context: 120, step: 4 + Int(rng.next() % 30))
+        var s = S(limits: limits)
+        var prefilled: [Int: Int] = [:], decoded: [Int: Int] = [:], released: [Int: Int] = [:]
+        var requests: [Int: S.Request] = [:], cancelled: Set<Int> = [], rejected: Set<Int> = []
+        var nextID = 0, steps = 0
+        func apply(_ actions: [S.Action]) {
+            for a in actions {
+                switch a {
+                case let .reject(id, _): rejected.insert(id)
+                case let .release(id): released[id, default: 0] += 1
+                case let .run(step):
+                    #expect(step.decodes <= limits.maxBatch)
+                    #expect(step.tokens <= max(limits.stepTokens, step.decodes + 1))
+                    #expect(s.reservedPositions <= limits.kvPositions && s.running.count <= limits.maxBatch)
+                    #expect(s.waiting.count <= limits.maxQueue)
+                    for (id, w) in step.work {
+                        switch w {
+                        case let .prefill(from, to):
+                            #expect(from == prefilled[id, default: 0] && to > from && to <= requests[id]!.promptTokens)
+                            prefilled[id] = to
+                        case .decode:
+                            #expect(prefilled[id] == requests[id]!.promptTokens)
+                            decoded[id, default: 0] += 1
+                        }
+                    }
+                }
+            }
+        }
+        while steps < 100_000 {
+            // Arrivals and cancellations between steps.
+            if nextID < 300 && rng.next() % 3 == 0 {
+                let r = S.Request(id: nextID, promptTokens: Int(rng.next() % 60), maxTokens: 1 + Int(rng.next() % 40))
+                requests[r.id] = r
+                nextID += 1
+                apply(s.handle(.arrived(r)))
+            }
+            if nextID > 0 && rng.next() % 7 == 0, case let id = Int(rng.next() % UInt64(nextID)), !rejected.contains(id) {
+                cancelled.insert(id)
+                apply(s.handle(.cancelled(id)))
+            }
+            guard let step = s.inFlight else {
+                if nextID >= 300 { break }
+                continue
+            }
+            steps += 1
+            // The mock engine: a sequence finishes when it has decoded its max tokens.
+            let finished = Set(step.work.compactMap { id, w in w == .decode && decoded[id, default: 0] == requests[id]!.maxTokens ? id : nil })
+            apply(s.handle(.stepFinished(finished: finished)))
+        }
+        #expect(s.inFlight == nil && s.running.isEmpty && s.waiting.isEmpty, "stuck after \(steps) steps")
+        for (id, r) in requests where !rejected.contains(id) {
+            #expect(released[id] == 1, "request \(id) released \(released[id] ?? 0) times")
+            if !cancelled.contains(id) { #expect(decoded[id] == r.maxTokens, "request \(id)") }
+        }
+        #expect(rejected.count < requests.count)
+    }
+}
+
+/// A small seeded generator (SplitMix64).
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(_ seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
