@@ -33,6 +33,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // meshinfer serve (issue 11): HTTP, graceful shutdown, Prometheus text.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.20.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         .target(name: "GGUF", swiftSettings: fastSwift),
@@ -46,13 +50,21 @@ let package = Package(
         .target(name: "CostModel", dependencies: ["Transformer", "Partitioning", "Collectives"], swiftSettings: fastSwift),
         .target(name: "Serving", swiftSettings: fastSwift),
         .target(
+            name: "Server",
+            dependencies: ["Serving", "Runtime", "Tokenization", "CostModel",
+                           .product(name: "Hummingbird", package: "hummingbird"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "Prometheus", package: "swift-prometheus"),
+                           .product(name: "Logging", package: "swift-log")],
+            swiftSettings: fastSwift),
+        .target(
             name: "Runtime",
             dependencies: ["GGUF", "Tokenization", "Tensors", "Transformer", "Partitioning", "Collectives",
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: fastSwift),
         .executableTarget(
             name: "meshinfer",
-            dependencies: ["Runtime", "GGUF", "Tokenization", "Tensors", "CKernels", "Transformer", "Partitioning", "Collectives", "CostModel", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Runtime", "GGUF", "Tokenization", "Tensors", "CKernels", "Transformer", "Partitioning", "Collectives", "CostModel", "Server", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: fastSwift),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF"]),
@@ -64,7 +76,7 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
         // Launches the built `meshinfer` under mpirun (build the product first: scripts/test.sh does).
         .testTarget(name: "MPITests"),
-        .testTarget(name: "ServingTests", dependencies: ["Serving"]),
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "Server", "Runtime", .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "CostModelTests", dependencies: ["CostModel", "Partitioning", "Transformer", "Runtime", "Collectives"]),
     ]
 )

@@ -9,14 +9,20 @@ public struct SamplingParameters: Sendable, Codable, Equatable {
     public var minP: Float = 0.05        // 0 = off
     public var repetitionPenalty: Float = 1.0   // 1 = off
     public var repetitionWindow: Int = 64       // last N tokens penalised
+    /// OpenAI's penalties over the same window: minus `presencePenalty` for a token that
+    /// appears, minus `frequencyPenalty` × its count (0 = off).
+    public var presencePenalty: Float = 0
+    public var frequencyPenalty: Float = 0
+    /// Added to a token's logit before anything else (OpenAI `logit_bias`).
+    public var logitBias: [Int: Float] = [:]
     public var seed: UInt64 = 0xC0FFEE
 
     public init() {}
     public static var greedy: SamplingParameters { var p = SamplingParameters(); p.temperature = 0; return p }
 }
 
-/// Turns logits into the next token. Order as in llama.cpp's default chain: repetition
-/// penalty → top-k → top-p → min-p → temperature → draw.
+/// Turns logits into the next token. Order as in llama.cpp's default chain: logit bias →
+/// repetition, presence and frequency penalties → top-k → top-p → min-p → temperature → draw.
 public struct Sampler: Sendable {
     public let parameters: SamplingParameters
     private var rng: SplitMix64
@@ -29,6 +35,12 @@ public struct Sampler: Sendable {
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int]) -> Int {
         var l = Array(logits)
         let p = parameters
+        for (t, b) in p.logitBias where t >= 0 && t < l.count { l[t] += b }
+        if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
+            var counts: [Int: Int] = [:]
+            for t in history.suffix(p.repetitionWindow) where t >= 0 && t < l.count { counts[t, default: 0] += 1 }
+            for (t, c) in counts { l[t] -= p.presencePenalty + p.frequencyPenalty * Float(c) }
+        }
         if p.repetitionPenalty != 1 {
             // CTRL-style penalty (Keskar et al. 2019): divide positive logits, multiply negative.
             for t in Set(history.suffix(p.repetitionWindow)) where t >= 0 && t < l.count {

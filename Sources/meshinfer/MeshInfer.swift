@@ -9,7 +9,7 @@ struct MeshInfer: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "meshinfer",
         abstract: "Transformer inference after Pope et al., \"Efficiently Scaling Transformer Inference\".",
-        subcommands: [Generate.self, Chat.self, Tokenize.self, Perplexity.self, Bench.self, Layouts.self, Predict.self, Plan.self, Calibrate.self, Pull.self, MPICheck.self])
+        subcommands: [Generate.self, Chat.self, Serve.self, Tokenize.self, Perplexity.self, Bench.self, Layouts.self, Predict.self, Plan.self, Calibrate.self, Pull.self, MPICheck.self])
 
     static func main() {
         // Activations are allocated and freed per op (a mesh device allocates a few MB per
