@@ -76,7 +76,7 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "Partitioning"]),
         // Launches the built `meshinfer` under mpirun (build the product first: scripts/test.sh does).
         .testTarget(name: "MPITests"),
-        .testTarget(name: "ServingTests", dependencies: ["Serving", "Server", "Runtime", .product(name: "HummingbirdTesting", package: "hummingbird")]),
+        .testTarget(name: "ServingTests", dependencies: ["Serving", "Server", "Runtime", .product(name: "Hummingbird", package: "hummingbird")]),
         .testTarget(name: "CostModelTests", dependencies: ["CostModel", "Partitioning", "Transformer", "Runtime", "Collectives"]),
     ]
 )

@@ -18,4 +18,8 @@ swift test -c release -Xswiftc -enable-testing "$@"
 # (a debug build of its own; the full run only).
 if [ $# -eq 0 ]; then
     swift test --scratch-path .build-tsan --sanitize=thread --filter SequenceChurnTests
+    # meshinfer serve end to end with the real openai client (PyPI), on the default model.
+    python3 -m venv .build/e2e-venv
+    .build/e2e-venv/bin/pip install -q openai
+    .build/e2e-venv/bin/python scripts/serve_e2e.py "$BIN"
 fi
