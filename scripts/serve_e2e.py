@@ -91,6 +91,13 @@ def main():
             except openai.APIStatusError as e:
                 check(e.status_code == status, f"{kw} gives {status} (got {e.status_code})")
 
+        # A second chat turn reuses the first turn's KV: cached_tokens covers its prompt.
+        turn1 = client.chat.completions.create(messages=msgs, max_tokens=16, temperature=0, model=r.model)
+        history = msgs + [{"role": "assistant", "content": turn1.choices[0].message.content}, {"role": "user", "content": "And two more?"}]
+        turn2 = client.chat.completions.create(messages=history, max_tokens=8, temperature=0, model=r.model)
+        check(turn2.usage.prompt_tokens_details.cached_tokens >= turn1.usage.prompt_tokens,
+              f"second turn cached_tokens {turn2.usage.prompt_tokens_details.cached_tokens} >= first turn prompt {turn1.usage.prompt_tokens}")
+
         # 16 concurrent streams, each equal to its solo run.
         prompts = [[{"role": "user", "content": f"Count from {i} to {i + 5}."}] for i in range(16)]
         solo = [client.chat.completions.create(messages=m, max_tokens=20, temperature=0, model=r.model).choices[0].message.content for m in prompts]

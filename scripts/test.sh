@@ -10,8 +10,8 @@ if ! command -v mpirun >/dev/null || ! ls /usr/lib/*/openmpi/include/mpi.h >/dev
     touch Package.swift   # SwiftPM re-reads the manifest, which looks for mpi.h
 fi
 export MESHINFER_REQUIRE_MPI=1
-swift build -c release --product meshinfer
-BIN="$(swift build -c release --show-bin-path)/meshinfer"
+swift build -c release -Xswiftc -enable-testing --product meshinfer   # the same flags as the tests: one build of the dependencies
+BIN="$(swift build -c release -Xswiftc -enable-testing --show-bin-path)/meshinfer"
 "$BIN" pull --pip "$(command -v pip || echo pip)" >/dev/null
 swift test -c release -Xswiftc -enable-testing "$@"
 # Sequences made and released by other threads while passes run, under the thread sanitizer

@@ -20,12 +20,16 @@ public struct LayoutConstraints: Sendable, Equatable {
     public var decodeFeedForward: FeedForwardLayout?
     public var attention: AttentionLayout?
     public var prefillAttention: AttentionLayout?
+    /// One feed-forward layout for both phases (the server: a step's numbers must not depend
+    /// on whether another sequence in it is prefilling).
+    public var samePhases: Bool
     public init(prefillFeedForward: FeedForwardLayout? = nil, decodeFeedForward: FeedForwardLayout? = nil,
-                attention: AttentionLayout? = nil, prefillAttention: AttentionLayout? = nil) {
+                attention: AttentionLayout? = nil, prefillAttention: AttentionLayout? = nil, samePhases: Bool = false) {
         self.prefillFeedForward = prefillFeedForward
         self.decodeFeedForward = decodeFeedForward
         self.attention = attention
         self.prefillAttention = prefillAttention
+        self.samePhases = samePhases
     }
     var isEmpty: Bool { self == LayoutConstraints() }
 }
@@ -120,7 +124,7 @@ public enum LayoutChooser {
         var prefillSeconds: [PhaseLayout: Double] = [:], decodeSeconds: [PhaseLayout: Double] = [:]
         for attention in AttentionLayout.allCases where (c.attention ?? c.prefillAttention ?? attention) == attention {
             for pf in FeedForwardLayout.allCases where (c.prefillFeedForward ?? pf) == pf {
-                for df in FeedForwardLayout.allCases where (c.decodeFeedForward ?? df) == df {
+                for df in FeedForwardLayout.allCases where (c.decodeFeedForward ?? df) == df && (!c.samePhases || df == pf) {
                     let prefill = PhaseLayout(pf, c.prefillAttention ?? attention), decode = PhaseLayout(df, attention)
                     guard (try? PhaseLayout.validatePhases(prefill: prefill, decode: decode, config: config, mesh: mesh)) != nil,
                           [prefill, decode].allSatisfy({

@@ -117,6 +117,7 @@ public struct OpenAIServer: Sendable {
         }
         // One sequence per (prompt, choice); every job is accepted before the response starts.
         var submitted: [(index: Int, prompt: Int, id: Int, events: AsyncStream<JobEvent>)] = []
+        var cachedByPrompt = [Int](repeating: 0, count: prompts.count)
         for (p, prompt) in prompts.enumerated() {
             for c in 0..<settings.n {
                 var g = GenerationRequest(promptTokens: prompt)
@@ -125,7 +126,9 @@ public struct OpenAIServer: Sendable {
                 g.maxTokens = settings.maxTokens ?? (chat ? loop.limits.context - prompt.count : 16)
                 g.stopStrings = settings.stops
                 switch loop.submit(Job(prompt: prompt, generation: g, logprobs: settings.logprobs)) {
-                case let .accepted(id, events): submitted.append((submitted.count, p, id, events))
+                case let .accepted(id, cached, events):
+                    submitted.append((submitted.count, p, id, events))
+                    cachedByPrompt[p] = max(cachedByPrompt[p], cached)
                 case let .rejected(why):
                     for s in submitted { loop.cancel(s.id) }
                     switch why {
@@ -142,6 +145,7 @@ public struct OpenAIServer: Sendable {
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let created = Int(Date().timeIntervalSince1970)
         let promptTokens = prompts.reduce(0) { $0 + $1.count }
+        let cachedTokens = cachedByPrompt.reduce(0, +)
         let object = chat ? "chat.completion" : "text_completion"
         let model = options.servedModelName
         let tokenizer = loop.tokenizer
@@ -177,7 +181,7 @@ public struct OpenAIServer: Sendable {
                 choices.append(choice)
             }
             return jsonResponse(["id": id, "object": object, "created": created, "model": model, "choices": choices,
-                         "usage": usage(promptTokens, completionTokens)])
+                         "usage": usage(promptTokens, completionTokens, cached: cachedTokens)])
         }
 
         let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
@@ -215,7 +219,7 @@ public struct OpenAIServer: Sendable {
                 }
                 if includeUsage {
                     try await send(["id": id, "object": chunkObject, "created": created, "model": model, "choices": [[String: Any]](),
-                                    "usage": usage(promptTokens, completionTokens)])
+                                    "usage": usage(promptTokens, completionTokens, cached: cachedTokens)])
                 }
                 try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
                 try await writer.finish(nil)
@@ -228,9 +232,9 @@ public struct OpenAIServer: Sendable {
         return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"], body: body)
     }
 
-    func usage(_ prompt: Int, _ completion: Int) -> [String: Any] {
+    func usage(_ prompt: Int, _ completion: Int, cached: Int) -> [String: Any] {
         ["prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-         "prompt_tokens_details": ["cached_tokens": 0]]
+         "prompt_tokens_details": ["cached_tokens": cached]]
     }
 
     /// The chat template applied to `messages` (system / user / assistant; content a string or

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Runtime
 import Serving
 import Tokenization
@@ -34,6 +35,7 @@ public final class ServeLoop: @unchecked Sendable {
     public let tokenizer: Tokenizer
     public let limits: Scheduler.Limits
     public let metrics: ServeMetrics
+    public var logger = Logger(label: "meshinfer.serve")
 
     private struct Running {
         var job: Job
@@ -41,9 +43,22 @@ public final class ServeLoop: @unchecked Sendable {
         var cache: MeshSequence
         var continuation: AsyncStream<JobEvent>.Continuation
         var arrived: Date
+        var cachedTokens: Int
+        var scheduled: Date?
         var firstToken: Date?
         var lastToken: Date?
     }
+
+    /// A finished sequence kept for its KV: `tokens` are the positions its cache holds.
+    private struct CachedPrefix {
+        var tokens: [Int]
+        var cache: MeshSequence
+        var used: Int
+    }
+    /// The prefix cache (LRU within the KV budget, which it shares with running sequences).
+    private var prefixes: [CachedPrefix] = []
+    private var useClock = 0
+    private var cachedPositions: Int { prefixes.reduce(0) { $0 + $1.tokens.count } }
 
     private let condition = NSCondition()
     private var scheduler: Scheduler
@@ -72,7 +87,8 @@ public final class ServeLoop: @unchecked Sendable {
     }
 
     public enum Submission: Sendable {
-        case accepted(id: Int, events: AsyncStream<JobEvent>)
+        /// `cachedTokens`: leading prompt tokens whose KV came from the prefix cache.
+        case accepted(id: Int, cachedTokens: Int, events: AsyncStream<JobEvent>)
         case rejected(Refusal)
     }
 
@@ -83,16 +99,50 @@ public final class ServeLoop: @unchecked Sendable {
         if stopping || refusing { return .rejected(.shuttingDown) }
         let id = nextID
         nextID += 1
-        let actions = scheduler.handle(.arrived(.init(id: id, promptTokens: job.prompt.count, maxTokens: job.generation.maxTokens)))
-        if case let .reject(_, why)? = actions.first { return .rejected(why == .queueFull ? .queueFull : .tooLong) }
+        // The cached sequence sharing the longest prefix with this prompt, if any: taken out of
+        // the cache (so no eviction picks it), cut to that prefix; at least one prompt token is
+        // fed so the step yields logits.
+        var reused: CachedPrefix?
+        if let best = prefixes.indices.max(by: { commonPrefix(prefixes[$0].tokens, job.prompt) < commonPrefix(prefixes[$1].tokens, job.prompt) }) {
+            let c = min(commonPrefix(prefixes[best].tokens, job.prompt), job.prompt.count - 1)
+            if c > 0 {
+                var entry = prefixes.remove(at: best)
+                entry.cache.truncate(to: c)
+                entry.tokens = Array(entry.tokens.prefix(c))
+                reused = entry
+                apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
+            }
+        }
+        let cached = reused?.tokens.count ?? 0
+        let actions = scheduler.handle(.arrived(.init(id: id, promptTokens: job.prompt.count, maxTokens: job.generation.maxTokens,
+                                                      cachedTokens: cached)))
+        if case let .reject(_, why)? = actions.first {
+            if let reused { keep(reused.tokens, reused.cache) }
+            return .rejected(why == .queueFull ? .queueFull : .tooLong)
+        }
         let (stream, continuation) = AsyncStream<JobEvent>.makeStream()
         var completion = Completion(job.generation, tokenizer: tokenizer)
         completion.logprobAlternatives = job.logprobs
-        jobs[id] = Running(job: job, completion: completion, cache: engine.makeCache(limit: limits.context), continuation: continuation,
-                           arrived: Date())
+        jobs[id] = Running(job: job, completion: completion, cache: reused?.cache ?? engine.makeCache(limit: limits.context),
+                           continuation: continuation, arrived: Date(), cachedTokens: cached)
         apply(actions)
         updateGauges()
-        return .accepted(id: id, events: stream)
+        return .accepted(id: id, cachedTokens: cached, events: stream)
+    }
+
+    /// Puts a sequence's KV into the prefix cache, evicting the least recently used entries so
+    /// that running sequences' reservations and the cache stay within the KV budget.
+    private func keep(_ tokens: [Int], _ cache: MeshSequence) {
+        guard !tokens.isEmpty, tokens.count <= limits.kvPositions - scheduler.reservedPositions else { return }
+        while cachedPositions + tokens.count > limits.kvPositions - scheduler.reservedPositions, !prefixes.isEmpty { evictOldest() }
+        useClock += 1
+        prefixes.append(CachedPrefix(tokens: tokens, cache: cache, used: useClock))
+        apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
+    }
+
+    private func evictOldest() {
+        guard let oldest = prefixes.indices.min(by: { prefixes[$0].used < prefixes[$1].used }) else { return }
+        prefixes.remove(at: oldest)   // its device caches go with the sequence
     }
 
     /// The client went away: the sequence is freed at the next step boundary.
@@ -118,6 +168,7 @@ public final class ServeLoop: @unchecked Sendable {
     public func stop() {
         condition.lock()
         stopping = true
+        prefixes.removeAll()
         for id in Array(jobs.keys) { apply(scheduler.handle(.cancelled(id))) }
         condition.broadcast()
         condition.unlock()
@@ -135,6 +186,11 @@ public final class ServeLoop: @unchecked Sendable {
             guard let step = pending else { condition.unlock(); return }
             pending = nil
             // The step's inputs: prompt chunks, or the last sampled token.
+            let now = Date()
+            for (id, _) in step.work where jobs[id]?.scheduled == nil {
+                jobs[id]?.scheduled = now
+                metrics.queued(now.timeIntervalSince(jobs[id]!.arrived))
+            }
             let inputs = step.work.map { id, work -> SequenceInput<MeshSequence> in
                 let r = jobs[id]!
                 switch work {
@@ -205,15 +261,39 @@ public final class ServeLoop: @unchecked Sendable {
                         r.continuation.yield(.done(finishReason: "abort", completionTokens: r.completion.tokenIDs.count))
                     }
                     r.continuation.finish()
+                    log(id, r)
+                    // What its KV holds: the prompt and every generated token but the last.
+                    if !stopping { keep(Array((r.job.prompt + r.completion.tokenIDs).prefix(r.cache.count)), r.cache) }
                 }
+            case let .evictPrefixes(atLeast: positions):
+                let target = cachedPositions - positions
+                while cachedPositions > max(0, target), !prefixes.isEmpty { evictOldest() }
+                apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
             case .reject:
                 break   // only at arrival, answered by `submit`
             }
         }
     }
 
+    /// One structured line per request.
+    private func log(_ id: Int, _ r: Running) {
+        func ms(_ from: Date, _ to: Date?) -> Logger.MetadataValue { to.map { "\(Int((($0.timeIntervalSince(from)) * 1000).rounded()))" } ?? "-" }
+        logger.info("request", metadata: [
+            "id": "\(id)", "prompt_tokens": "\(r.job.prompt.count)", "completion_tokens": "\(r.completion.tokenIDs.count)",
+            "cached_tokens": "\(r.cachedTokens)", "queue_ms": ms(r.arrived, r.scheduled), "ttft_ms": ms(r.arrived, r.firstToken),
+            "duration_ms": ms(r.arrived, Date()), "finish_reason": "\(r.completion.finishReason ?? "abort")",
+            "status": "\(r.completion.finishReason == nil ? "cancelled" : "ok")",
+        ])
+    }
+
+    private func commonPrefix(_ a: [Int], _ b: [Int]) -> Int {
+        var n = 0
+        while n < min(a.count, b.count) && a[n] == b[n] { n += 1 }
+        return n
+    }
+
     private func updateGauges() {
         metrics.gauges(running: scheduler.running.count, waiting: scheduler.waiting.count,
-                       kvUsage: Double(scheduler.reservedPositions) / Double(max(1, limits.kvPositions)))
+                       kvUsage: Double(scheduler.reservedPositions) / Double(max(1, limits.kvPositions)), cachedPositions: cachedPositions)
     }
 }

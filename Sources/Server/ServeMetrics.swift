@@ -4,22 +4,24 @@ import Prometheus
 /// server (predicted and measured step seconds, batch size per step).
 public final class ServeMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
-    let running, waiting, kvUsage: Gauge
+    let running, waiting, kvUsage, prefixCache: Gauge
     let promptTokens, generationTokens, success: Counter
-    let ttft, interToken, e2e, stepSeconds, predictedStepSeconds, batchSize: ValueHistogram
+    let ttft, interToken, e2e, queueTime, stepSeconds, predictedStepSeconds, batchSize: ValueHistogram
 
     public init() {
         let r = registry
         let latency: [Double] = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80]
         running = r.makeGauge(name: "meshinfer:num_requests_running", help: "Sequences in the running batch")
         waiting = r.makeGauge(name: "meshinfer:num_requests_waiting", help: "Requests waiting to be admitted")
-        kvUsage = r.makeGauge(name: "meshinfer:kv_cache_usage_perc", help: "Fraction of the KV budget reserved (1 = full)")
+        kvUsage = r.makeGauge(name: "meshinfer:kv_cache_usage_perc", help: "Fraction of the KV budget reserved by running sequences (1 = full)")
+        prefixCache = r.makeGauge(name: "meshinfer:prefix_cache_positions", help: "KV positions the prefix cache holds")
         promptTokens = r.makeCounter(name: "meshinfer:prompt_tokens_total", help: "Prompt tokens of finished requests")
         generationTokens = r.makeCounter(name: "meshinfer:generation_tokens_total", help: "Generated tokens")
         success = r.makeCounter(name: "meshinfer:request_success_total", help: "Requests that finished")
         ttft = r.makeValueHistogram(name: "meshinfer:time_to_first_token_seconds", buckets: latency, help: "Arrival to first token")
         interToken = r.makeValueHistogram(name: "meshinfer:inter_token_latency_seconds", buckets: latency, help: "Between a request's tokens")
         e2e = r.makeValueHistogram(name: "meshinfer:e2e_request_latency_seconds", buckets: latency, help: "Arrival to last token")
+        queueTime = r.makeValueHistogram(name: "meshinfer:request_queue_time_seconds", buckets: latency, help: "Arrival to the first step that runs it")
         stepSeconds = r.makeValueHistogram(name: "meshinfer:step_seconds", buckets: latency, help: "Measured seconds of one engine step")
         predictedStepSeconds = r.makeValueHistogram(name: "meshinfer:predicted_step_seconds", buckets: latency,
                                                     help: "Cost-model seconds of one engine step (with --latency-target-ms)")
@@ -27,7 +29,8 @@ public final class ServeMetrics: Sendable {
                                          help: "Sequences in one engine step")
     }
 
-    func gauges(running r: Int, waiting w: Int, kvUsage k: Double) {
+    func gauges(running r: Int, waiting w: Int, kvUsage k: Double, cachedPositions c: Int) {
+        prefixCache.set(Double(c))
         running.set(Double(r))
         waiting.set(Double(w))
         kvUsage.set(k)
@@ -37,6 +40,7 @@ public final class ServeMetrics: Sendable {
         batchSize.record(Double(batch))
     }
     func firstToken(_ s: Double) { ttft.record(s) }
+    func queued(_ s: Double) { queueTime.record(s) }
     func interToken(_ s: Double) { interToken.record(s) }
     func generated(_ n: Int) { generationTokens.increment(by: Int64(n)) }
     func finished(prompt: Int, seconds: Double, success ok: Bool) {

@@ -21,6 +21,9 @@
 ///   waiting request is admitted once the ones ahead of it finish: none waits forever.
 /// - a cancelled request frees its sequence at the next step boundary: at once when queued or
 ///   between steps, after the step in flight when it is part of it.
+/// - the prefix cache (KV of finished sequences, kept for reuse) counts against the KV budget
+///   but gives way: when only it keeps the oldest waiting request out, the scheduler asks for
+///   enough of it to be evicted (`.evictPrefixes`), and admits once told what it holds now.
 public struct Scheduler: Sendable {
     public typealias RequestID = Int
 
@@ -48,10 +51,13 @@ public struct Scheduler: Sendable {
         public var id: RequestID
         public var promptTokens: Int
         public var maxTokens: Int
-        public init(id: RequestID, promptTokens: Int, maxTokens: Int) {
+        /// Leading prompt tokens whose KV comes from the prefix cache (not prefilled again).
+        public var cachedTokens: Int
+        public init(id: RequestID, promptTokens: Int, maxTokens: Int, cachedTokens: Int = 0) {
             self.id = id
             self.promptTokens = promptTokens
             self.maxTokens = maxTokens
+            self.cachedTokens = cachedTokens
         }
         /// Positions reserved for it: the prompt and every token it may generate.
         var positions: Int { promptTokens + maxTokens }
@@ -63,6 +69,8 @@ public struct Scheduler: Sendable {
         /// The step in flight is done; `finished` are the sequences that ended in it (end of
         /// generation, a stop string, or their last token).
         case stepFinished(finished: Set<RequestID>)
+        /// KV positions the prefix cache (finished sequences kept for reuse) holds now.
+        case prefixCacheHolds(Int)
     }
 
     public enum Rejection: String, Sendable, Equatable {
@@ -86,6 +94,9 @@ public struct Scheduler: Sendable {
     }
 
     public enum Action: Sendable, Equatable {
+        /// Free at least this many positions of the prefix cache (least recently used first),
+        /// then report what it holds: the oldest waiting request fits only without them.
+        case evictPrefixes(atLeast: Int)
         case reject(RequestID, Rejection)
         /// Forget the sequence and free its KV (finished, or cancelled).
         case release(RequestID)
@@ -108,6 +119,9 @@ public struct Scheduler: Sendable {
     public private(set) var inFlight: Step?
     /// Requests cancelled while part of the step in flight: released when it finishes.
     private var cancelledInFlight: Set<RequestID> = []
+    /// KV positions held by the prefix cache: they count against the budget, but give way.
+    public private(set) var prefixPositions = 0
+    private var evictionAsked = false
 
     public init(limits: Limits) { self.limits = limits }
 
@@ -154,24 +168,38 @@ public struct Scheduler: Sendable {
                 }
             }
             cancelledInFlight = []
+        case let .prefixCacheHolds(positions):
+            prefixPositions = positions
+            evictionAsked = false
         }
-        if inFlight == nil, let step = nextStep() {
-            inFlight = step
-            actions.append(.run(step))
+        if inFlight == nil {
+            let (step, evict) = nextStep()
+            if let evict { actions.append(evict) }
+            if let step {
+                inFlight = step
+                actions.append(.run(step))
+            }
         }
         return actions
     }
 
     private func canAdmit(_ r: Request) -> Bool {
-        running.count < limits.maxBatch && reservedPositions + r.positions <= limits.kvPositions
+        running.count < limits.maxBatch && reservedPositions + r.positions + prefixPositions <= limits.kvPositions
     }
 
-    /// Admits what fits, then plans: every decoding sequence one token, then prefill chunks in
-    /// admission order within the step's token budget.
-    private mutating func nextStep() -> Step? {
+    /// Admits what fits (asking the prefix cache to give way when only it stands in the way),
+    /// then plans: every decoding sequence one token, then prefill chunks in admission order
+    /// within the step's token budget.
+    private mutating func nextStep() -> (Step?, Action?) {
         while let r = waiting.first, canAdmit(r) {
             waiting.removeFirst()
-            running.append((r, .prefilling(prefilled: 0)))
+            running.append((r, .prefilling(prefilled: min(r.cachedTokens, r.promptTokens - 1))))
+        }
+        var evict: Action?
+        if let r = waiting.first, running.count < limits.maxBatch, prefixPositions > 0, !evictionAsked,
+           reservedPositions + r.positions <= limits.kvPositions {
+            evict = .evictPrefixes(atLeast: reservedPositions + r.positions + prefixPositions - limits.kvPositions)
+            evictionAsked = true
         }
         var work: [(id: RequestID, work: Work)] = running.filter { $0.phase == .decoding }.map { ($0.request.id, .decode) }
         var budget = max(1, limits.stepTokens - work.count)
@@ -181,6 +209,6 @@ public struct Scheduler: Sendable {
             work.append((s.request.id, .prefill(from: done, to: done + chunk)))
             budget -= chunk
         }
-        return work.isEmpty ? nil : Step(work: work)
+        return (work.isEmpty ? nil : Step(work: work), evict)
     }
 }

@@ -29,9 +29,11 @@ struct MeshOptions: ParsableArguments {
     var collectiveTimeout: Double = 30
     @Flag(help: "Print which layouts were chosen and why (to stderr).") var verbose = false
 
-    var constraints: LayoutConstraints {
-        LayoutConstraints(prefillFeedForward: prefillLayout, decodeFeedForward: decodeLayout, attention: attention,
-                          prefillAttention: prefillAttention)
+    /// `samePhases` (serve): one feed-forward layout for both phases unless both are named.
+    func constraints(samePhases: Bool = false) -> LayoutConstraints {
+        LayoutConstraints(prefillFeedForward: prefillLayout ?? (samePhases ? decodeLayout : nil),
+                          decodeFeedForward: decodeLayout ?? (samePhases ? prefillLayout : nil), attention: attention,
+                          prefillAttention: prefillAttention, samePhases: samePhases && (prefillLayout == nil || decodeLayout == nil))
     }
 }
 
@@ -51,8 +53,9 @@ struct Session {
 
     /// `workload` says what the run will do (sequences, prompt tokens, tokens to generate), for
     /// choosing the layouts the options leave open; it is given the model's tokenizer.
-    init(model: ModelOptions, mesh options: MeshOptions, workload: @escaping (Tokenizer) -> Workload) throws {
-        try self.init(model: model, mesh: options, layouts: .choose(workload))
+    init(model: ModelOptions, mesh options: MeshOptions, workload: @escaping (Tokenizer) -> Workload,
+         samePhases: Bool = false) throws {
+        try self.init(model: model, mesh: options, layouts: .choose(workload, samePhases: samePhases))
     }
 
     /// An MPI follower's engine for the session the leader opened.
@@ -63,7 +66,7 @@ struct Session {
     }
 
     enum Layouts {
-        case choose((Tokenizer) -> Workload)
+        case choose((Tokenizer) -> Workload, samePhases: Bool)
         /// An MPI follower: the leader's choice.
         case given(PhaseLayout, PhaseLayout)
     }
@@ -75,8 +78,9 @@ struct Session {
         func choose(_ config: ModelConfig, _ tokenizer: Tokenizer) -> (PhaseLayout, PhaseLayout, LayoutChoice?) {
             switch layouts {
             case let .given(p, d): return (p, d, nil)
-            case let .choose(workload):
-                let choice = Session.chooseLayouts(options, model: model, config: config, mesh: mesh, workload: workload(tokenizer))
+            case let .choose(workload, samePhases):
+                let choice = Session.chooseLayouts(options, model: model, config: config, mesh: mesh, workload: workload(tokenizer),
+                                                   samePhases: samePhases)
                 if options.verbose { printError("layouts: \(choice.reason)") }
                 return (choice.prefill, choice.decode, choice)
             }
@@ -144,7 +148,7 @@ struct Session {
     /// workload, priced with this host's calibration (`meshinfer calibrate`; for MPI its MPI
     /// measurements), or §7's rule without one (`LayoutChooser`).
     static func chooseLayouts(_ options: MeshOptions, model: ModelOptions, config: ModelConfig, mesh: Mesh,
-                              workload: Workload) -> LayoutChoice {
+                              workload: Workload, samePhases: Bool = false) -> LayoutChoice {
         let precision = WeightPrecision(model.weights)
         var host = loadHostCalibration()
         if options.transport == .mpi { host = host?.overMPI }
@@ -156,7 +160,7 @@ struct Session {
                       calibration: host.calibration(for: precision, activeThreads: model.threads))
         }
         return LayoutChooser.choose(model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh,
-                                    workload: workload, weights: precision, pricing: pricing, constraints: options.constraints,
+                                    workload: workload, weights: precision, pricing: pricing, constraints: options.constraints(samePhases: samePhases),
                                     singleDevice: LoadedModel.singleDeviceLayout)
     }
 

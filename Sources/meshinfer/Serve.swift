@@ -75,10 +75,13 @@ struct Serve: ParsableCommand {
             do { try await app.runService() } catch { outcome.set(error) }
             finished.signal()
         }
+        // A step prefills some sequences while it decodes others: with the same feed-forward
+        // layout for both phases a sequence's numbers do not depend on its neighbours (batch
+        // invariance), unless the user names two layouts.
         do {
-            let session = try Session(model: modelOptions, mesh: meshOptions) { _ in
+            let session = try Session(model: modelOptions, mesh: meshOptions, workload: { _ in
                 Workload(batch: maxBatch, promptTokens: 256, generateTokens: 256)
-            }
+            }, samePhases: true)
             let config = session.engine.config
             let context = min(contextFlag ?? min(config.contextLength, 4096), config.contextLength)
             let perPosition = 2 * config.layers * config.kvHeads * config.headDimension * 4   // f32 keys and values

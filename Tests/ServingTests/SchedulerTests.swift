@@ -95,6 +95,20 @@ struct SchedulerTests {
         #expect(s.handle(.cancelled(42)) == [])   // unknown or already gone: nothing
     }
 
+    /// The prefix cache counts against the KV budget but gives way: a request that fits only
+    /// without some of it asks for exactly that much to be evicted, and is admitted once told;
+    /// its cached prompt tokens are not prefilled again.
+    @Test func prefixCacheGivesWayAndCachedTokensSkipPrefill() {
+        var s = S(limits: Self.limits(kv: 100, step: 64))
+        #expect(s.handle(.prefixCacheHolds(70)) == [])
+        #expect(s.handle(.arrived(.init(id: 1, promptTokens: 20, maxTokens: 20, cachedTokens: 12))) == [.evictPrefixes(atLeast: 10)])
+        #expect(s.phase(of: 1) == .waiting)
+        #expect(Self.steps(s.handle(.prefixCacheHolds(60))) == [S.Step(work: [(1, .prefill(from: 12, to: 20))])])
+        // A whole prompt cached still feeds its last token (the step must yield logits).
+        var t = S(limits: Self.limits())
+        #expect(Self.steps(t.handle(.arrived(.init(id: 2, promptTokens: 5, maxTokens: 3, cachedTokens: 5)))) == [S.Step(work: [(2, .prefill(from: 4, to: 5))])])
+    }
+
     /// Random traffic against a mock engine that ends each sequence after its max tokens (or a
     /// cancellation): at every step the limits hold, each sequence's chunks cover its prompt in
     /// order before it decodes, it decodes exactly max tokens unless cancelled, and every
@@ -113,6 +127,7 @@ struct SchedulerTests {
                 switch a {
                 case let .reject(id, _): rejected.insert(id)
                 case let .release(id): released[id, default: 0] += 1
+                case .evictPrefixes: Issue.record("an eviction asked for with no prefix cache")
                 case let .run(step):
                     #expect(step.decodes <= limits.maxBatch)
                     #expect(step.tokens <= max(limits.stepTokens, step.decodes + 1))

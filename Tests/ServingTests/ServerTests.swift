@@ -112,6 +112,21 @@ struct ServerTests {
         }
     }
 
+    /// The same prompt again reuses the first run's KV from the prefix cache (all but the last
+    /// prompt token: that one is fed for its logits) and gives the same text at temperature 0.
+    @Test func repeatedPromptComesFromThePrefixCache() async throws {
+        try await withServer { client in
+            let ids = Self.model.tokenizer.encode("The three primary colours are red, yellow and")
+            let body = #"{"prompt": \#(ids), "max_tokens": 12, "temperature": 0}"#
+            let first = try await client.post("v1/completions", body).object
+            let second = try await client.post("v1/completions", body).object
+            func cached(_ o: [String: Any]) -> Int? { ((o["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int }
+            func text(_ o: [String: Any]) -> String? { ((o["choices"] as? [[String: Any]])?.first?["text"]) as? String }
+            #expect(cached(second) == ids.count - 1, "\(second)")
+            #expect(text(first) != nil && text(first) == text(second))
+        }
+    }
+
     @Test func errorsHaveOpenAIShapeAndStatus() async throws {
         try await withServer { client in
             let cases: [(String, String, Int, String?)] = [
