@@ -49,14 +49,17 @@ public struct Sampler: Sendable {
         }
         if p.temperature <= 0 { return Sampler.argmax(l) }
 
-        // Candidates sorted by logit, descending (ties: lower id first).
-        var ids = Array(0..<l.count)
+        // Candidates sorted by logit, descending (ties: lower id first). Top-k selects the k
+        // best with a min-heap (O(V log k)) before sorting only those.
         let k = p.topK > 0 ? min(p.topK, l.count) : l.count
+        func better(_ a: Int, _ b: Int) -> Bool { l[a] > l[b] || (l[a] == l[b] && a < b) }
+        var ids: [Int]
         if k < l.count {
-            ids = Array(ids.sorted { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }.prefix(k))
+            ids = Sampler.best(k, of: l.count, by: better)
         } else {
-            ids.sort { l[$0] > l[$1] || (l[$0] == l[$1] && $0 < $1) }
+            ids = Array(0..<l.count)
         }
+        ids.sort(by: better)
         // Probabilities at temperature 1 for the top-p / min-p filters.
         var probs = Sampler.softmax(ids.map { l[$0] })
         if p.topP < 1 {
@@ -81,6 +84,39 @@ public struct Sampler: Sendable {
             if r < cumulative { return ids[i] }
         }
         return ids[ids.count - 1]
+    }
+
+    /// The k best of 0..<n under `better` (a strict total order), unordered: a min-heap of the
+    /// k best so far, its root the worst of them.
+    static func best(_ k: Int, of n: Int, by better: (Int, Int) -> Bool) -> [Int] {
+        var heap = [Int]()
+        heap.reserveCapacity(k)
+        func down(_ i: Int) {
+            var i = i
+            while true {
+                let a = 2 * i + 1, b = a + 1
+                var worst = i
+                if a < heap.count && better(heap[worst], heap[a]) { worst = a }
+                if b < heap.count && better(heap[worst], heap[b]) { worst = b }
+                if worst == i { return }
+                heap.swapAt(i, worst)
+                i = worst
+            }
+        }
+        for id in 0..<n {
+            if heap.count < k {
+                heap.append(id)
+                var i = heap.count - 1
+                while i > 0 && better(heap[(i - 1) / 2], heap[i]) {
+                    heap.swapAt(i, (i - 1) / 2)
+                    i = (i - 1) / 2
+                }
+            } else if better(id, heap[0]) {
+                heap[0] = id
+                down(0)
+            }
+        }
+        return heap
     }
 
     public static func argmax(_ l: [Float]) -> Int {

@@ -125,3 +125,16 @@ struct StoreTests {
         #expect(state.text == " Berlin")
     }
 }
+
+/// The heap selection behind top-k picks exactly the k best of a full sort, ties included.
+struct TopKSelectionTests {
+    @Test(arguments: [1, 2, 40, 99, 100])
+    func heapSelectionEqualsFullSort(_ k: Int) {
+        var rng = SplitMix64(seed: UInt64(k))
+        // Few distinct values: many ties, broken by the lower id.
+        let l = (0..<100).map { _ in Float(rng.next() % 7) }
+        func better(_ a: Int, _ b: Int) -> Bool { l[a] > l[b] || (l[a] == l[b] && a < b) }
+        let expected = Array(Array(0..<100).sorted(by: better).prefix(k))
+        #expect(Sampler.best(k, of: 100, by: better).sorted(by: better) == expected)
+    }
+}
