@@ -1,3 +1,4 @@
+import Runtime
 import Serving
 import Testing
 
@@ -115,7 +116,7 @@ struct SchedulerTests {
     /// accepted request is released exactly once. Nothing waits forever.
     @Test(arguments: [1, 2, 3, 4, 5])
     func randomTrafficKeepsEveryInvariant(_ seed: UInt64) {
-        var rng = SplitMix(seed)
+        var rng = SplitMix64(seed: seed)
         let limits = Self.limits(maxBatch: 1 + Int(rng.next() % 6), maxQueue: 3 + Int(rng.next() % 8), kv: 150 + Int(rng.next() % 200),
                                  context: 120, step: 4 + Int(rng.next() % 30))
         var s = S(limits: limits)
@@ -173,18 +174,5 @@ struct SchedulerTests {
             if !cancelled.contains(id) { #expect(decoded[id] == r.maxTokens, "request \(id)") }
         }
         #expect(rejected.count < requests.count)
-    }
-}
-
-/// A small seeded generator (SplitMix64).
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
