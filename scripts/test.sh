@@ -22,4 +22,5 @@ if [ $# -eq 0 ]; then
     python3 -m venv .build/e2e-venv
     .build/e2e-venv/bin/pip install -q openai
     .build/e2e-venv/bin/python scripts/serve_e2e.py "$BIN"
+    .build/e2e-venv/bin/python scripts/serve_e2e.py "$BIN" --mesh 2   # the same on an in-process mesh of 2
 fi
