@@ -31,7 +31,6 @@ public struct LayoutConstraints: Sendable, Equatable {
         self.prefillAttention = prefillAttention
         self.samePhases = samePhases
     }
-    var isEmpty: Bool { self == LayoutConstraints() }
 }
 
 /// The (prefill, decode) layouts a run uses, and why.
@@ -122,14 +121,19 @@ public enum LayoutChooser {
         }
         var ranked: [LayoutChoice.Priced] = []
         var prefillSeconds: [PhaseLayout: Double] = [:], decodeSeconds: [PhaseLayout: Double] = [:]
+        var loads: [PhaseLayout: Bool] = [:]   // whether its gathered shards can be stored alike
+        func loadable(_ layout: PhaseLayout) -> Bool {
+            if let known = loads[layout] { return known }
+            let agree = Tracer.gatheredShardsAgree(config: config, mesh: mesh, layout: layout, unitInputs: weights.unitInputs)
+            loads[layout] = agree
+            return agree
+        }
         for attention in AttentionLayout.allCases where (c.attention ?? c.prefillAttention ?? attention) == attention {
             for pf in FeedForwardLayout.allCases where (c.prefillFeedForward ?? pf) == pf {
                 for df in FeedForwardLayout.allCases where (c.decodeFeedForward ?? df) == df && (!c.samePhases || df == pf) {
                     let prefill = PhaseLayout(pf, c.prefillAttention ?? attention), decode = PhaseLayout(df, attention)
                     guard (try? PhaseLayout.validatePhases(prefill: prefill, decode: decode, config: config, mesh: mesh)) != nil,
-                          [prefill, decode].allSatisfy({
-                              Tracer.gatheredShardsAgree(config: config, mesh: mesh, layout: $0, unitInputs: weights.unitInputs)
-                          })
+                          loadable(prefill), loadable(decode)
                     else { continue }
                     if prefillSeconds[prefill] == nil { prefillSeconds[prefill] = seconds(prefill, .prefill) ?? .infinity }
                     if decodeSeconds[decode] == nil {

@@ -59,10 +59,7 @@ public struct OpenAIServer: Sendable {
         router.add(middleware: ErrorMiddleware())
         router.add(middleware: AuthMiddleware(key: options.apiKey))
         router.get("health") { _, _ in
-            guard slot.current != nil else {
-                let message = slot.error.map { "the model failed to load: \($0)" } ?? "the model is loading"
-                throw OpenAIError(status: 503, message: message, type: "unavailable_error", param: nil, code: nil)
-            }
+            _ = try ready()   // 503 while loading, or when loading failed
             return jsonResponse(["status": "ok"])
         }
         router.get("metrics") { _, _ in
@@ -107,9 +104,10 @@ public struct OpenAIServer: Sendable {
         }
         let settings = try GenerationSettings(f, chat: chat, vocabularySize: loop.engine.config.vocabularySize)
         let prompts = chat ? [try chatPrompt(f, loop)] : try completionPrompts(f, loop)
-        for p in prompts {
+        // Tokens each prompt may generate: as asked, else the rest of the context (chat) or 16.
+        let maxTokens = prompts.map { settings.maxTokens ?? (chat ? loop.limits.context - $0.count : 16) }
+        for (p, maxTokens) in zip(prompts, maxTokens) {
             guard !p.isEmpty else { throw OpenAIError.badRequest("the prompt is empty", param: chat ? "messages" : "prompt") }
-            let maxTokens = settings.maxTokens ?? (chat ? loop.limits.context - p.count : 16)
             if p.count + maxTokens > loop.limits.context {
                 throw OpenAIError.badRequest("this model's context is \(loop.limits.context) tokens; the prompt has \(p.count) and up to \(maxTokens) more were asked for",
                                              param: chat ? "messages" : "prompt")
@@ -123,7 +121,7 @@ public struct OpenAIServer: Sendable {
                 var g = GenerationRequest(promptTokens: prompt)
                 g.sampling = settings.sampling
                 g.sampling.seed &+= UInt64(c)
-                g.maxTokens = settings.maxTokens ?? (chat ? loop.limits.context - prompt.count : 16)
+                g.maxTokens = maxTokens[p]
                 g.stopStrings = settings.stops
                 switch loop.submit(Job(prompt: prompt, generation: g, logprobs: settings.logprobs)) {
                 case let .accepted(id, cached, events):

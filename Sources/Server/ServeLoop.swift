@@ -103,8 +103,9 @@ public final class ServeLoop: @unchecked Sendable {
         // the cache (so no eviction picks it), cut to that prefix; at least one prompt token is
         // fed so the step yields logits.
         var reused: CachedPrefix?
-        if let best = prefixes.indices.max(by: { commonPrefix(prefixes[$0].tokens, job.prompt) < commonPrefix(prefixes[$1].tokens, job.prompt) }) {
-            let c = min(commonPrefix(prefixes[best].tokens, job.prompt), job.prompt.count - 1)
+        let shared = prefixes.map { commonPrefix($0.tokens, job.prompt) }
+        if let best = shared.indices.max(by: { shared[$0] < shared[$1] }) {
+            let c = min(shared[best], job.prompt.count - 1)
             if c > 0 {
                 var entry = prefixes.remove(at: best)
                 entry.cache.truncate(to: c)

@@ -27,9 +27,9 @@ final class DeviceWeights: @unchecked Sendable {
     /// Vocabulary rows [rank·⌈V/n⌉, …) of the unembedding (zero rows pad V to a multiple of n).
     let output: LinearWeight          // (⌈V/n⌉, E)
     let embedding: TensorSource
-    /// Where each rank's logical input columns sit in its stored 2D shards of every layer, for
-    /// joining gathered shards (weight-gathered layouts only; empty otherwise).
-    let inputSegments: [[LayerMatrix: [Segment]]]
+    /// Where each weight-gather group member's logical input columns sit in its stored 2D
+    /// shards of every layer, by rank, for joining gathered shards (empty without gathering).
+    let inputSegments: [Int: [LayerMatrix: [Segment]]]
 
     /// Bytes of weight matrices this device holds.
     var weightBytes: Int {
@@ -84,23 +84,24 @@ final class DeviceWeights: @unchecked Sendable {
         // Weight-gathered layouts all-gather their group's shards as stored: every member's
         // shard must have the same stored shape, which fails only where a shard's columns begin
         // or end inside a block of the format (E/x not a multiple of 32 for 8- and 4-bit weights).
-        var segments: [[LayerMatrix: [Segment]]] = []
+        var segments: [Int: [LayerMatrix: [Segment]]] = [:]
         let gathering = [prefill, decode].map(\.feedForward).filter { mesh.size($0.weightGatherAxes) > 1 }
         if !gathering.isEmpty {
             let layer = twoD![0].matrices
             let matrices: [LayerMatrix] = [.qkv, .attentionOutput, .gateUp, .down]
-            segments = (0..<n).map { member in
-                let specs = Self.specs(config, mesh, member, blocks, 0, oneD: false)
-                return Dictionary(uniqueKeysWithValues: zip(matrices, zip(layer, specs)).map { matrix, pair in
-                    (matrix, ShardSpec.window(pair.1.columns, unit: pair.0.kind.unitInputs).segments)
-                })
-            }
             for layout in gathering {
-                for member in mesh.group(of: rank, over: layout.weightGatherAxes) {
+                for member in mesh.group(of: rank, over: layout.weightGatherAxes) where segments[member] == nil {
                     let specs = Self.specs(config, mesh, member, blocks, 0, oneD: false)
-                    for (m, spec) in zip(layer, specs) where ShardSpec.window(spec.columns, unit: m.kind.unitInputs).width != m.storedShape.inputs {
-                        throw LayoutError.shardInsideBlock(layout: "\(layout)", columns: spec.inputs, block: m.kind.unitInputs, format: m.format.rawValue)
+                    var bySpec: [LayerMatrix: [Segment]] = [:]
+                    for (matrix, (m, spec)) in zip(matrices, zip(layer, specs)) {
+                        let window = ShardSpec.window(spec.columns, unit: m.kind.unitInputs)
+                        if window.width != m.storedShape.inputs {
+                            throw LayoutError.shardInsideBlock(layout: "\(layout)", columns: spec.inputs, block: m.kind.unitInputs,
+                                                               format: m.format.rawValue)
+                        }
+                        bySpec[matrix] = window.segments
                     }
+                    segments[member] = bySpec
                 }
             }
         }

@@ -28,7 +28,7 @@ extension DeviceProgram {
                 let (x, yz) = (mesh.coordinates(of: member)[0], mesh.yzIndex(of: member))
                 let (rowKey, columnKey) = use.matrix.isInput ? (yz, x) : (x, yz)
                 let tile = shard.sameShape(wireWords: UnsafeBufferPointer(rebasing: a[(m * words.count)..<((m + 1) * words.count)]),
-                                           inputSegments: weights.inputSegments[member][use.matrix]!)
+                                           inputSegments: weights.inputSegments[member]![use.matrix]!)
                 grid[rowKeys.firstIndex(of: rowKey)!][columnKeys.firstIndex(of: columnKey)!] = tile
             }
         }
