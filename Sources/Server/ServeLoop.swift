@@ -69,13 +69,19 @@ public final class ServeLoop: @unchecked Sendable {
     private var refusing = false
     private var thread: Thread?
 
-    public init(engine: any ForwardEngine<MeshSequence>, tokenizer: Tokenizer, limits: Scheduler.Limits, metrics: ServeMetrics) {
+    /// `price`: the cost model's prediction of a step (this host's calibration), for
+    /// `limits.latencyTarget` and the predicted-step metric; nil without a calibration.
+    public init(engine: any ForwardEngine<MeshSequence>, tokenizer: Tokenizer, limits: Scheduler.Limits, metrics: ServeMetrics,
+                price: Scheduler.Price? = nil) {
         self.engine = engine
         self.tokenizer = tokenizer
         self.limits = limits
         self.metrics = metrics
-        scheduler = Scheduler(limits: limits)
+        scheduler = Scheduler(limits: limits, price: price)
+        mesh = (engine as? any MeshRunner).flatMap { $0.mesh.deviceCount > 1 ? $0 : nil }
     }
+    /// The engine when it runs on more than one device (for the collective-seconds metric).
+    private let mesh: (any MeshRunner)?
 
     public enum Refusal: Sendable, Equatable {
         /// `maxQueue` requests wait already (HTTP 429).
@@ -201,10 +207,11 @@ public final class ServeLoop: @unchecked Sendable {
             }
             condition.unlock()
 
-            let start = Date()
+            let start = Date(), communicated = mesh?.communicationSeconds ?? 0
             let result = Result { try engine.forward(inputs) }
             let seconds = Date().timeIntervalSince(start)
-            metrics.step(seconds: seconds, batch: step.work.count, decodes: step.decodes, tokens: step.tokens)
+            metrics.step(seconds: seconds, predicted: step.predictedSeconds, batch: step.work.count,
+                         collectiveSeconds: mesh.map { $0.communicationSeconds - communicated })
 
             condition.lock()
             var finished: Set<Int> = []

@@ -1,12 +1,12 @@
 import Prometheus
 
 /// `/metrics`: vLLM's metric names under a `meshinfer:` prefix, plus the step-level ones of this
-/// server (predicted and measured step seconds, batch size per step).
+/// server (predicted and measured step seconds, batch size and collective seconds per step).
 public final class ServeMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
     let running, waiting, kvUsage, prefixCache: Gauge
     let promptTokens, generationTokens, success: Counter
-    let ttft, interToken, e2e, queueTime, stepSeconds, predictedStepSeconds, batchSize: ValueHistogram
+    let ttft, interToken, e2e, queueTime, stepSeconds, predictedStepSeconds, collectiveSeconds, batchSize: ValueHistogram
 
     public init() {
         let r = registry
@@ -24,7 +24,9 @@ public final class ServeMetrics: Sendable {
         queueTime = r.makeValueHistogram(name: "meshinfer:request_queue_time_seconds", buckets: latency, help: "Arrival to the first step that runs it")
         stepSeconds = r.makeValueHistogram(name: "meshinfer:step_seconds", buckets: latency, help: "Measured seconds of one engine step")
         predictedStepSeconds = r.makeValueHistogram(name: "meshinfer:predicted_step_seconds", buckets: latency,
-                                                    help: "Cost-model seconds of one engine step (with --latency-target-ms)")
+                                                    help: "Cost-model seconds of one engine step (when this host is calibrated)")
+        collectiveSeconds = r.makeValueHistogram(name: "meshinfer:collective_seconds", buckets: latency,
+                                                 help: "Seconds one engine step spent inside collectives (on a mesh; rank 0's under MPI)")
         batchSize = r.makeValueHistogram(name: "meshinfer:batch_size", buckets: [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256],
                                          help: "Sequences in one engine step")
     }
@@ -35,8 +37,10 @@ public final class ServeMetrics: Sendable {
         waiting.set(Double(w))
         kvUsage.set(k)
     }
-    func step(seconds: Double, batch: Int, decodes: Int, tokens: Int) {
+    func step(seconds: Double, predicted: Double?, batch: Int, collectiveSeconds: Double?) {
         stepSeconds.record(seconds)
+        if let collectiveSeconds { self.collectiveSeconds.record(collectiveSeconds) }
+        if let predicted { predictedStepSeconds.record(predicted) }
         batchSize.record(Double(batch))
     }
     func firstToken(_ s: Double) { ttft.record(s) }

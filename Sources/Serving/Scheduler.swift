@@ -24,8 +24,18 @@
 /// - the prefix cache (KV of finished sequences, kept for reuse) counts against the KV budget
 ///   but gives way: when only it keeps the oldest waiting request out, the scheduler asks for
 ///   enough of it to be evicted (`.evictPrefixes`), and admits once told what it holds now.
+/// - `latencyTarget` (with a `price` for steps: the calibrated cost model): a waiting request
+///   is admitted only while the predicted decode step of the running batch with it stays
+///   within the target, and a step's prefill chunks are cut to what keeps the predicted step
+///   within it — recomputed every step from the current contexts, since KV reads grow with
+///   them (§2, §4). When nothing runs, the oldest request is admitted whatever its prediction,
+///   and a step always feeds at least one prompt token: a target too tight for one sequence
+///   slows that sequence, it never stops it.
 public struct Scheduler: Sendable {
     public typealias RequestID = Int
+    /// Predicted seconds of a step of `sequences` sequences feeding `tokens` tokens in all,
+    /// attending on average to `context` positions (cached + new).
+    public typealias Price = @Sendable (_ sequences: Int, _ tokens: Int, _ context: Int) -> Double
 
     public struct Limits: Sendable, Equatable {
         /// Sequences running at once (the decode batch).
@@ -38,12 +48,16 @@ public struct Scheduler: Sendable {
         public var context: Int
         /// Tokens one step may feed: one per decoding sequence, the rest prefill chunks.
         public var stepTokens: Int
-        public init(maxBatch: Int, maxQueue: Int, kvPositions: Int, context: Int, stepTokens: Int) {
+        /// Seconds a step may take by the scheduler's `price` (the inter-token latency of the
+        /// running streams), or nil: no target.
+        public var latencyTarget: Double?
+        public init(maxBatch: Int, maxQueue: Int, kvPositions: Int, context: Int, stepTokens: Int, latencyTarget: Double? = nil) {
             self.maxBatch = max(1, maxBatch)
             self.maxQueue = max(0, maxQueue)
             self.kvPositions = kvPositions
             self.context = context
             self.stepTokens = max(1, stepTokens)
+            self.latencyTarget = latencyTarget
         }
     }
 
@@ -87,7 +101,12 @@ public struct Scheduler: Sendable {
 
     public struct Step: Sendable, Equatable {
         public var work: [(id: RequestID, work: Work)]
-        public init(work: [(id: RequestID, work: Work)]) { self.work = work }
+        /// What `price` predicts for it (nil without a price).
+        public var predictedSeconds: Double?
+        public init(work: [(id: RequestID, work: Work)], predictedSeconds: Double? = nil) {
+            self.work = work
+            self.predictedSeconds = predictedSeconds
+        }
         public var tokens: Int { work.reduce(0) { $0 + $1.work.tokens } }
         public var decodes: Int { work.filter { $0.work == .decode }.count }
         public static func == (a: Step, b: Step) -> Bool { a.work.map(\.id) == b.work.map(\.id) && a.work.map(\.work) == b.work.map(\.work) }
@@ -122,8 +141,14 @@ public struct Scheduler: Sendable {
     /// KV positions held by the prefix cache: they count against the budget, but give way.
     public private(set) var prefixPositions = 0
     private var evictionAsked = false
+    /// Positions in each admitted sequence's KV cache (its context before the next step).
+    private var contexts: [RequestID: Int] = [:]
+    public let price: Price?
 
-    public init(limits: Limits) { self.limits = limits }
+    public init(limits: Limits, price: Price? = nil) {
+        self.limits = limits
+        self.price = price
+    }
 
     /// KV positions reserved by the running sequences.
     public var reservedPositions: Int { running.reduce(0) { $0 + $1.request.positions } }
@@ -151,6 +176,7 @@ public struct Scheduler: Sendable {
                 cancelledInFlight.insert(id)
             } else if let i = running.firstIndex(where: { $0.request.id == id }) {
                 running.remove(at: i)
+                contexts[id] = nil
                 actions.append(.release(id))
             }
         case let .stepFinished(finished):
@@ -160,9 +186,11 @@ public struct Scheduler: Sendable {
                 guard let i = running.firstIndex(where: { $0.request.id == id }) else { continue }
                 if finished.contains(id) || cancelledInFlight.contains(id) {
                     running.remove(at: i)
+                    contexts[id] = nil
                     actions.append(.release(id))
                     continue
                 }
+                contexts[id, default: 0] += work.tokens
                 if case let .prefill(_, to) = work {
                     running[i].phase = to == running[i].request.promptTokens ? .decoding : .prefilling(prefilled: to)
                 }
@@ -189,11 +217,13 @@ public struct Scheduler: Sendable {
 
     /// Admits what fits (asking the prefix cache to give way when only it stands in the way),
     /// then plans: every decoding sequence one token, then prefill chunks in admission order
-    /// within the step's token budget.
+    /// within the step's token budget (and, with a latency target, within the target).
     private mutating func nextStep() -> (Step?, Action?) {
-        while let r = waiting.first, canAdmit(r) {
+        while let r = waiting.first, canAdmit(r), decodeFitsTarget(adding: r) {
             waiting.removeFirst()
-            running.append((r, .prefilling(prefilled: min(r.cachedTokens, r.promptTokens - 1))))
+            let start = min(r.cachedTokens, r.promptTokens - 1)
+            running.append((r, .prefilling(prefilled: start)))
+            contexts[r.id] = start
         }
         var evict: Action?
         if let r = waiting.first, running.count < limits.maxBatch, prefixPositions > 0, !evictionAsked,
@@ -201,14 +231,46 @@ public struct Scheduler: Sendable {
             evict = .evictPrefixes(atLeast: reservedPositions + r.positions + prefixPositions - limits.kvPositions)
             evictionAsked = true
         }
-        var work: [(id: RequestID, work: Work)] = running.filter { $0.phase == .decoding }.map { ($0.request.id, .decode) }
-        var budget = max(1, limits.stepTokens - work.count)
-        for s in running where budget > 0 {
-            guard case let .prefilling(done) = s.phase else { continue }
-            let chunk = min(budget, s.request.promptTokens - done)
-            work.append((s.request.id, .prefill(from: done, to: done + chunk)))
-            budget -= chunk
+        let decodes: [(id: RequestID, work: Work)] = running.filter { $0.phase == .decoding }.map { ($0.request.id, .decode) }
+        let budget = max(1, limits.stepTokens - decodes.count)
+        /// Prefill chunks of `tokens` tokens in all, oldest admitted first.
+        func chunks(_ tokens: Int) -> [(id: RequestID, work: Work)] {
+            var left = tokens, work: [(id: RequestID, work: Work)] = []
+            for s in running where left > 0 {
+                guard case let .prefilling(done) = s.phase else { continue }
+                let chunk = min(left, s.request.promptTokens - done)
+                work.append((s.request.id, .prefill(from: done, to: done + chunk)))
+                left -= chunk
+            }
+            return work
         }
-        return (work.isEmpty ? nil : Step(work: work), evict)
+        var prefill = chunks(budget)
+        if let target = limits.latencyTarget, !decodes.isEmpty, !prefill.isEmpty, let cost = predicted(decodes + prefill), cost > target {
+            // The largest chunk total whose step stays within the target (at least one token).
+            var (lo, hi) = (1, prefill.reduce(0) { $0 + $1.work.tokens })
+            while lo < hi {
+                let mid = (lo + hi + 1) / 2
+                if predicted(decodes + chunks(mid))! <= target { lo = mid } else { hi = mid - 1 }
+            }
+            prefill = chunks(lo)
+        }
+        let work = decodes + prefill
+        return (work.isEmpty ? nil : Step(work: work, predictedSeconds: predicted(work)), evict)
+    }
+
+    /// What `price` predicts for a step of this work (nil without a price).
+    private func predicted(_ work: [(id: RequestID, work: Work)]) -> Double? {
+        guard let price, !work.isEmpty else { return nil }
+        let tokens = work.reduce(0) { $0 + $1.work.tokens }
+        let attended = work.reduce(0) { $0 + contexts[$1.id, default: 0] + $1.work.tokens }
+        return price(work.count, tokens, attended / work.count)
+    }
+
+    /// With a latency target: whether the decode step of every running sequence and `r` (each
+    /// at its context once its prompt is in) is predicted within it. Always when nothing runs.
+    private func decodeFitsTarget(adding r: Request) -> Bool {
+        guard let target = limits.latencyTarget, let price, !running.isEmpty else { return true }
+        let contexts = running.map { max(self.contexts[$0.request.id, default: 0], $0.request.promptTokens) + 1 } + [r.promptTokens + 1]
+        return price(contexts.count, contexts.count, contexts.reduce(0, +) / contexts.count) <= target
     }
 }

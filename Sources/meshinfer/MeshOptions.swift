@@ -150,15 +150,7 @@ struct Session {
     static func chooseLayouts(_ options: MeshOptions, model: ModelOptions, config: ModelConfig, mesh: Mesh,
                               workload: Workload, samePhases: Bool = false) -> LayoutChoice {
         let precision = WeightPrecision(model.weights)
-        var host = loadHostCalibration()
-        if options.transport == .mpi { host = host?.overMPI }
-        // Threads per device as the engines split them: in-process over the mesh, MPI per host.
-        let perDevice = max(1, model.threads / (options.transport == .mpi ? MPIWorld.ranksOnThisHost : mesh.deviceCount))
-        let pricing = host.map { host in
-            CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: perDevice,
-                                              activeThreads: model.threads),
-                      calibration: host.calibration(for: precision, activeThreads: model.threads))
-        }
+        let pricing = hostCostModel(options, model: model, mesh: mesh)
         return LayoutChooser.choose(model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh,
                                     workload: workload, weights: precision, pricing: pricing, constraints: options.constraints(samePhases: samePhases),
                                     singleDevice: LoadedModel.singleDeviceLayout)
@@ -237,5 +229,28 @@ extension MeshOptions {
         if transport == .inprocess, let n = MPIWorld.launchedSize, n > 1 {
             throw ValidationError("started by mpirun with \(n) ranks but --transport is inprocess; add --transport mpi")
         }
+    }
+}
+
+extension Session {
+    /// The cost model's price of one serving step for this session's mesh, layouts and weights,
+    /// with this host's calibration (for MPI its MPI measurements); nil when uncalibrated.
+    func stepPricer(model: ModelOptions, mesh options: MeshOptions) -> StepPricer? {
+        guard let costModel = Session.hostCostModel(options, model: model, mesh: meshEngine.mesh) else { return nil }
+        return StepPricer(costModel: costModel, config: engine.config, mesh: meshEngine.mesh, prefill: meshEngine.prefill,
+                          decode: meshEngine.decode, weights: WeightPrecision(model.weights))
+    }
+
+    /// This host's hardware and calibration for the run's weights and threads (for MPI its MPI
+    /// measurements), or nil when `meshinfer calibrate` has not run.
+    static func hostCostModel(_ options: MeshOptions, model: ModelOptions, mesh: Mesh) -> CostModel? {
+        var host = loadHostCalibration()
+        if options.transport == .mpi { host = host?.overMPI }
+        guard let host else { return nil }
+        let precision = WeightPrecision(model.weights)
+        // Threads per device as the engines split them: in-process over the mesh, MPI per host.
+        let perDevice = max(1, model.threads / (options.transport == .mpi ? MPIWorld.ranksOnThisHost : mesh.deviceCount))
+        return CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: perDevice, activeThreads: model.threads),
+                         calibration: host.calibration(for: precision, activeThreads: model.threads))
     }
 }

@@ -29,7 +29,7 @@ struct Serve: ParsableCommand {
     @Option(help: "Tokens one step may feed (decodes first, the rest prompt chunks).") var stepTokens = 256
     @Option(help: "Largest request body in bytes (413 beyond).") var maxBodyBytes = 2 << 20
     @Option(help: "Seconds in-flight requests get to finish on SIGTERM/SIGINT before they are ended.") var shutdownTimeout = 10.0
-    @Option(help: "Cap the decode batch so the predicted inter-token latency stays within T ms (needs `meshinfer calibrate`; not yet implemented).")
+    @Option(help: "Cap the decode batch and prefill chunks so the predicted inter-token latency stays within T ms (the cost model with this host's calibration: run `meshinfer calibrate` first).")
     var latencyTargetMs: Double?
 
     func validate() throws {
@@ -39,14 +39,17 @@ struct Serve: ParsableCommand {
         }
         if let context, context < 2 { throw ValidationError("--context must be at least 2") }
         if let kvMemory, kvMemory < 1 { throw ValidationError("--kv-memory must be positive") }
+        if let latencyTargetMs, !(latencyTargetMs > 0) { throw ValidationError("--latency-target-ms must be positive") }
     }
 
     func run() throws {
         if latencyTargetMs != nil {
-            guard loadHostCalibration() != nil else {
-                throw ValidationError("--latency-target-ms prices steps with this host's calibration: run `meshinfer calibrate` first")
+            var host = loadHostCalibration()
+            if meshOptions.transport == .mpi { host = host?.overMPI }
+            guard host != nil else {
+                throw ValidationError("--latency-target-ms prices steps with this host's calibration: run `meshinfer calibrate` first"
+                    + (meshOptions.transport == .mpi ? " (and `mpirun -np 2 meshinfer calibrate --transport mpi`)" : ""))
             }
-            throw ValidationError("--latency-target-ms is not implemented yet")
         }
         try runAcrossRanks(model: modelOptions, mesh: meshOptions) { try lead() }
     }
@@ -87,13 +90,20 @@ struct Serve: ParsableCommand {
             let perPosition = 2 * config.layers * config.kvHeads * config.headDimension * 4   // f32 keys and values
             let devices = try Mesh(parsing: meshOptions.mesh).deviceCount
             let positions = kvMemory.map { $0 / perPosition * devices } ?? maxBatch * context
+            let pricer = session.stepPricer(model: modelOptions, mesh: meshOptions)
+            var price: Scheduler.Price?
+            if let pricer {
+                price = { sequences, tokens, context in pricer.seconds(StepPricer.Shape(sequences: sequences, tokens: tokens, context: context)) }
+            }
             let loop = ServeLoop(engine: session.engine, tokenizer: session.tokenizer,
-                                 limits: .init(maxBatch: maxBatch, maxQueue: maxQueue, kvPositions: positions, context: context, stepTokens: stepTokens),
-                                 metrics: metrics)
+                                 limits: .init(maxBatch: maxBatch, maxQueue: maxQueue, kvPositions: positions, context: context, stepTokens: stepTokens,
+                                               latencyTarget: latencyTargetMs.map { $0 / 1000 }),
+                                 metrics: metrics, price: price)
             loop.start()
             slot.set(loop)
             printError("meshinfer serve: \(options.servedModelName) on http://\(host):\(port) (context \(context), max batch \(maxBatch), "
-                + "KV for \(positions) positions, layouts \(session.meshEngine.prefill)/\(session.meshEngine.decode))")
+                + "KV for \(positions) positions, layouts \(session.meshEngine.prefill)/\(session.meshEngine.decode)"
+                + (latencyTargetMs.map { ", latency target \($0) ms" } ?? "") + (pricer == nil ? ", no host calibration: steps not priced" : "") + ")")
         } catch {
             slot.fail("\(error)")
             printError("meshinfer serve: the model failed to load: \(error)")

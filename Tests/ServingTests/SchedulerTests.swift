@@ -110,6 +110,56 @@ struct SchedulerTests {
         #expect(Self.steps(t.handle(.arrived(.init(id: 2, promptTokens: 5, maxTokens: 3, cachedTokens: 5)))) == [S.Step(work: [(2, .prefill(from: 4, to: 5))])])
     }
 
+    /// A mock cost model, simple enough to work out by hand: 10 ms per step, 2 ms per sequence,
+    /// 0.1 ms per token, 0.01 ms per sequence per attended position.
+    static let price: S.Price = { sequences, tokens, context in
+        0.010 + 0.002 * Double(sequences) + 0.0001 * Double(tokens) + 0.00001 * Double(sequences * context)
+    }
+
+    /// With a latency target the prefill chunk beside a decoding stream is cut to what keeps
+    /// the predicted step within it: one decode at context 10 and a 100-token prompt, 20 ms:
+    /// price(2, 1 + p, ⌊(11 + p) / 2⌋) ≤ 0.02 holds up to p = 52 (19.92 ms) and not at 53 (20.04).
+    @Test func latencyTargetCutsPrefillChunks() throws {
+        var limits = Self.limits(maxBatch: 8, step: 64)
+        limits.latencyTarget = 0.020
+        var s = S(limits: limits, price: Self.price)
+        _ = s.handle(.arrived(.init(id: 1, promptTokens: 9, maxTokens: 50)))
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .decode)])])
+        _ = s.handle(.arrived(.init(id: 2, promptTokens: 100, maxTokens: 20)))
+        let step = try #require(Self.steps(s.handle(.stepFinished(finished: []))).first)
+        #expect(step == S.Step(work: [(1, .decode), (2, .prefill(from: 0, to: 52))]))
+        #expect(abs(step.predictedSeconds! - 0.01992) < 1e-9)
+        // Without a target the whole budget goes to the prompt.
+        var free = S(limits: Self.limits(maxBatch: 8, step: 64), price: Self.price)
+        _ = free.handle(.arrived(.init(id: 1, promptTokens: 9, maxTokens: 50)))
+        _ = free.handle(.stepFinished(finished: []))
+        _ = free.handle(.arrived(.init(id: 2, promptTokens: 100, maxTokens: 20)))
+        #expect(Self.steps(free.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .decode), (2, .prefill(from: 0, to: 63))])])
+    }
+
+    /// With a latency target the decode batch is capped where the predicted decode step would
+    /// pass it: 9-token prompts decode at context 10, price(s, s, 10) = 0.01 + 0.0022·s, so
+    /// four fit in 20 ms and a fifth (21 ms) waits — though `maxBatch` is 8 — until one ends.
+    /// The cap is recomputed from the current contexts: as they grow it admits fewer.
+    @Test func latencyTargetCapsTheDecodeBatch() {
+        var limits = Self.limits(maxBatch: 8, step: 64)
+        limits.latencyTarget = 0.020
+        var s = S(limits: limits, price: Self.price)
+        for id in 1...6 { _ = s.handle(.arrived(.init(id: id, promptTokens: 9, maxTokens: 100))) }
+        while s.running.contains(where: { $0.phase != .decoding }) { _ = s.handle(.stepFinished(finished: [])) }
+        #expect(s.running.map(\.request.id) == [1, 2, 3, 4] && s.waiting.map(\.id) == [5, 6])
+        let next = s.handle(.stepFinished(finished: [1]))
+        #expect(next.first == .release(1) && s.running.map(\.request.id) == [2, 3, 4, 5])
+        // Decode until the contexts make 4 sequences too slow (price(4, 4, c) > 0.02 once
+        // c > 40): when one ends then, the waiting request stays out.
+        for _ in 0..<60 { _ = s.handle(.stepFinished(finished: [])) }
+        _ = s.handle(.stepFinished(finished: [2]))
+        #expect(s.running.map(\.request.id) == [3, 4, 5] && s.waiting.map(\.id) == [6])
+        // Alone, a request is admitted whatever its prediction (none waits forever).
+        var tight = S(limits: { var l = Self.limits(); l.latencyTarget = 0.001; return l }(), price: Self.price)
+        #expect(Self.steps(tight.handle(.arrived(.init(id: 1, promptTokens: 20, maxTokens: 5)))).count == 1)
+    }
+
     /// Random traffic against a mock engine that ends each sequence after its max tokens (or a
     /// cancellation): at every step the limits hold, each sequence's chunks cover its prompt in
     /// order before it decodes, it decodes exactly max tokens unless cancelled, and every
@@ -117,9 +167,10 @@ struct SchedulerTests {
     @Test(arguments: [1, 2, 3, 4, 5])
     func randomTrafficKeepsEveryInvariant(_ seed: UInt64) {
         var rng = SplitMix64(seed: seed)
-        let limits = Self.limits(maxBatch: 1 + Int(rng.next() % 6), maxQueue: 3 + Int(rng.next() % 8), kv: 150 + Int(rng.next() % 200),
+        var limits = Self.limits(maxBatch: 1 + Int(rng.next() % 6), maxQueue: 3 + Int(rng.next() % 8), kv: 150 + Int(rng.next() % 200),
                                  context: 120, step: 4 + Int(rng.next() % 30))
-        var s = S(limits: limits)
+        if seed % 2 == 0 { limits.latencyTarget = 0.02 }   // even seeds: under a latency target too
+        var s = S(limits: limits, price: Self.price)
         var prefilled: [Int: Int] = [:], decoded: [Int: Int] = [:], released: [Int: Int] = [:]
         var requests: [Int: S.Request] = [:], cancelled: Set<Int> = [], rejected: Set<Int> = []
         var nextID = 0, steps = 0
@@ -134,6 +185,10 @@ struct SchedulerTests {
                     #expect(step.tokens <= max(limits.stepTokens, step.decodes + 1))
                     #expect(s.reservedPositions <= limits.kvPositions && s.running.count <= limits.maxBatch)
                     #expect(s.waiting.count <= limits.maxQueue)
+                    // Within the target, unless the decodes alone pass it (then one prompt token).
+                    if let target = limits.latencyTarget, step.decodes > 0, step.tokens - step.decodes > 1 {
+                        #expect(step.predictedSeconds! <= target)
+                    }
                     for (id, w) in step.work {
                         switch w {
                         case let .prefill(from, to):
