@@ -12,12 +12,28 @@ final class KVCache: @unchecked Sendable {
     private(set) var keys: [UnsafeMutablePointer<Float>]    // per layer (capacity, K·Q)
     private(set) var values: [UnsafeMutablePointer<Float>]  // per layer (capacity, K·Q)
 
-    init(config: ModelConfig, kvDimension: Int, limit: Int) {
-        layers = config.layers
+    convenience init(config: ModelConfig, kvDimension: Int, limit: Int) {
+        self.init(layers: config.layers, kvDimension: kvDimension, limit: limit)
+    }
+
+    private init(layers: Int, kvDimension: Int, limit: Int) {
+        self.layers = layers
         self.kvDimension = kvDimension
         self.limit = limit
         keys = []
         values = []
+    }
+
+    /// A new cache holding this one's first `positions` positions (for a sequence of `limit`).
+    func copy(prefix positions: Int, limit: Int) -> KVCache {
+        let c = KVCache(layers: layers, kvDimension: kvDimension, limit: limit)
+        guard positions > 0 else { return c }
+        c.reserve(positions)
+        for l in 0..<layers {
+            c.keys[l].update(from: keys[l], count: positions * kvDimension)
+            c.values[l].update(from: values[l], count: positions * kvDimension)
+        }
+        return c
     }
 
     deinit {

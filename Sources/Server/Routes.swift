@@ -15,6 +15,8 @@ public struct ServeOptions: Sendable {
     public var servedModelName = "model"
     public var maxBodyBytes = 2 << 20
     public var shutdownTimeout = 10.0
+    /// Seconds a stream may stay silent before it gets a `: ping` comment line.
+    public var pingSeconds = 5.0
     public init() {}
 }
 
@@ -113,18 +115,21 @@ public struct OpenAIServer: Sendable {
                                              param: chat ? "messages" : "prompt")
             }
         }
-        // One sequence per (prompt, choice); every job is accepted before the response starts.
+        // One sequence per (prompt, choice), the choices of a prompt sharing its prefill; every job
+        // is accepted before the response starts.
         var submitted: [(index: Int, prompt: Int, id: Int, events: AsyncStream<JobEvent>)] = []
         var cachedByPrompt = [Int](repeating: 0, count: prompts.count)
         for (p, prompt) in prompts.enumerated() {
+            var first: Int?   // the first choice: the others share its prefill
             for c in 0..<settings.n {
                 var g = GenerationRequest(promptTokens: prompt)
                 g.sampling = settings.sampling
                 g.sampling.seed &+= UInt64(c)
                 g.maxTokens = maxTokens[p]
                 g.stopStrings = settings.stops
-                switch loop.submit(Job(prompt: prompt, generation: g, logprobs: settings.logprobs)) {
+                switch loop.submit(Job(prompt: prompt, generation: g, logprobs: settings.logprobs), sharesPrefillWith: first) {
                 case let .accepted(id, cached, events):
+                    first = first ?? id
                     submitted.append((submitted.count, p, id, events))
                     cachedByPrompt[p] = max(cachedByPrompt[p], cached)
                 case let .rejected(why):
@@ -185,6 +190,7 @@ public struct OpenAIServer: Sendable {
         let chunkObject = chat ? "chat.completion.chunk" : "text_completion"
         let streams = submitted
         let includeUsage = settings.includeUsage, wantsLogprobs = settings.logprobs != nil
+        let pingSeconds = options.pingSeconds
         let body = ResponseBody { writer in
             var completionTokens = 0
             func send(_ object: [String: Any]) async throws {
@@ -197,23 +203,30 @@ public struct OpenAIServer: Sendable {
                 if chat { choice["delta"] = delta } else { choice["text"] = text }
                 return ["id": id, "object": chunkObject, "created": created, "model": model, "choices": [choice]]
             }
+            // Every choice's events as they come (choices interleave, each in the batch), and a
+            // tick every `pingSeconds`: a quiet stream (queued, or a long prefill) gets a
+            // `: ping` comment — and a client gone is noticed when it cannot be written to.
+            let items = MergedEvents(streams.map { ($0.index, $0.events) }, tick: pingSeconds)
+            defer { items.cancel() }
+            var lastWrite = Date()
             do {
                 if chat {
                     for s in streams { try await send(chunk(s.index, ["role": "assistant", "content": ""], text: "", finish: nil, probs: [])) }
                 }
-                // Choices stream one after another (each runs in the batch meanwhile).
-                for s in streams {
-                    for await event in s.events {
-                        switch event {
-                        case let .text(t, p):
-                            try await send(chunk(s.index, ["content": t], text: t, finish: nil, probs: p))
-                        case let .done(reason, n):
-                            completionTokens += n
-                            try await send(chunk(s.index, [:], text: "", finish: reason, probs: []))
-                        case let .failed(message):
-                            try await send(["error": ["message": message, "type": "server_error", "param": NSNull(), "code": NSNull()]])
-                        }
+                for await item in items.stream {
+                    switch item {
+                    case .tick:
+                        guard Date().timeIntervalSince(lastWrite) >= pingSeconds * 0.9 else { continue }
+                        try await writer.write(ByteBuffer(string: ": ping\n\n"))
+                    case let .event(index, .text(t, p)):
+                        try await send(chunk(index, ["content": t], text: t, finish: nil, probs: p))
+                    case let .event(index, .done(reason, n)):
+                        completionTokens += n
+                        try await send(chunk(index, [:], text: "", finish: reason, probs: []))
+                    case let .event(_, .failed(message)):
+                        try await send(["error": ["message": message, "type": "server_error", "param": NSNull(), "code": NSNull()]])
                     }
+                    lastWrite = Date()
                 }
                 if includeUsage {
                     try await send(["id": id, "object": chunkObject, "created": created, "model": model, "choices": [[String: Any]](),
@@ -316,6 +329,37 @@ public struct OpenAIServer: Sendable {
         }
         return try Fields(Data(buffer.readableBytesView))
     }
+}
+
+/// The events of a response's choices merged into one stream, with a `tick` every `tick`
+/// seconds; it ends when every choice's events have.
+final class MergedEvents: Sendable {
+    enum Item: Sendable {
+        case event(Int, JobEvent)
+        case tick
+    }
+    let stream: AsyncStream<Item>
+    private let tasks: [Task<Void, Never>]
+
+    init(_ choices: [(index: Int, events: AsyncStream<JobEvent>)], tick: Double) {
+        let (stream, sink) = AsyncStream<Item>.makeStream()
+        self.stream = stream
+        let feeders = choices.map { choice in
+            Task { for await e in choice.events { sink.yield(.event(choice.index, e)) } }
+        }
+        let ticker = Task {
+            while (try? await Task.sleep(nanoseconds: UInt64(tick * 1e9))) != nil { sink.yield(.tick) }
+        }
+        let closer = Task {
+            for f in feeders { await f.value }
+            ticker.cancel()
+            sink.finish()
+        }
+        tasks = feeders + [ticker, closer]
+    }
+
+    /// Stops ticking and forwarding (the response is over, or its client gone).
+    func cancel() { for t in tasks { t.cancel() } }
 }
 
 private func isInteger(_ v: Any) -> Bool {

@@ -31,7 +31,7 @@ public enum JobEvent: Sendable {
 /// per step, prompts are prefilled in chunks within the step's token budget — and hands each
 /// request its text as it becomes final. HTTP handlers submit and cancel from any thread.
 public final class ServeLoop: @unchecked Sendable {
-    public let engine: any ForwardEngine<MeshSequence>
+    public let engine: any MeshRunner
     public let tokenizer: Tokenizer
     public let limits: Scheduler.Limits
     public let metrics: ServeMetrics
@@ -71,7 +71,7 @@ public final class ServeLoop: @unchecked Sendable {
 
     /// `price`: the cost model's prediction of a step (this host's calibration), for
     /// `limits.latencyTarget` and the predicted-step metric; nil without a calibration.
-    public init(engine: any ForwardEngine<MeshSequence>, tokenizer: Tokenizer, limits: Scheduler.Limits, metrics: ServeMetrics,
+    public init(engine: any MeshRunner, tokenizer: Tokenizer, limits: Scheduler.Limits, metrics: ServeMetrics,
                 price: Scheduler.Price? = nil) {
         self.engine = engine
         self.tokenizer = tokenizer
@@ -99,17 +99,20 @@ public final class ServeLoop: @unchecked Sendable {
     }
 
     /// Queues a job (or rejects it: the queue is full, or it could never fit).
-    public func submit(_ job: Job) -> Submission {
+    /// `sharesPrefillWith`: an accepted job with the same prompt (another choice of one request,
+    /// `n > 1`) whose prefill this one shares: it starts from a copy of that job's KV.
+    public func submit(_ job: Job, sharesPrefillWith source: Int? = nil) -> Submission {
         condition.lock()
         defer { condition.unlock() }
         if stopping || refusing { return .rejected(.shuttingDown) }
         let id = nextID
         nextID += 1
+        let leader = source.flatMap { jobs[$0] }.flatMap { $0.job.prompt == job.prompt ? $0 : nil }
         // The cached sequence sharing the longest prefix with this prompt, if any: taken out of
         // the cache (so no eviction picks it), cut to that prefix; at least one prompt token is
         // fed so the step yields logits.
         var reused: CachedPrefix?
-        let shared = prefixes.map { commonPrefix($0.tokens, job.prompt) }
+        let shared = leader != nil ? [] : prefixes.map { commonPrefix($0.tokens, job.prompt) }
         if let best = shared.indices.max(by: { shared[$0] < shared[$1] }) {
             let c = min(shared[best], job.prompt.count - 1)
             if c > 0 {
@@ -122,7 +125,7 @@ public final class ServeLoop: @unchecked Sendable {
         }
         let cached = reused?.tokens.count ?? 0
         let actions = scheduler.handle(.arrived(.init(id: id, promptTokens: job.prompt.count, maxTokens: job.generation.maxTokens,
-                                                      cachedTokens: cached)))
+                                                      cachedTokens: cached, sharesPrefillWith: leader == nil ? nil : source)))
         if case let .reject(_, why)? = actions.first {
             if let reused { keep(reused.tokens, reused.cache) }
             return .rejected(why == .queueFull ? .queueFull : .tooLong)
@@ -130,8 +133,10 @@ public final class ServeLoop: @unchecked Sendable {
         let (stream, continuation) = AsyncStream<JobEvent>.makeStream()
         var completion = Completion(job.generation, tokenizer: tokenizer)
         completion.logprobAlternatives = job.logprobs
-        jobs[id] = Running(job: job, completion: completion, cache: reused?.cache ?? engine.makeCache(limit: limits.context),
-                           continuation: continuation, arrived: Date(), cachedTokens: cached)
+        // Homed with the KV it starts from (a cached prefix, or the choice whose prefill it
+        // shares), else on the device with the most free KV.
+        let cache = reused?.cache ?? engine.makeCache(limit: limits.context, home: leader?.cache.home(devices: devices) ?? emptiestDevice())
+        jobs[id] = Running(job: job, completion: completion, cache: cache, continuation: continuation, arrived: Date(), cachedTokens: cached)
         apply(actions)
         updateGauges()
         return .accepted(id: id, cachedTokens: cached, events: stream)
@@ -145,6 +150,17 @@ public final class ServeLoop: @unchecked Sendable {
         useClock += 1
         prefixes.append(CachedPrefix(tokens: tokens, cache: cache, used: useClock))
         apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
+    }
+
+    private var devices: Int { engine.mesh.deviceCount }
+
+    /// The device whose homed sequences (running, and kept in the prefix cache) reserve the
+    /// fewest KV positions. (Under batch-sharded attention a sequence's KV lives on its home.)
+    private func emptiestDevice() -> Int {
+        var held = [Int](repeating: 0, count: devices)
+        for r in jobs.values { held[r.cache.home(devices: devices)] += r.job.prompt.count + r.job.generation.maxTokens }
+        for p in prefixes { held[p.cache.home(devices: devices)] += p.tokens.count }
+        return held.indices.min { held[$0] < held[$1] }!
     }
 
     private func evictOldest() {
@@ -277,6 +293,12 @@ public final class ServeLoop: @unchecked Sendable {
                 let target = cachedPositions - positions
                 while cachedPositions > max(0, target), !prefixes.isEmpty { evictOldest() }
                 apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
+            case let .copyPrefix(from, to, positions):
+                guard let source = jobs[from], let target = jobs[to] else { break }
+                do { try engine.copyPrefix(positions, from: source.cache, to: target.cache) } catch {
+                    target.continuation.yield(.failed("\(error)"))
+                    apply(scheduler.handle(.cancelled(to)))
+                }
             case .reject:
                 break   // only at arrival, answered by `submit`
             }

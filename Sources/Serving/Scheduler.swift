@@ -67,11 +67,16 @@ public struct Scheduler: Sendable {
         public var maxTokens: Int
         /// Leading prompt tokens whose KV comes from the prefix cache (not prefilled again).
         public var cachedTokens: Int
-        public init(id: RequestID, promptTokens: Int, maxTokens: Int, cachedTokens: Int = 0) {
+        /// Another choice of the same request (`n > 1`), with the same prompt, that arrived
+        /// before this one: its prefill is shared — this sequence waits for it and starts from
+        /// a copy of its KV (all of the prompt but the last token, which it feeds itself).
+        public var sharesPrefillWith: RequestID?
+        public init(id: RequestID, promptTokens: Int, maxTokens: Int, cachedTokens: Int = 0, sharesPrefillWith: RequestID? = nil) {
             self.id = id
             self.promptTokens = promptTokens
             self.maxTokens = maxTokens
             self.cachedTokens = cachedTokens
+            self.sharesPrefillWith = sharesPrefillWith
         }
         /// Positions reserved for it: the prompt and every token it may generate.
         var positions: Int { promptTokens + maxTokens }
@@ -119,6 +124,9 @@ public struct Scheduler: Sendable {
         case reject(RequestID, Rejection)
         /// Forget the sequence and free its KV (finished, or cancelled).
         case release(RequestID)
+        /// Sequence `to` starts as a copy of the first `positions` KV positions of `from`
+        /// (a shared prefill); it then prefills its prompt from there.
+        case copyPrefix(from: RequestID, to: RequestID, positions: Int)
         case run(Step)
     }
 
@@ -182,18 +190,20 @@ public struct Scheduler: Sendable {
         case let .stepFinished(finished):
             guard let step = inFlight else { return [] }
             inFlight = nil
+            var ended: [RequestID] = []
             for (id, work) in step.work {
                 guard let i = running.firstIndex(where: { $0.request.id == id }) else { continue }
-                if finished.contains(id) || cancelledInFlight.contains(id) {
-                    running.remove(at: i)
-                    contexts[id] = nil
-                    actions.append(.release(id))
-                    continue
-                }
                 contexts[id, default: 0] += work.tokens
                 if case let .prefill(_, to) = work {
                     running[i].phase = to == running[i].request.promptTokens ? .decoding : .prefilling(prefilled: to)
                 }
+                if finished.contains(id) || cancelledInFlight.contains(id) { ended.append(id) }
+            }
+            actions += sharePrefills()   // before a sequence that ended takes its KV away
+            for id in ended {
+                running.removeAll { $0.request.id == id }
+                contexts[id] = nil
+                actions.append(.release(id))
             }
             cancelledInFlight = []
         case let .prefixCacheHolds(positions):
@@ -201,8 +211,9 @@ public struct Scheduler: Sendable {
             evictionAsked = false
         }
         if inFlight == nil {
-            let (step, evict) = nextStep()
+            let (step, evict, copies) = nextStep()
             if let evict { actions.append(evict) }
+            actions += copies
             if let step {
                 inFlight = step
                 actions.append(.run(step))
@@ -218,13 +229,14 @@ public struct Scheduler: Sendable {
     /// Admits what fits (asking the prefix cache to give way when only it stands in the way),
     /// then plans: every decoding sequence one token, then prefill chunks in admission order
     /// within the step's token budget (and, with a latency target, within the target).
-    private mutating func nextStep() -> (Step?, Action?) {
+    private mutating func nextStep() -> (Step?, Action?, [Action]) {
         while let r = waiting.first, canAdmit(r), decodeFitsTarget(adding: r) {
             waiting.removeFirst()
             let start = min(r.cachedTokens, r.promptTokens - 1)
             running.append((r, .prefilling(prefilled: start)))
             contexts[r.id] = start
         }
+        let copies = sharePrefills()
         var evict: Action?
         if let r = waiting.first, running.count < limits.maxBatch, prefixPositions > 0, !evictionAsked,
            reservedPositions + r.positions <= limits.kvPositions {
@@ -236,7 +248,7 @@ public struct Scheduler: Sendable {
         /// Prefill chunks of `tokens` tokens in all, oldest admitted first.
         func chunks(_ tokens: Int) -> [(id: RequestID, work: Work)] {
             var left = tokens, work: [(id: RequestID, work: Work)] = []
-            for s in running where left > 0 {
+            for s in running where left > 0 && s.request.sharesPrefillWith == nil {
                 guard case let .prefilling(done) = s.phase else { continue }
                 let chunk = min(left, s.request.promptTokens - done)
                 work.append((s.request.id, .prefill(from: done, to: done + chunk)))
@@ -255,7 +267,30 @@ public struct Scheduler: Sendable {
             prefill = chunks(lo)
         }
         let work = decodes + prefill
-        return (work.isEmpty ? nil : Step(work: work, predictedSeconds: predicted(work)), evict)
+        return (work.isEmpty ? nil : Step(work: work, predictedSeconds: predicted(work)), evict, copies)
+    }
+
+    /// Admitted sequences waiting on another's prefill: once it holds all of their prompt but
+    /// the last token, each starts from a copy of that KV; when it went away first (cancelled,
+    /// or refused), they prefill on their own.
+    private mutating func sharePrefills() -> [Action] {
+        var copies: [Action] = []
+        for i in running.indices {
+            guard let leader = running[i].request.sharesPrefillWith else { continue }
+            let shared = running[i].request.promptTokens - 1
+            if let l = running.first(where: { $0.request.id == leader }) {
+                if case let .prefilling(done) = l.phase, done < shared { continue }   // not there yet
+                if case let .prefilling(done) = running[i].phase, done < shared {
+                    copies.append(.copyPrefix(from: leader, to: running[i].request.id, positions: shared))
+                    running[i].phase = .prefilling(prefilled: shared)
+                    contexts[running[i].request.id] = shared
+                }
+            } else if waiting.contains(where: { $0.id == leader }) {
+                continue
+            }
+            running[i].request.sharesPrefillWith = nil
+        }
+        return copies
     }
 
     /// What `price` predicts for a step of this work (nil without a price).

@@ -29,13 +29,14 @@ struct Serve: ParsableCommand {
     @Option(help: "Tokens one step may feed (decodes first, the rest prompt chunks).") var stepTokens = 256
     @Option(help: "Largest request body in bytes (413 beyond).") var maxBodyBytes = 2 << 20
     @Option(help: "Seconds in-flight requests get to finish on SIGTERM/SIGINT before they are ended.") var shutdownTimeout = 10.0
+    @Option(help: "Seconds a stream may stay silent (queued, or a long prefill) before it gets a `: ping` comment line.") var pingInterval = 5.0
     @Option(help: "Cap the decode batch and prefill chunks so the predicted inter-token latency stays within T ms (the cost model with this host's calibration: run `meshinfer calibrate` first).")
     var latencyTargetMs: Double?
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be in 1...65535") }
-        guard maxBatch >= 1, maxQueue >= 0, stepTokens >= 1, maxBodyBytes >= 1024, shutdownTimeout >= 0 else {
-            throw ValidationError("--max-batch and --step-tokens must be at least 1, --max-queue and --shutdown-timeout at least 0, --max-body-bytes at least 1024")
+        guard maxBatch >= 1, maxQueue >= 0, stepTokens >= 1, maxBodyBytes >= 1024, shutdownTimeout >= 0, pingInterval > 0 else {
+            throw ValidationError("--max-batch and --step-tokens must be at least 1, --max-queue and --shutdown-timeout at least 0, --max-body-bytes at least 1024, --ping-interval positive")
         }
         if let context, context < 2 { throw ValidationError("--context must be at least 2") }
         if let kvMemory, kvMemory < 1 { throw ValidationError("--kv-memory must be positive") }
@@ -61,6 +62,7 @@ struct Serve: ParsableCommand {
         options.apiKey = apiKey ?? ProcessInfo.processInfo.environment["MESHINFER_API_KEY"]
         options.maxBodyBytes = maxBodyBytes
         options.shutdownTimeout = shutdownTimeout
+        options.pingSeconds = pingInterval
         let path = try modelOptions.model ?? ModelStore().defaultModel()
         options.servedModelName = servedModelName ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
         let metrics = ServeMetrics()
@@ -95,7 +97,7 @@ struct Serve: ParsableCommand {
             if let pricer {
                 price = { sequences, tokens, context in pricer.seconds(StepPricer.Shape(sequences: sequences, tokens: tokens, context: context)) }
             }
-            let loop = ServeLoop(engine: session.engine, tokenizer: session.tokenizer,
+            let loop = ServeLoop(engine: session.meshEngine, tokenizer: session.tokenizer,
                                  limits: .init(maxBatch: maxBatch, maxQueue: maxQueue, kvPositions: positions, context: context, stepTokens: stepTokens,
                                                latencyTarget: latencyTargetMs.map { $0 / 1000 }),
                                  metrics: metrics, price: price)

@@ -13,7 +13,7 @@ struct BatchInvarianceTests {
     /// tokens, then decoding); in chunks of 1, 7 and 64 tokens; in chunks of 7 beside 15
     /// others. The last position's logits are bitwise equal in every case. On mesh 2 with
     /// attention over heads (1D) and over the batch (2D: the sequence's home device changes
-    /// with its id).
+    /// with its id). And from a copy of another sequence's prefill (the choices of `n > 1`).
     @Test(arguments: [WeightFormat.f32, .int8, .native], ["1", "2 ws1d+heads", "2 ws2d+batch"])
     func logitsDoNotDependOnTheBatchOrTheChunks(_ format: WeightFormat, _ setup: String) throws {
         let model = try ModelCache.shared.model(format)
@@ -46,5 +46,15 @@ struct BatchInvarianceTests {
             let d = maxAbsDifference(got, alone)
             #expect(got == alone, "\(format) \(setup), chunks of \(chunk), \(beside) beside: max |Δ| = \(d)")
         }
+        // A prefill shared by another choice (`n > 1`): a sequence homed alike starts from a copy
+        // of the first 69 positions and feeds the last token itself, beside 3 others.
+        let source = engine.makeCache()
+        _ = try engine.forward([SequenceInput(cache: source, tokens: Array(prompt.dropLast()))])
+        let copy = engine.makeCache(limit: nil, home: source.home(devices: mesh.deviceCount))
+        try engine.copyPrefix(prompt.count - 1, from: source, to: copy)
+        let companions = others.prefix(3).map { _ in engine.makeCache() }
+        let got = try engine.forward([SequenceInput(cache: copy, tokens: [prompt.last!])]
+                                     + zip(companions, others).map { SequenceInput(cache: $0, tokens: $1) })[0].values
+        #expect(got == alone, "\(format) \(setup), from a copied prefill: max |Δ| = \(maxAbsDifference(got, alone))")
     }
 }

@@ -83,7 +83,8 @@ struct ControlProtocolTests {
 
     /// Two sessions (different layouts) over 2 and 4 threads: every pass's logits equal the
     /// in-process mesh's exactly, reports come back from every rank, released sequences' caches
-    /// are dropped on the followers at the next pass, a closed session refuses more work with a
+    /// are dropped on the followers at the next pass, a prefix copied on every rank continues
+    /// alike, a closed session refuses more work with a
     /// typed error, and `end` lets the followers return.
     @Test(.timeLimit(.minutes(2)), arguments: ["2", "2x2"])
     func sessionsOverTheInProcessFabric(_ meshName: String) throws {
@@ -120,6 +121,13 @@ struct ControlProtocolTests {
                 #expect(held.count == mesh.deviceCount - 1)
                 #expect(held.allSatisfy { $0.isSubset(of: Set(a.map(\.id))) }, "\(held), live \(a.map(\.id)), released \(released)")
                 if spec.decode.attention == .shardedOverHeads { #expect(held.allSatisfy { $0 == Set(a.map(\.id)) }) }
+                // A prefix copied on every rank (the choices of n > 1) continues as on the in-process mesh.
+                let c = engine.makeCache(limit: nil, home: a[0].home(devices: mesh.deviceCount))
+                let d = local.makeCache(limit: nil, home: b[0].home(devices: mesh.deviceCount))
+                try engine.copyPrefix(a[0].count, from: a[0], to: c)
+                try local.copyPrefix(b[0].count, from: b[0], to: d)
+                #expect(try engine.forward([SequenceInput(cache: c, tokens: [9])]).map(\.values)
+                        == local.forward([SequenceInput(cache: d, tokens: [9])]).map(\.values))
                 engine.shutdown()
                 #expect(throws: ProcessMeshError.self) { try engine.forward([SequenceInput(cache: a[0], tokens: [1])]) }
             }

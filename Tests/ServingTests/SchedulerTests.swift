@@ -110,6 +110,29 @@ struct SchedulerTests {
         #expect(Self.steps(t.handle(.arrived(.init(id: 2, promptTokens: 5, maxTokens: 3, cachedTokens: 5)))) == [S.Step(work: [(2, .prefill(from: 4, to: 5))])])
     }
 
+    /// `n = 3`: the prompt is prefilled once; when it is in (all of it but the last token),
+    /// the other choices start from copies of that KV and each feeds the last token itself.
+    /// A choice whose source is cancelled before that prefills on its own.
+    @Test func choicesSharePrefill() {
+        var s = S(limits: Self.limits(step: 8))
+        #expect(Self.steps(s.handle(.arrived(.init(id: 1, promptTokens: 12, maxTokens: 4)))) == [S.Step(work: [(1, .prefill(from: 0, to: 8))])])
+        _ = s.handle(.arrived(.init(id: 2, promptTokens: 12, maxTokens: 4, sharesPrefillWith: 1)))
+        _ = s.handle(.arrived(.init(id: 3, promptTokens: 12, maxTokens: 4, sharesPrefillWith: 1)))
+        // 2 and 3 are admitted but wait: the step prefills only 1.
+        #expect(Self.steps(s.handle(.stepFinished(finished: []))) == [S.Step(work: [(1, .prefill(from: 8, to: 12))])])
+        let after = s.handle(.stepFinished(finished: []))
+        #expect(after.filter { if case .copyPrefix = $0 { true } else { false } }
+                == [.copyPrefix(from: 1, to: 2, positions: 11), .copyPrefix(from: 1, to: 3, positions: 11)])
+        #expect(Self.steps(after) == [S.Step(work: [(1, .decode), (2, .prefill(from: 11, to: 12)), (3, .prefill(from: 11, to: 12))])])
+        // The source cancelled while still prefilling: the other choice prefills on its own.
+        var t = S(limits: Self.limits(step: 8))
+        _ = t.handle(.arrived(.init(id: 1, promptTokens: 12, maxTokens: 4)))
+        _ = t.handle(.arrived(.init(id: 2, promptTokens: 12, maxTokens: 4, sharesPrefillWith: 1)))
+        _ = t.handle(.cancelled(1))
+        let alone = t.handle(.stepFinished(finished: []))
+        #expect(alone.first == .release(1) && Self.steps(alone) == [S.Step(work: [(2, .prefill(from: 0, to: 8))])])
+    }
+
     /// A mock cost model, simple enough to work out by hand: 10 ms per step, 2 ms per sequence,
     /// 0.1 ms per token, 0.01 ms per sequence per attended position.
     static let price: S.Price = { sequences, tokens, context in
@@ -180,6 +203,10 @@ struct SchedulerTests {
                 case let .reject(id, _): rejected.insert(id)
                 case let .release(id): released[id, default: 0] += 1
                 case .evictPrefixes: Issue.record("an eviction asked for with no prefix cache")
+                case let .copyPrefix(from, to, positions):
+                    #expect(requests[to]!.sharesPrefillWith == from && positions == requests[to]!.promptTokens - 1)
+                    #expect(prefilled[from, default: 0] >= positions && prefilled[to, default: 0] == 0)
+                    prefilled[to] = positions
                 case let .run(step):
                     #expect(step.decodes <= limits.maxBatch)
                     #expect(step.tokens <= max(limits.stepTokens, step.decodes + 1))
@@ -205,7 +232,11 @@ struct SchedulerTests {
         while steps < 100_000 {
             // Arrivals and cancellations between steps.
             if nextID < 300 && rng.next() % 3 == 0 {
-                let r = S.Request(id: nextID, promptTokens: Int(rng.next() % 60), maxTokens: 1 + Int(rng.next() % 40))
+                var r = S.Request(id: nextID, promptTokens: Int(rng.next() % 60), maxTokens: 1 + Int(rng.next() % 40))
+                if let last = requests[nextID - 1], rng.next() % 3 == 0 {   // another choice of the last request
+                    r.promptTokens = last.promptTokens
+                    r.sharesPrefillWith = last.id
+                }
                 requests[r.id] = r
                 nextID += 1
                 apply(s.handle(.arrived(r)))

@@ -25,6 +25,9 @@ public enum ControlMessage: Codable, Equatable, Sendable {
     case open(SessionSpec)
     /// One forward pass of `batch`; first drop the caches of the sequences the leader released.
     case forward(MeshBatch, limit: Int, released: [Int])
+    /// Sequence `to` starts as a copy of `from`'s first `positions` KV positions (a prompt
+    /// prefilled once for several choices).
+    case copyPrefix(positions: Int, from: Int, to: Int, limit: Int)
     /// All-gather the byte counters, or the weight formats and bytes, over the control plane.
     case reportTraffic
     case reportWeights
@@ -63,7 +66,7 @@ public enum ControlError: Error, Equatable, CustomStringConvertible {
 /// A follower's side of the protocol, as a pure state machine: no I/O, no engine. It takes the
 /// leader's messages and the outcome of opening a session, and says what to do next.
 ///
-///     idle --open--> opening --opened(ok)--> serving --forward|report…|reset--> serving
+///     idle --open--> opening --opened(ok)--> serving --forward|copyPrefix|report…|reset--> serving
 ///       ^              |                        |
 ///       |<--opened(failed: every rank saw it)---+--close--> idle
 ///     idle | serving --end--> finished
@@ -79,6 +82,7 @@ public struct FollowerMachine: Equatable, Sendable {
     public enum Action: Equatable, Sendable {
         case open(SessionSpec)
         case forward(MeshBatch, limit: Int, released: [Int])
+        case copyPrefix(positions: Int, from: Int, to: Int, limit: Int)
         case reportTraffic, reportWeights, resetCounters
         case close
         case exit(failed: Bool)
@@ -99,6 +103,7 @@ public struct FollowerMachine: Equatable, Sendable {
         case let (.serving, .received(message)):
             switch message {
             case let .forward(batch, limit, released): return .forward(batch, limit: limit, released: released)
+            case let .copyPrefix(positions, from, to, limit): return .copyPrefix(positions: positions, from: from, to: to, limit: limit)
             case .reportTraffic: return .reportTraffic
             case .reportWeights: return .reportWeights
             case .resetCounters: return .resetCounters
@@ -143,7 +148,7 @@ extension ProcessMeshEngine {
                 return failed
             case .close:
                 engine = nil
-            case .forward, .reportTraffic, .reportWeights, .resetCounters:
+            case .forward, .copyPrefix, .reportTraffic, .reportWeights, .resetCounters:
                 guard let engine else { throw ControlError.unexpected(message: "\(action)", state: "without a session") }
                 try engine.perform(action)
             }

@@ -47,6 +47,15 @@ final class DeviceCaches: @unchecked Sendable {
 
     func release(_ sequences: [Int]) { lock.withLock { for s in sequences { caches[s] = nil } } }
 
+    /// Sequence `to` starts with the first `positions` positions of `from` (when this device
+    /// holds any of `from`; `to` is homed alike, so what it needs is here).
+    func copyPrefix(_ positions: Int, from: Int, to: Int, limit: Int) {
+        lock.withLock {
+            guard let source = caches[from] else { return }
+            caches[to] = source.copy(prefix: min(positions, source.capacity), limit: limit)
+        }
+    }
+
     /// Sequences holding a cache on this device.
     var sequences: Set<Int> { lock.withLock { Set(caches.keys) } }
 }

@@ -75,8 +75,17 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
         try PhaseLayout.validatePhases(prefill: prefill, decode: decode, config: config, mesh: mesh)
     }
 
-    public func makeCache(limit: Int?) -> MeshSequence {
-        let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
+    public func makeCache(limit: Int?) -> MeshSequence { makeSequence(limit: limit, home: nil) }
+    public func makeCache(limit: Int?, home: Int) -> MeshSequence { makeSequence(limit: limit, home: home) }
+
+    public func copyPrefix(_ positions: Int, from: MeshSequence, to: MeshSequence) throws {
+        try MeshSequence.checkCopy(positions, from: from, to: to, engine: self, devices: mesh.deviceCount)
+        for c in caches { c.copyPrefix(positions, from: from.id, to: to.id, limit: to.limit) }
+        to.count = positions
+    }
+
+    private func makeSequence(limit: Int?, home: Int?) -> MeshSequence {
+        let id = lock.withLock { nextSequenceID(&nextSequence, home: home, devices: mesh.deviceCount) }
         let caches = caches
         return MeshSequence(id: id, limit: limit ?? config.contextLength, owner: self) { id in
             for c in caches { c.release([id]) }
@@ -159,6 +168,32 @@ public protocol MeshRunner: ForwardEngine where Sequence == MeshSequence {
     func trafficByDevice() throws -> [TrafficCounter]
     /// Every device's weight formats and bytes, in rank order.
     func weightsByDevice() throws -> [DeviceWeightReport]
+    /// A new sequence homed on device `home` (under batch-sharded attention its KV lives
+    /// there; sequences are homed on device id mod n).
+    func makeCache(limit: Int?, home: Int) -> MeshSequence
+    /// `to` (empty, homed as `from`) starts as a copy of the first `positions` positions of
+    /// `from`'s KV cache, on every device: one prompt prefilled once for several sequences.
+    func copyPrefix(_ positions: Int, from: MeshSequence, to: MeshSequence) throws
+}
+
+extension MeshSequence {
+    /// The device it is homed on, in a mesh of `devices`.
+    public func home(devices: Int) -> Int { id % devices }
+
+    /// Checks a prefix copy between two sequences of `engine`.
+    static func checkCopy(_ positions: Int, from: MeshSequence, to: MeshSequence, engine: AnyObject, devices: Int) throws {
+        guard from.owner == ObjectIdentifier(engine), to.owner == ObjectIdentifier(engine) else { throw EngineError.foreignSequence }
+        precondition(to.count == 0 && positions <= from.count && positions <= to.limit && from.home(devices: devices) == to.home(devices: devices),
+                     "a prefix is copied into a fresh sequence homed alike")
+    }
+}
+
+/// The next free sequence id homed on `home` of n devices (ids are homed on id mod n).
+func nextSequenceID(_ next: inout Int, home: Int?, devices n: Int) -> Int {
+    var id = next
+    if let home { id += ((home % n) - id % n + n) % n }
+    next = id + 1
+    return id
 }
 
 extension MeshEngine: MeshRunner {

@@ -80,8 +80,20 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         self.threads = WorkSplitter(threads: max(1, threads))
     }
 
-    public func makeCache(limit: Int?) -> MeshSequence {
-        let id = lock.withLock { () -> Int in nextSequence += 1; return nextSequence - 1 }
+    public func makeCache(limit: Int?) -> MeshSequence { makeSequence(limit: limit, home: nil) }
+    public func makeCache(limit: Int?, home: Int) -> MeshSequence { makeSequence(limit: limit, home: home) }
+
+    /// Leader only: the copy is made here and announced to every rank (each copies what it holds).
+    public func copyPrefix(_ positions: Int, from: MeshSequence, to: MeshSequence) throws {
+        precondition(rank == 0, "only rank 0 drives a process mesh")
+        try MeshSequence.checkCopy(positions, from: from, to: to, engine: self, devices: mesh.deviceCount)
+        try lead(.copyPrefix(positions: positions, from: from.id, to: to.id, limit: to.limit))
+        caches.copyPrefix(positions, from: from.id, to: to.id, limit: to.limit)
+        to.count = positions
+    }
+
+    private func makeSequence(limit: Int?, home: Int?) -> MeshSequence {
+        let id = lock.withLock { nextSequenceID(&nextSequence, home: home, devices: mesh.deviceCount) }
         return MeshSequence(id: id, limit: limit ?? config.contextLength, owner: self) { [weak self] id in
             guard let self else { return }
             self.caches.release([id])
@@ -135,6 +147,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         case let .forward(batch, limit, released):
             caches.release(released)
             _ = try run(batch, limit: limit)
+        case let .copyPrefix(positions, from, to, limit): caches.copyPrefix(positions, from: from, to: to, limit: limit)
         case .reportTraffic: _ = try reportTraffic()
         case .reportWeights: _ = try reportWeights()
         case .resetCounters: resetLocal()
