@@ -27,14 +27,16 @@ public final class ModelSlot: @unchecked Sendable {
     private var failure: String?
     public init() {}
     public func set(_ loop: ServeLoop) { lock.withLock { self.loop = loop } }
+    /// The model cannot serve (it failed to load, or its mesh broke): 503 from now on.
     public func fail(_ message: String) { lock.withLock { failure = message } }
-    var current: ServeLoop? { lock.withLock { loop } }
+    var current: ServeLoop? { lock.withLock { failure == nil ? loop : nil } }
     var error: String? { lock.withLock { failure } }
 
     /// Shutting down: no new requests; running ones get up to `timeout` seconds, then end
     /// with finish reason "abort".
     public func drain(timeout: Double) async {
         guard let loop = current else { return }
+        fail("the server is shutting down")   // /health and new requests: 503
         loop.refuseNew()
         let deadline = Date().addingTimeInterval(timeout)
         while loop.runningCount + loop.waitingCount > 0 && Date() < deadline { try? await Task.sleep(nanoseconds: 50_000_000) }
@@ -314,7 +316,7 @@ public struct OpenAIServer: Sendable {
 
     func ready() throws -> ServeLoop {
         guard let loop = slot.current else {
-            throw OpenAIError(status: 503, message: slot.error.map { "the model failed to load: \($0)" } ?? "the model is loading; retry shortly",
+            throw OpenAIError(status: 503, message: slot.error ?? "the model is loading; retry shortly",
                               type: "unavailable_error", param: nil, code: nil)
         }
         return loop

@@ -36,6 +36,10 @@ public final class ServeLoop: @unchecked Sendable {
     public let limits: Scheduler.Limits
     public let metrics: ServeMetrics
     public var logger = Logger(label: "meshinfer.serve")
+    /// Called once (on the loop thread) when a step fails for a reason that is not the
+    /// request's (a collective failed: a rank of the mesh is gone): every request has been
+    /// ended with the error, new ones are refused, and the loop has stopped.
+    public var onFatal: (@Sendable (Error) -> Void)?
 
     private struct Running {
         var job: Job
@@ -232,6 +236,15 @@ public final class ServeLoop: @unchecked Sendable {
             condition.lock()
             var finished: Set<Int> = []
             switch result {
+            case let .failure(error) where !(error is EngineError):
+                // The mesh is broken: nothing can run any more.
+                for r in jobs.values { r.continuation.yield(.failed("the device mesh failed: \(error)")) }
+                stopping = true
+                for id in Array(jobs.keys) { apply(scheduler.handle(.cancelled(id))) }
+                apply(scheduler.handle(.stepFinished(finished: [])))
+                condition.unlock()
+                onFatal?(error)
+                return
             case let .failure(error):
                 for (id, _) in step.work {
                     jobs[id]?.continuation.yield(.failed("\(error)"))

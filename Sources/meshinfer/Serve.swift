@@ -73,11 +73,16 @@ struct Serve: ParsableCommand {
         // Load on this thread while the HTTP server already answers /health with 503.
         let (maxBatch, stepTokens, maxQueue, kvMemory, contextFlag) = (maxBatch, stepTokens, maxQueue, kvMemory, context)
         let app = Application(router: server.router(), configuration: .init(address: .hostname(host, port: port), serverName: "meshinfer"),
-                              services: [LoopShutdown(slot: slot, timeout: shutdownTimeout)], logger: logger)
+                              logger: logger)
+        // On SIGTERM/SIGINT a service group shuts its services down last to first, each after
+        // the one behind it has finished: the loop drains (within --shutdown-timeout) before
+        // the HTTP server, which waits for its open responses.
+        let group = ServiceGroup(configuration: .init(services: [app, LoopShutdown(slot: slot, timeout: shutdownTimeout)],
+                                                      gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         let finished = DispatchSemaphore(value: 0)
         let outcome = LockedBox<Error?>(nil)
         Task {
-            do { try await app.runService() } catch { outcome.set(error) }
+            do { try await group.run() } catch { outcome.set(error) }
             finished.signal()
         }
         // A step prefills some sequences while it decodes others: with the same feed-forward
@@ -101,13 +106,19 @@ struct Serve: ParsableCommand {
                                  limits: .init(maxBatch: maxBatch, maxQueue: maxQueue, kvPositions: positions, context: context, stepTokens: stepTokens,
                                                latencyTarget: latencyTargetMs.map { $0 / 1000 }),
                                  metrics: metrics, price: price)
+            loop.onFatal = { error in
+                // A rank is gone: answer 503, end the HTTP server, exit non-zero.
+                slot.fail("the device mesh failed: \(error)")
+                outcome.set(error)
+                Task { await group.triggerGracefulShutdown() }
+            }
             loop.start()
             slot.set(loop)
             printError("meshinfer serve: \(options.servedModelName) on http://\(host):\(port) (context \(context), max batch \(maxBatch), "
                 + "KV for \(positions) positions, layouts \(session.meshEngine.prefill)/\(session.meshEngine.decode)"
                 + (latencyTargetMs.map { ", latency target \($0) ms" } ?? "") + (pricer == nil ? ", no host calibration: steps not priced" : "") + ")")
         } catch {
-            slot.fail("\(error)")
+            slot.fail("the model failed to load: \(error)")
             printError("meshinfer serve: the model failed to load: \(error)")
             throw error
         }
