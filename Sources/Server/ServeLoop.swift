@@ -64,6 +64,11 @@ public final class ServeLoop: @unchecked Sendable {
     private var useClock = 0
     private var cachedPositions: Int { prefixes.reduce(0) { $0 + $1.tokens.count } }
 
+    /// KV copies to make before the next step (a cached prefix, another choice's prefill): the
+    /// loop thread makes them, so every engine call (under MPI, every control message) comes
+    /// from one thread.
+    private var copies: [(from: MeshSequence, to: MeshSequence, positions: Int)] = []
+
     private let condition = NSCondition()
     private var scheduler: Scheduler
     private var jobs: [Int: Running] = [:]
@@ -112,22 +117,26 @@ public final class ServeLoop: @unchecked Sendable {
         let id = nextID
         nextID += 1
         let leader = source.flatMap { jobs[$0] }.flatMap { $0.job.prompt == job.prompt ? $0 : nil }
-        // The cached sequence sharing the longest prefix with this prompt, if any: taken out of
-        // the cache (so no eviction picks it), cut to that prefix; at least one prompt token is
-        // fed so the step yields logits.
+        // The cached sequence sharing the longest prefix with this prompt, if any (at least one
+        // prompt token is still fed, so the step yields logits). When the prompt extends all of
+        // it (a follow-up chat turn) it is taken out of the cache and continued; when they share
+        // only a part (a system prompt, an earlier turn) the new sequence starts from a copy of
+        // that part and the entry stays for others.
         var reused: CachedPrefix?
+        var copied: (from: MeshSequence, positions: Int)?
         let shared = leader != nil ? [] : prefixes.map { commonPrefix($0.tokens, job.prompt) }
         if let best = shared.indices.max(by: { shared[$0] < shared[$1] }) {
             let c = min(shared[best], job.prompt.count - 1)
-            if c > 0 {
-                var entry = prefixes.remove(at: best)
-                entry.cache.truncate(to: c)
-                entry.tokens = Array(entry.tokens.prefix(c))
-                reused = entry
+            if c > 0 && c == prefixes[best].tokens.count {
+                reused = prefixes.remove(at: best)
                 apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
+            } else if c > 0 {
+                useClock += 1
+                prefixes[best].used = useClock
+                copied = (prefixes[best].cache, c)
             }
         }
-        let cached = reused?.tokens.count ?? 0
+        let cached = reused?.tokens.count ?? copied?.positions ?? 0
         let actions = scheduler.handle(.arrived(.init(id: id, promptTokens: job.prompt.count, maxTokens: job.generation.maxTokens,
                                                       cachedTokens: cached, sharesPrefillWith: leader == nil ? nil : source)))
         if case let .reject(_, why)? = actions.first {
@@ -139,7 +148,9 @@ public final class ServeLoop: @unchecked Sendable {
         completion.logprobAlternatives = job.logprobs
         // Homed with the KV it starts from (a cached prefix, or the choice whose prefill it
         // shares), else on the device with the most free KV.
-        let cache = reused?.cache ?? engine.makeCache(limit: limits.context, home: leader?.cache.home(devices: devices) ?? emptiestDevice())
+        let home = (copied?.from ?? leader?.cache)?.home(devices: devices) ?? emptiestDevice()
+        let cache = reused?.cache ?? engine.makeCache(limit: limits.context, home: home)
+        if let copied { copies.append((copied.from, cache, copied.positions)) }
         jobs[id] = Running(job: job, completion: completion, cache: cache, continuation: continuation, arrived: Date(), cachedTokens: cached)
         apply(actions)
         updateGauges()
@@ -225,10 +236,15 @@ public final class ServeLoop: @unchecked Sendable {
                 case .decode: return SequenceInput(cache: r.cache, tokens: [r.completion.tokenIDs.last!])
                 }
             }
+            let copies = self.copies
+            self.copies = []
             condition.unlock()
 
             let start = Date(), communicated = mesh?.communicationSeconds ?? 0
-            let result = Result { try engine.forward(inputs) }
+            let result = Result {
+                for c in copies { try engine.copyPrefix(c.positions, from: c.from, to: c.to) }
+                return try engine.forward(inputs)
+            }
             let seconds = Date().timeIntervalSince(start)
             metrics.step(seconds: seconds, predicted: step.predictedSeconds, batch: step.work.count,
                          collectiveSeconds: mesh.map { $0.communicationSeconds - communicated })
@@ -308,10 +324,7 @@ public final class ServeLoop: @unchecked Sendable {
                 apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
             case let .copyPrefix(from, to, positions):
                 guard let source = jobs[from], let target = jobs[to] else { break }
-                do { try engine.copyPrefix(positions, from: source.cache, to: target.cache) } catch {
-                    target.continuation.yield(.failed("\(error)"))
-                    apply(scheduler.handle(.cancelled(to)))
-                }
+                copies.append((source.cache, target.cache, positions))
             case .reject:
                 break   // only at arrival, answered by `submit`
             }
