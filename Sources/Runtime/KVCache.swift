@@ -2,8 +2,8 @@ import Transformer
 
 /// One device's slice of one sequence's key/value cache: per layer, positions of this device's
 /// K·Q columns of keys and values (layout (L, K·Q) per layer, f32). Written by position; how many
-/// positions the sequence holds is its `MeshSequence`'s count, not the cache's. Grows by doubling
-/// up to the context limit.
+/// positions the sequence holds is its `MeshSequence`'s count, not the cache's. Grows by a
+/// quarter up to the context limit.
 final class KVCache: @unchecked Sendable {
     let layers: Int
     let kvDimension: Int   // K·Q on this device
@@ -44,7 +44,10 @@ final class KVCache: @unchecked Sendable {
     /// Makes room for `positions` in total.
     func reserve(_ positions: Int) {
         guard positions > capacity else { return }
-        let newCapacity = min(max(positions, capacity * 2, 64), max(limit, positions))
+        // A quarter more than now (at least 16 positions): finished sequences are kept for
+        // their prefixes, so what a cache holds beyond its positions is memory the KV budget
+        // does not see; copying on growth costs little beside a step.
+        let newCapacity = min(max(positions, capacity + max(16, capacity / 4)), max(limit, positions))
         func grow(_ old: [UnsafeMutablePointer<Float>]) -> [UnsafeMutablePointer<Float>] {
             (0..<layers).map { l in
                 let p = UnsafeMutablePointer<Float>.allocate(capacity: newCapacity * kvDimension)
