@@ -87,7 +87,7 @@ public final class ServeLoop: @unchecked Sendable {
         self.limits = limits
         self.metrics = metrics
         scheduler = Scheduler(limits: limits, price: price)
-        mesh = (engine as? any MeshRunner).flatMap { $0.mesh.deviceCount > 1 ? $0 : nil }
+        mesh = engine.mesh.deviceCount > 1 ? engine : nil
     }
     /// The engine when it runs on more than one device (for the collective-seconds metric).
     private let mesh: (any MeshRunner)?

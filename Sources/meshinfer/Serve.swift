@@ -89,8 +89,11 @@ struct Serve: ParsableCommand {
         // layout for both phases a sequence's numbers do not depend on its neighbours (batch
         // invariance), unless the user names two layouts.
         do {
+            // The layouts the options leave open: the cost model's choice for --max-batch
+            // sequences filling --context (half prompt, half generated).
+            let contextGuess = contextFlag ?? 4096
             let session = try Session(model: modelOptions, mesh: meshOptions, workload: { _ in
-                Workload(batch: maxBatch, promptTokens: 256, generateTokens: 256)
+                Workload(batch: maxBatch, promptTokens: max(1, contextGuess / 2), generateTokens: max(1, contextGuess / 2))
             }, samePhases: true)
             let config = session.engine.config
             let context = min(contextFlag ?? min(config.contextLength, 4096), config.contextLength)
