@@ -8,6 +8,8 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
     case duplicateSequence
     /// A sequence made by another engine (its caches live on that engine's devices).
     case foreignSequence
+    /// A prefix copy that is not into a fresh sequence homed as its source, or longer than it.
+    case invalidCopy(positions: Int, from: Int, to: Int)
 
     public var description: String {
         switch self {
@@ -15,6 +17,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
         case let .invalidToken(id, v): "token id \(id) is outside the vocabulary (0..<\(v))"
         case .emptyInput: "no tokens to process"
         case .duplicateSequence: "the same sequence appears twice in one batch"
+        case let .invalidCopy(p, f, t): "a prefix of \(p) positions cannot be copied from a sequence of \(f) into one of \(t) (it must be fresh and homed alike)"
         case .foreignSequence: "a sequence made by another engine was passed to this one; make sequences with this engine's makeCache()"
         }
     }

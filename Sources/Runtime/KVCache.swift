@@ -28,7 +28,7 @@ final class KVCache: @unchecked Sendable {
     func copy(prefix positions: Int, limit: Int) -> KVCache {
         let c = KVCache(layers: layers, kvDimension: kvDimension, limit: limit)
         guard positions > 0 else { return c }
-        c.reserve(positions)
+        c.reserve(min(max(limit, positions), positions + max(16, positions / 4)))   // room to go on, as it grows
         for l in 0..<layers {
             c.keys[l].update(from: keys[l], count: positions * kvDimension)
             c.values[l].update(from: values[l], count: positions * kvDimension)

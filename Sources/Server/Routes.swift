@@ -41,6 +41,9 @@ public final class ModelSlot: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         while loop.runningCount + loop.waitingCount > 0 && Date() < deadline { try? await Task.sleep(nanoseconds: 50_000_000) }
         loop.stop()
+        // The step in flight ends first: after this only the caller talks to the engine (under
+        // MPI, sends the control messages that end the session).
+        _ = await Task.detached { loop.waitUntilStopped(timeout: 60) }.value
     }
 }
 

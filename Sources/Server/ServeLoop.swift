@@ -64,10 +64,12 @@ public final class ServeLoop: @unchecked Sendable {
     private var useClock = 0
     private var cachedPositions: Int { prefixes.reduce(0) { $0 + $1.tokens.count } }
 
-    /// KV copies to make before the next step (a cached prefix, another choice's prefill): the
-    /// loop thread makes them, so every engine call (under MPI, every control message) comes
-    /// from one thread.
-    private var copies: [(from: MeshSequence, to: MeshSequence, positions: Int)] = []
+    /// The KV copy each job starts from (a cached prefix, another choice's prefill), made by the
+    /// loop thread just before the first step that runs the job — so the copy is counted in the
+    /// KV budget (the job is admitted), cannot race the job's release (a job in the step in
+    /// flight is released after it), and every engine call (under MPI, every control message)
+    /// comes from one thread.
+    private var pendingCopies: [Int: (from: MeshSequence, positions: Int)] = [:]
 
     private let condition = NSCondition()
     private var scheduler: Scheduler
@@ -77,6 +79,7 @@ public final class ServeLoop: @unchecked Sendable {
     private var stopping = false
     private var refusing = false
     private var thread: Thread?
+    private let finished = DispatchSemaphore(value: 0)
 
     /// `price`: the cost model's prediction of a step (this host's calibration), for
     /// `limits.latencyTarget` and the predicted-step metric; nil without a calibration.
@@ -127,10 +130,12 @@ public final class ServeLoop: @unchecked Sendable {
         let shared = leader != nil ? [] : prefixes.map { commonPrefix($0.tokens, job.prompt) }
         if let best = shared.indices.max(by: { shared[$0] < shared[$1] }) {
             let c = min(shared[best], job.prompt.count - 1)
+            let entryDevice = prefixes[best].cache.home(devices: devices)
             if c > 0 && c == prefixes[best].tokens.count {
                 reused = prefixes.remove(at: best)
                 apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
-            } else if c > 0 {
+            } else if c > 0 && held(on: entryDevice) + job.prompt.count + job.generation.maxTokens <= limits.kvPositions / devices {
+                // A copy lives beside its source: only while that device has room for it.
                 useClock += 1
                 prefixes[best].used = useClock
                 copied = (prefixes[best].cache, c)
@@ -150,7 +155,7 @@ public final class ServeLoop: @unchecked Sendable {
         // shares), else on the device with the most free KV.
         let home = (copied?.from ?? leader?.cache)?.home(devices: devices) ?? emptiestDevice()
         let cache = reused?.cache ?? engine.makeCache(limit: limits.context, home: home)
-        if let copied { copies.append((copied.from, cache, copied.positions)) }
+        if let copied { pendingCopies[id] = (copied.from, copied.positions) }
         jobs[id] = Running(job: job, completion: completion, cache: cache, continuation: continuation, arrived: Date(), cachedTokens: cached)
         apply(actions)
         updateGauges()
@@ -172,10 +177,13 @@ public final class ServeLoop: @unchecked Sendable {
     /// The device whose homed sequences (running, and kept in the prefix cache) reserve the
     /// fewest KV positions. (Under batch-sharded attention a sequence's KV lives on its home.)
     private func emptiestDevice() -> Int {
-        var held = [Int](repeating: 0, count: devices)
-        for r in jobs.values { held[r.cache.home(devices: devices)] += r.job.prompt.count + r.job.generation.maxTokens }
-        for p in prefixes { held[p.cache.home(devices: devices)] += p.tokens.count }
-        return held.indices.min { held[$0] < held[$1] }!
+        (0..<devices).min { held(on: $0) < held(on: $1) }!
+    }
+
+    /// KV positions reserved by the sequences homed on `device`.
+    private func held(on device: Int) -> Int {
+        jobs.values.filter { $0.cache.home(devices: devices) == device }.reduce(0) { $0 + $1.job.prompt.count + $1.job.generation.maxTokens }
+            + prefixes.filter { $0.cache.home(devices: devices) == device }.reduce(0) { $0 + $1.tokens.count }
     }
 
     private func evictOldest() {
@@ -212,12 +220,20 @@ public final class ServeLoop: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// Waits (up to `timeout` seconds) for the loop thread to finish its step in flight and
+    /// return, after `stop()` or a fatal failure; whether it did.
+    public func waitUntilStopped(timeout: Double) -> Bool {
+        guard thread != nil else { return true }
+        return finished.wait(timeout: .now() + timeout) == .success
+    }
+
     public var runningCount: Int { condition.withLock { scheduler.running.count } }
     public var waitingCount: Int { condition.withLock { scheduler.waiting.count } }
 
     // MARK: - the loop (its own thread)
 
     private func run() {
+        defer { finished.signal() }
         while true {
             condition.lock()
             while pending == nil && !stopping { condition.wait() }
@@ -225,9 +241,13 @@ public final class ServeLoop: @unchecked Sendable {
             pending = nil
             // The step's inputs: prompt chunks, or the last sampled token.
             let now = Date()
-            for (id, _) in step.work where jobs[id]?.scheduled == nil {
-                jobs[id]?.scheduled = now
-                metrics.queued(now.timeIntervalSince(jobs[id]!.arrived))
+            var copies: [(from: MeshSequence, to: MeshSequence, positions: Int)] = []
+            for (id, _) in step.work {
+                if let c = pendingCopies.removeValue(forKey: id), let r = jobs[id] { copies.append((c.from, r.cache, c.positions)) }
+                if jobs[id]?.scheduled == nil {
+                    jobs[id]?.scheduled = now
+                    metrics.queued(now.timeIntervalSince(jobs[id]!.arrived))
+                }
             }
             let inputs = step.work.map { id, work -> SequenceInput<MeshSequence> in
                 let r = jobs[id]!
@@ -236,8 +256,6 @@ public final class ServeLoop: @unchecked Sendable {
                 case .decode: return SequenceInput(cache: r.cache, tokens: [r.completion.tokenIDs.last!])
                 }
             }
-            let copies = self.copies
-            self.copies = []
             condition.unlock()
 
             let start = Date(), communicated = mesh?.communicationSeconds ?? 0
@@ -309,6 +327,7 @@ public final class ServeLoop: @unchecked Sendable {
                 condition.signal()
             case let .release(id):
                 // A sequence released before it finished was cancelled (or the server stops).
+                pendingCopies[id] = nil
                 if let r = jobs.removeValue(forKey: id) {
                     if r.completion.finishReason == nil {
                         r.continuation.yield(.done(finishReason: "abort", completionTokens: r.completion.tokenIDs.count))
@@ -323,8 +342,8 @@ public final class ServeLoop: @unchecked Sendable {
                 while cachedPositions > max(0, target), !prefixes.isEmpty { evictOldest() }
                 apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
             case let .copyPrefix(from, to, positions):
-                guard let source = jobs[from], let target = jobs[to] else { break }
-                copies.append((source.cache, target.cache, positions))
+                guard let source = jobs[from] else { break }
+                pendingCopies[to] = (source.cache, positions)
             case .reject:
                 break   // only at arrival, answered by `submit`
             }

@@ -29,8 +29,8 @@
 ///   within the target, and a step's prefill chunks are cut to what keeps the predicted step
 ///   within it — recomputed every step from the current contexts, since KV reads grow with
 ///   them (§2, §4). When nothing runs, the oldest request is admitted whatever its prediction,
-///   and a step always feeds at least one prompt token: a target too tight for one sequence
-///   slows that sequence, it never stops it.
+///   and a step always feeds at least `minimumChunk` prompt tokens: a target too tight slows
+///   requests, it never stops them.
 public struct Scheduler: Sendable {
     public typealias RequestID = Int
     /// Predicted seconds of a step of `sequences` sequences feeding `tokens` tokens in all,
@@ -174,7 +174,9 @@ public struct Scheduler: Sendable {
             if r.positions > limits.context || r.positions > limits.kvPositions || r.promptTokens < 1 {
                 return [.reject(r.id, .tooLong)]
             }
-            if waiting.count >= limits.maxQueue && !(waiting.isEmpty && canAdmit(r)) { return [.reject(r.id, .queueFull)] }
+            if waiting.count >= limits.maxQueue && !(waiting.isEmpty && canAdmit(r) && decodeFitsTarget(adding: r)) {
+                return [.reject(r.id, .queueFull)]
+            }
             waiting.append(r)
         case let .cancelled(id):
             if let i = waiting.firstIndex(where: { $0.id == id }) {
@@ -239,7 +241,7 @@ public struct Scheduler: Sendable {
         let copies = sharePrefills()
         var evict: Action?
         if let r = waiting.first, running.count < limits.maxBatch, prefixPositions > 0, !evictionAsked,
-           reservedPositions + r.positions <= limits.kvPositions {
+           reservedPositions + r.positions <= limits.kvPositions, decodeFitsTarget(adding: r) {
             evict = .evictPrefixes(atLeast: reservedPositions + r.positions + prefixPositions - limits.kvPositions)
             evictionAsked = true
         }
@@ -258,8 +260,12 @@ public struct Scheduler: Sendable {
         }
         var prefill = chunks(budget)
         if let target = limits.latencyTarget, !decodes.isEmpty, !prefill.isEmpty, let cost = predicted(decodes + prefill), cost > target {
-            // The largest chunk total whose step stays within the target (at least one token).
-            var (lo, hi) = (1, prefill.reduce(0) { $0 + $1.work.tokens })
+            // The largest chunk total whose step stays within the target — at least a minimum
+            // chunk, so that a prompt admitted before the contexts grew is not starved once the
+            // decodes alone pass the target. (The search assumes the price grows with the chunk;
+            // where a chunk reaches a new sequence it may not, and the search then settles on a
+            // smaller chunk that is still within the target.)
+            var (lo, hi) = (min(Self.minimumChunk, prefill.reduce(0) { $0 + $1.work.tokens }), prefill.reduce(0) { $0 + $1.work.tokens })
             while lo < hi {
                 let mid = (lo + hi + 1) / 2
                 if predicted(decodes + chunks(mid))! <= target { lo = mid } else { hi = mid - 1 }
@@ -292,6 +298,9 @@ public struct Scheduler: Sendable {
         }
         return copies
     }
+
+    /// Prompt tokens a step feeds at least under a latency target (when any prompt waits).
+    public static let minimumChunk = 16
 
     /// What `price` predicts for a step of this work (nil without a price).
     private func predicted(_ work: [(id: RequestID, work: Work)]) -> Double? {

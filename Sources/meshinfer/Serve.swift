@@ -35,8 +35,8 @@ struct Serve: ParsableCommand {
 
     func validate() throws {
         guard (1...65535).contains(port) else { throw ValidationError("--port must be in 1...65535") }
-        guard maxBatch >= 1, maxQueue >= 0, stepTokens >= 1, maxBodyBytes >= 1024, shutdownTimeout >= 0, pingInterval > 0 else {
-            throw ValidationError("--max-batch and --step-tokens must be at least 1, --max-queue and --shutdown-timeout at least 0, --max-body-bytes at least 1024, --ping-interval positive")
+        guard maxBatch >= 1, maxQueue >= 0, stepTokens >= 1, maxBodyBytes >= 1024, shutdownTimeout >= 0, (0.05...3600).contains(pingInterval) else {
+            throw ValidationError("--max-batch and --step-tokens must be at least 1, --max-queue and --shutdown-timeout at least 0, --max-body-bytes at least 1024, --ping-interval within 0.05...3600 seconds")
         }
         if let context, context < 2 { throw ValidationError("--context must be at least 2") }
         if let kvMemory, kvMemory < 1 { throw ValidationError("--kv-memory must be positive") }
@@ -44,6 +44,11 @@ struct Serve: ParsableCommand {
     }
 
     func run() throws {
+        try runAcrossRanks(model: modelOptions, mesh: meshOptions) { try lead() }
+    }
+
+    func lead() throws {
+        // Only rank 0 prices steps: only its calibration matters.
         if latencyTargetMs != nil {
             var host = loadHostCalibration()
             if meshOptions.transport == .mpi { host = host?.overMPI }
@@ -52,10 +57,6 @@ struct Serve: ParsableCommand {
                     + (meshOptions.transport == .mpi ? " (and `mpirun -np 2 meshinfer calibrate --transport mpi`)" : ""))
             }
         }
-        try runAcrossRanks(model: modelOptions, mesh: meshOptions) { try lead() }
-    }
-
-    func lead() throws {
         var options = ServeOptions()
         options.host = host
         options.port = port
@@ -90,7 +91,7 @@ struct Serve: ParsableCommand {
         // invariance), unless the user names two layouts.
         do {
             // The layouts the options leave open: the cost model's choice for --max-batch
-            // sequences filling --context (half prompt, half generated).
+            // sequences filling --context (4096 when not given; half prompt, half generated).
             let contextGuess = contextFlag ?? 4096
             let session = try Session(model: modelOptions, mesh: meshOptions, workload: { _ in
                 Workload(batch: maxBatch, promptTokens: max(1, contextGuess / 2), generateTokens: max(1, contextGuess / 2))

@@ -183,8 +183,10 @@ extension MeshSequence {
     /// Checks a prefix copy between two sequences of `engine`.
     static func checkCopy(_ positions: Int, from: MeshSequence, to: MeshSequence, engine: AnyObject, devices: Int) throws {
         guard from.owner == ObjectIdentifier(engine), to.owner == ObjectIdentifier(engine) else { throw EngineError.foreignSequence }
-        precondition(to.count == 0 && positions <= from.count && positions <= to.limit && from.home(devices: devices) == to.home(devices: devices),
-                     "a prefix is copied into a fresh sequence homed alike")
+        guard to.count == 0, positions >= 0, positions <= from.count, positions <= to.limit,
+              from.home(devices: devices) == to.home(devices: devices) else {
+            throw EngineError.invalidCopy(positions: positions, from: from.count, to: to.count)
+        }
     }
 }
 
