@@ -75,7 +75,7 @@ extension DeviceProgram {
         let Q = config.headDimension, H = config.heads, KV = config.kvHeads
         logAttention(x.mine, queryHeads: H, kvHeads: KV)
         return causalAttention(
-            full, heads: H, kvHeads: KV, headDimension: Q, rope: x.rope,
+            full, heads: H, kvHeads: KV, headDimension: Q, prep: headPrep(layer: l, rope: x.rope), config: config,
             caches: caches.caches(x.mine.map(\.sequence), config: config, kvDimension: KV * Q, limit: limit),
             positions: x.mine.map(\.position), layer: l, threads: threads)
     }
