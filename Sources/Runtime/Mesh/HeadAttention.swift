@@ -11,7 +11,7 @@ extension DeviceProgram {
         let (queries, kv) = blocks.wholeHeads!
         let kvDim = owned.count * kv * Q
         let out = Matrix(rows: qkv.rows, columns: owned.count * queries * Q)
-        logAttention(rows, queryHeads: owned.count * queries, kvHeads: owned.count * kv)
+        logAttention(l, rows, queryHeads: owned.count * queries, kvHeads: owned.count * kv)
         let blockWidth = (queries + 2 * kv) * Q
         let live = rows.indices.filter { !rows[$0].isPadding }
         let liveCaches = caches.caches(live.map { rows[$0].sequence }, config: config, kvDimension: kvDim, limit: limit)
