@@ -39,7 +39,7 @@ public final class Printer: LayerInterpreter {
         let p = Printer(mesh: mesh, config: config)
         let f = layout.feedForward
         let x = ShardedActivation(batchAxes: f.batchAxes, feature: .E, featureAxes: f.residualAxes)
-        let out = try layerProgram(p, layout, block: config.block, layer: 0, x)
+        let out = try layerProgram(p, layout, block: config.block, postNorms: config.postNorms, layer: 0, x)
         precondition(out == x, "the layer program must return the residual stream's sharding")
         return p.lines
     }

@@ -97,10 +97,19 @@ public final class Tracer: LayerInterpreter {
         let t = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch, panelRows: panelRows,
                        unitInputs: unitInputs)
         let x = SymbolicTensor(rows: t.paddedRows, columns: config.modelDimension / mesh.size(layout.feedForward.residualAxes))
-        _ = try layerProgram(t, layout, block: config.block, layer: 0, x)
-        let one = t.trace
-        var all = Trace()
-        for _ in 0..<config.layers { all = all + one }
+        // Layers differ only in how much context they attend to (local or global): each kind
+        // is traced once.
+        var kinds: [Bool: Trace] = [:], all = Trace()
+        for l in 0..<config.layers {
+            let local = config.isLocal(layer: l)
+            if kinds[local] == nil {
+                let layer = Tracer(config: config, mesh: mesh, rank: rank, layout: layout, batch: batch, panelRows: panelRows,
+                                   unitInputs: unitInputs)
+                _ = try layerProgram(layer, layout, block: config.block, postNorms: config.postNorms, layer: l, x)
+                kinds[local] = layer.trace
+            }
+            all = all + kinds[local]!
+        }
         t.trace = all
         t.unembed()
         return t.trace
@@ -236,8 +245,9 @@ public final class Tracer: LayerInterpreter {
         return x
     }
 
-    /// Q·Kᵀ and P·V for each new token over its causal positions, and one read of each attended
-    /// sequence's cached keys and values, for the heads held here.
+    /// Q·Kᵀ and P·V for each new token over its causal positions (within the sliding window on
+    /// local layers), and one read of each attended sequence's cached keys and values — of the
+    /// positions some new token attends to — for the heads held here.
     public func attention(_ qkv: SymbolicTensor, layer: Int, _ attention: AttentionLayout, headsOver: AxisSet) throws -> SymbolicTensor {
         let Q = config.headDimension
         let sequences: Int, queryHeads: Int, kvHeads: Int
@@ -254,9 +264,13 @@ public final class Tracer: LayerInterpreter {
             kvHeads = config.kvHeads
         }
         let L = batch.newTokens, C = batch.context
-        let positions = Double(L * (C - L) + L * (L + 1) / 2)   // Σ over new tokens of their causal span
+        // Σ over new tokens of their span: the token at position p attends min(p + 1, window).
+        let window = config.attendedPositions(layer: layer, context: C)
+        func spans(_ a: Int, _ b: Int) -> Int { b < a ? 0 : (a + b) * (b - a + 1) / 2 }   // a + … + b
+        let first = C - L + 1
+        let positions = Double(spans(first, min(C, window)) + max(0, C - max(first, window + 1) + 1) * window)
         trace.attentionFLOPs += 4 * Double(sequences) * positions * Double(queryHeads * Q)
-        trace.kvElements += 2 * Double(sequences) * Double(C) * Double(kvHeads * Q)
+        trace.kvElements += 2 * Double(sequences) * Double(min(C, window + L - 1)) * Double(kvHeads * Q)
         return SymbolicTensor(rows: qkv.rows, columns: queryHeads * Q)
     }
 

@@ -23,6 +23,8 @@ public struct CollectiveSite: Hashable, Sendable, Codable, CustomStringConvertib
     public enum Tensor: String, Sendable, Codable, CaseIterable {
         /// RMSNorm's per-row sums of squares of an E-sharded residual (B·L values).
         case normStatistics = "norm"
+        /// The same for the norm of a half's output before the residual add (`postNorms`).
+        case outputNormStatistics = "output_norm"
         /// The normed layer input, gathered before W_in.
         case input
         /// 2D weight-stationary: W_in's partial sums, reduce-scattered over x.

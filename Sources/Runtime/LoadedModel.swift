@@ -13,6 +13,7 @@ extension Vocabulary {
             tokens: try file.stringArray("tokenizer.ggml.tokens"),
             tokenTypes: m["tokenizer.ggml.token_type"] == nil ? [] : try file.integerArray("tokenizer.ggml.token_type"),
             merges: m["tokenizer.ggml.merges"] == nil ? [] : try file.stringArray("tokenizer.ggml.merges"),
+            scores: m["tokenizer.ggml.scores"] == nil ? [] : try file.floatArray("tokenizer.ggml.scores").map { Float($0) },
             bosTokenID: m["tokenizer.ggml.bos_token_id"]?.intValue,
             eosTokenID: m["tokenizer.ggml.eos_token_id"]?.intValue,
             eotTokenID: m["tokenizer.ggml.eot_token_id"]?.intValue,
@@ -20,6 +21,7 @@ extension Vocabulary {
             paddingTokenID: m["tokenizer.ggml.padding_token_id"]?.intValue,
             addBOS: m["tokenizer.ggml.add_bos_token"]?.boolValue ?? false,
             addEOS: m["tokenizer.ggml.add_eos_token"]?.boolValue ?? false,
+            addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.boolValue,
             model: try file.string("tokenizer.ggml.model"),
             preTokenizer: m["tokenizer.ggml.pre"]?.stringValue ?? "default",
             chatTemplate: m["tokenizer.chat_template"]?.stringValue)

@@ -14,12 +14,14 @@ public final class RandomWeights: TensorSource, @unchecked Sendable {
             let s = 1.7 / Float(k).squareRoot()
             tensors[name] = (n, k, (0..<(n * k)).map { _ in rng.nextSignedUnit() * s })
         }
-        func norm(_ name: String) { tensors[name] = (1, E, (0..<E).map { _ in 1 + 0.1 * rng.nextSignedUnit() }) }
+        func norm(_ name: String, width: Int = E) { tensors[name] = (1, width, (0..<width).map { _ in 1 + 0.1 * rng.nextSignedUnit() }) }
         tensors["token_embd.weight"] = (config.vocabularySize, E, (0..<(config.vocabularySize * E)).map { _ in rng.nextSignedUnit() })
         for l in 0..<config.layers {
             let p = "blk.\(l)."
             norm(p + "attn_norm.weight")
             if config.block == .serial { norm(p + "ffn_norm.weight") }
+            if config.postNorms { norm(p + "post_attention_norm.weight"); norm(p + "post_ffw_norm.weight") }
+            if config.qkNorm { norm(p + "attn_q_norm.weight", width: Q); norm(p + "attn_k_norm.weight", width: Q) }
             matrix(p + "attn_q.weight", config.heads * Q, E)
             matrix(p + "attn_k.weight", config.kvDimension, E)
             matrix(p + "attn_v.weight", config.kvDimension, E)

@@ -51,6 +51,9 @@ public struct WeightUse: Hashable, Sendable {
 public enum NormWeight: Hashable, Sendable {
     case attention(layer: Int)
     case feedForward(layer: Int)
+    /// Of the attention's and the feed-forward's outputs, before the residual add (`postNorms`).
+    case attentionOutput(layer: Int)
+    case feedForwardOutput(layer: Int)
 }
 
 /// The direction of a batch-sharded attention's all-to-all (Fig. 5b).
@@ -86,7 +89,7 @@ public protocol LayerInterpreter {
     /// RoPE, KV-cache append and causal attention: over the heads this device holds (q|k|v
     /// split over `headsOver`), or, after the all-to-all, over every head of its home sequences.
     func attention(_ qkv: Value, layer: Int, _ layout: AttentionLayout, headsOver: AxisSet) throws -> Value
-    /// silu(gate) ⊙ up, from W_gate | W_up's hidden blocks.
+    /// act(gate) ⊙ up (the model's activation), from W_gate | W_up's hidden blocks.
     func activation(_ gateUp: Value) throws -> Value
     func add(_ a: Value, _ b: Value) throws -> Value
 }
@@ -97,9 +100,11 @@ public protocol LayerInterpreter {
 /// shard (gathered over the weight axes in weight-gathered layouts); in 2D weight-stationary,
 /// reduce-scatter the partial sums over x, and all-gather them back before W_out; reduce-scatter
 /// W_out's partial sums into the residual. Serial block (Llama): attention, then the feed-forward
-/// on the updated residual. Parallel block (PaLM, §3.4): one norm, one gathered input, one x
+/// on the updated residual; with `postNorms` (Gemma) each half's output is normed before it is
+/// added — a norm of a residual-shaped tensor, its statistics summed over the residual axes like
+/// the pre-norms'. Parallel block (PaLM, §3.4): one norm, one gathered input, one x
 /// reduce-scatter and all-gather for both halves, one reduction of their sum.
-public func layerProgram<I: LayerInterpreter>(_ i: I, _ phase: PhaseLayout, block: BlockKind, layer l: Int,
+public func layerProgram<I: LayerInterpreter>(_ i: I, _ phase: PhaseLayout, block: BlockKind, postNorms: Bool = false, layer l: Int,
                                               _ x: I.Value) throws -> I.Value {
     let f = phase.feedForward
     func weight(_ m: LayerMatrix) -> WeightUse {
@@ -132,12 +137,18 @@ public func layerProgram<I: LayerInterpreter>(_ i: I, _ phase: PhaseLayout, bloc
 
     switch block {
     case .serial:
+        // BLE_{residual} → (post norm) → added to the residual
+        func output(_ y: I.Value, _ weight: NormWeight, _ part: CollectiveSite.Part) throws -> I.Value {
+            postNorms ? try i.norm(y, weight, sumsOver: f.residualAxes, at: CollectiveSite(part, .outputNormStatistics)) : y
+        }
         let h = try i.norm(x, .attention(layer: l), sumsOver: f.residualAxes, at: CollectiveSite(.attention, .normStatistics))
         let qkv = try project(h, [.qkv], .attention)[0]
-        let x1 = try i.add(x, reduce([(attend(qkv, .attention), .attentionOutput)], .attention))
+        let a = try reduce([(attend(qkv, .attention), .attentionOutput)], .attention)
+        let x1 = try i.add(x, output(a, .attentionOutput(layer: l), .attention))
         let h1 = try i.norm(x1, .feedForward(layer: l), sumsOver: f.residualAxes, at: CollectiveSite(.feedForward, .normStatistics))
         let gateUp = try project(h1, [.gateUp], .feedForward)[0]
-        return try i.add(x1, reduce([(i.activation(gateUp), .down)], .feedForward))
+        let d = try reduce([(i.activation(gateUp), .down)], .feedForward)
+        return try i.add(x1, output(d, .feedForwardOutput(layer: l), .feedForward))
     case .parallel:
         let h = try i.norm(x, .attention(layer: l), sumsOver: f.residualAxes, at: CollectiveSite(.block, .normStatistics))
         let projected = try project(h, [.qkv, .gateUp], .block)

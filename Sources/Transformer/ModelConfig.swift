@@ -8,6 +8,18 @@ public enum BlockKind: String, Sendable, Codable, CaseIterable {
     case parallel
 }
 
+/// The gated feed-forward's nonlinearity: SwiGLU (Llama, PaLM) or GeGLU with the tanh
+/// approximation of GELU (Gemma).
+public enum Activation: String, Sendable, Codable {
+    case silu, geluTanh = "gelu_tanh"
+}
+
+/// Which dimensions RoPE pairs: GGML "normal" mode rotates (2i, 2i+1) (Llama files, whose q/k
+/// rows the converter permuted), NeoX mode rotates (i, i + d/2) (Gemma).
+public enum RopeStyle: String, Sendable, Codable {
+    case interleaved, neox
+}
+
 /// The hyperparameters of a decoder-only transformer, in the paper's letters (SPEC §1).
 public struct ModelConfig: Sendable, Codable, Equatable {
     public var name: String
@@ -32,6 +44,34 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var block: BlockKind
     /// The output projection is the token embedding (PaLM "shared input-output embeddings").
     public var tiedEmbeddings: Bool
+
+    // How a Gemma 3 block differs from a Llama block, as values (defaults: Llama's).
+    /// The embedding rows are multiplied by this (Gemma: √E).
+    public var embeddingScale: Float = 1
+    /// RMSNorm of the attention and feed-forward outputs before each is added to the residual
+    /// (Gemma's "post" norms).
+    public var postNorms = false
+    /// RMSNorm of each query and key head (one Q-wide weight each) before RoPE.
+    public var qkNorm = false
+    public var activation: Activation = .silu
+    public var ropeStyle: RopeStyle = .interleaved
+    /// Local layers attend to at most this many positions (the current one included); nil: every
+    /// layer attends to the whole context.
+    public var slidingWindow: Int?
+    /// With a sliding window, every `globalLayerPeriod`-th layer (period − 1, 2·period − 1, …)
+    /// attends to the whole context; the others are local.
+    public var globalLayerPeriod = 1
+    /// RoPE base of local layers (nil: `ropeBase`).
+    public var localRopeBase: Double?
+
+    /// Whether `layer` attends only within the sliding window.
+    public func isLocal(layer: Int) -> Bool { slidingWindow != nil && layer % globalLayerPeriod != globalLayerPeriod - 1 }
+    /// Positions a query at `context` positions (itself included) attends to in `layer`.
+    public func attendedPositions(layer: Int, context: Int) -> Int {
+        isLocal(layer: layer) ? min(context, slidingWindow!) : context
+    }
+    /// RoPE base of `layer`.
+    public func ropeBase(layer: Int) -> Double { isLocal(layer: layer) ? localRopeBase ?? ropeBase : ropeBase }
 
     public init(name: String, layers: Int, modelDimension: Int, feedForwardDimension: Int, heads: Int,
                 kvHeads: Int, headDimension: Int, vocabularySize: Int, contextLength: Int = 2048,
@@ -75,6 +115,9 @@ public struct ModelConfig: Sendable, Codable, Equatable {
         if ropeDimensions % 2 != 0 || ropeDimensions > headDimension {
             throw .invalid("rope dimensions \(ropeDimensions) must be even and at most the head dimension \(headDimension)")
         }
+        if let w = slidingWindow, w < 1 { throw .invalid("sliding window must be positive, got \(w)") }
+        if globalLayerPeriod < 1 { throw .invalid("the global layer period must be positive, got \(globalLayerPeriod)") }
+        if postNorms && block == .parallel { throw .invalid("post norms are for the serial block") }
     }
 }
 
@@ -85,7 +128,7 @@ public enum ModelConfigError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .unsupportedArchitecture(a): "unsupported architecture '\(a)' (supported: llama)"
+        case let .unsupportedArchitecture(a): "unsupported architecture '\(a)' (supported: llama, gemma3)"
         case let .invalid(s): "invalid model configuration: \(s)"
         case let .metadata(e): "model metadata: \(e)"
         }
@@ -97,7 +140,7 @@ extension ModelConfig {
     public init(gguf file: GGUFFile) throws(ModelConfigError) {
         do {
             let arch = try file.string("general.architecture")
-            guard arch == "llama" else { throw ModelConfigError.unsupportedArchitecture(arch) }
+            guard arch == "llama" || arch == "gemma3" else { throw ModelConfigError.unsupportedArchitecture(arch) }
             func key(_ k: String) -> String { "\(arch).\(k)" }
             let E = try file.integer(key("embedding_length"))
             let H = try file.integer(key("attention.head_count"))
@@ -117,6 +160,19 @@ extension ModelConfig {
                 normEpsilon: Float(file.metadata[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-5),
                 block: .serial,
                 tiedEmbeddings: !file.hasTensor("output.weight"))
+            if arch == "gemma3" {
+                // What llama.cpp computes for gemma3 (../shared/research/gemma3-270m.md §2), with its
+                // defaults where the file is silent: every 6th layer global, local RoPE base 10,000.
+                embeddingScale = Float(E).squareRoot()
+                postNorms = true
+                qkNorm = true
+                activation = .geluTanh
+                ropeStyle = .neox
+                slidingWindow = file.metadata[key("attention.sliding_window")]?.intValue
+                globalLayerPeriod = file.metadata[key("attention.sliding_window_pattern")]?.intValue ?? 6
+                localRopeBase = file.metadata[key("rope.freq_base_swa")]?.doubleValue ?? 10000
+                normEpsilon = Float(file.metadata[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-6)
+            }
         } catch let e as ModelConfigError {
             throw e
         } catch let e as GGUFError {
@@ -134,6 +190,25 @@ extension ModelConfig {
         ModelConfig(name: "palm-tiny", layers: layers, modelDimension: E, feedForwardDimension: 4 * E,
                     heads: heads, kvHeads: 1, headDimension: E / heads, vocabularySize: vocabularySize,
                     contextLength: 1024, ropeBase: 10000, block: .parallel, tiedEmbeddings: true)
+    }
+
+    /// A tiny Gemma 3 (multiquery, post norms, QK norm, GeGLU, NeoX RoPE, a sliding window of
+    /// 5 positions on every layer but each 3rd), for random-weight tests with sequences longer
+    /// than the window.
+    public static func gemmaTiny(layers: Int = 3, modelDimension E: Int = 128, heads: Int = 4, headDimension: Int = 64,
+                                 vocabularySize: Int = 512) -> ModelConfig {
+        var c = ModelConfig(name: "gemma-tiny", layers: layers, modelDimension: E, feedForwardDimension: 4 * E,
+                            heads: heads, kvHeads: 1, headDimension: headDimension, vocabularySize: vocabularySize,
+                            contextLength: 1024, ropeBase: 1_000_000, normEpsilon: 1e-6, block: .serial, tiedEmbeddings: true)
+        c.embeddingScale = Float(E).squareRoot()
+        c.postNorms = true
+        c.qkNorm = true
+        c.activation = .geluTanh
+        c.ropeStyle = .neox
+        c.slidingWindow = 5
+        c.globalLayerPeriod = 3
+        c.localRopeBase = 10000
+        return c
     }
 
     /// A tiny Llama with grouped-query attention, for random-weight tests.

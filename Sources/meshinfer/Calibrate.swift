@@ -140,7 +140,7 @@ struct Calibrate: ParsableCommand {
     /// 256-token prefill and 32 decode steps, each the median of 5, against the cost model's time
     /// at the kernel rates.
     func measurePassEfficiencies(_ host: inout HostCalibration) throws {
-        guard let path = model ?? (try? ModelStore().defaultModel()) else {
+        guard let path = try? ModelStore().resolve(model) else {
             print("no model file: whole-pass efficiencies not measured (run `meshinfer pull`)")
             return
         }

@@ -158,7 +158,7 @@ struct Tokenize: ParsableCommand {
     @Argument(help: "Text to tokenize.") var text: String
 
     func run() throws {
-        let path = try model ?? ModelStore().defaultModel()
+        let path = try ModelStore().resolve(model)
         let tokenizer = try Tokenizer(Vocabulary(gguf: GGUFFile(path: path)))
         let ids = tokenizer.encode(text)
         if json {

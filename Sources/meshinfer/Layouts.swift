@@ -19,7 +19,7 @@ struct Layouts: ParsableCommand {
         switch modelConfig {
         case "palm-tiny": config = .palmTiny()
         case "llama-tiny": config = .llamaTiny()
-        case nil: config = try ModelConfig(gguf: GGUFFile(path: model ?? ModelStore().defaultModel()))
+        case nil: config = try ModelConfig(gguf: GGUFFile(path: ModelStore().resolve(model)))
         case let other?: throw ValidationError("unknown --model-config '\(other)'")
         }
         print(layoutsReport(config: config, mesh: mesh), terminator: "")

@@ -35,7 +35,7 @@ struct MeshInfer: ParsableCommand {
 
 /// Options shared by every command that loads a model.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "GGUF model file (default: the cached SmolLM2-135M-Instruct; see `meshinfer pull`).")
+    @Option(help: "GGUF model file, or a model pulled by name: smollm2-135m, gemma3-270m (default: the cached SmolLM2-135M-Instruct; see `meshinfer pull`).")
     var model: String?
 
     @Option(help: "Weight format: native (the file's blocks), int8 (per-channel, quantized on load) or f32.")
@@ -46,7 +46,7 @@ struct ModelOptions: ParsableArguments {
 
     func load() throws -> LoadedModel {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
-        let path = try model ?? ModelStore().defaultModel()
+        let path = try ModelStore().resolve(model)
         return try LoadedModel(path: path, format: weights, threads: threads)
     }
 }

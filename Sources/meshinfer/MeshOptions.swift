@@ -139,7 +139,7 @@ struct Session {
             }
             return (RandomWeights(config: config, seed: 0), config, try Tokenizer(.byteLevel(size: config.vocabularySize)))
         }
-        let path = try model.model ?? ModelStore().defaultModel()
+        let path = try ModelStore().resolve(model.model)
         let file = try GGUFFile(path: path)
         return (file, try ModelConfig(gguf: file), try Tokenizer(Vocabulary(gguf: file)))
     }

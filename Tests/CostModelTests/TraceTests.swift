@@ -35,6 +35,17 @@ struct TraceTests {
         try Self.check(config, try Mesh(parsing: c.mesh), PhaseLayout(c.ffn, c.attention), .f32)
     }
 
+    /// Gemma 3's block (post norms, a 5-position window on 2 of 3 layers, 4 multiquery heads
+    /// padded where they do not divide): the decode step after a 5-token prefill reads only the
+    /// window on local layers, priced as executed.
+    @Test(arguments: ["1", "2", "4", "2x2"], FeedForwardLayout.allCases)
+    func traceEqualsExecutionForGemma(_ meshName: String, _ ffn: FeedForwardLayout) throws {
+        let config = ModelConfig.gemmaTiny(layers: 3, modelDimension: 64, heads: 4, headDimension: 32, vocabularySize: 96)
+        for attention in AttentionLayout.allCases {
+            try Self.check(config, try Mesh(parsing: meshName), PhaseLayout(ffn, attention), .f32)
+        }
+    }
+
     /// One sequence on every mesh: the other devices' rows (weight-gathered layouts) and homes
     /// (batch-sharded attention) are padding, priced as executed.
     @Test(arguments: ["2", "4", "2x2x2"], FeedForwardLayout.allCases)

@@ -121,6 +121,53 @@ import GGUF
         #expect(Array(out[48..<64]) == [Float](repeating: 12, count: 16))
     }
 
+    @Test func q5_0AndQ5_1() throws {
+        // Nibbles as in Q4_0 (byte j: low j, high 15 - j); qh = 0xF0F0_00FF: fifth bit set for
+        // elements 0..<8 (low half) and for high-half elements 16 + j with j in 4..<8 and 12..<16.
+        let qh: UInt32 = 0xF0F0_00FF
+        var body: [UInt8] = withUnsafeBytes(of: qh.littleEndian) { Array($0) }
+        for j in 0..<16 { body.append(UInt8(j) | UInt8(15 - j) << 4) }
+        func fifth(_ e: Int) -> Int { Int(qh >> e) & 1 }   // bit e of qh belongs to element e
+        let q: [Int] = (0..<16).map { $0 + 16 * fifth($0) } + (0..<16).map { 15 - $0 + 16 * fifth($0 + 16) }
+        // Q5_0, d = 2: x = (q - 16) * 2.
+        let q5_0 = le16(Half.two) + body
+        #expect(q5_0.count == GGMLType.q5_0.blockBytes)
+        let a = try dequantizeBytes(.q5_0, q5_0, count: 32)
+        #expect(a == q.map { Float(($0 - 16) * 2) })
+        #expect(a[0] == 0 && a[8] == -16 && a[31] == 0 && a[20] == 22)
+        // Q5_1, d = 0.25, m = -1: x = q * 0.25 - 1.
+        let q5_1 = le16(Half.quarter) + le16(Half.minusOne) + body
+        #expect(q5_1.count == GGMLType.q5_1.blockBytes)
+        let b = try dequantizeBytes(.q5_1, q5_1, count: 32)
+        #expect(b == q.map { Float($0) * 0.25 - 1 })
+        #expect(b[7] == 4.75 && b[31] == 3)
+    }
+
+    @Test func q5_K() throws {
+        // Scales and mins packed as in the Q4_K test (d = 1, dmin = 0.5); nibbles as there;
+        // qh[l] = 0b1010_0101 for even l, 0 for odd l: chunk c's low half takes
+        // bit 2c, its high half bit 2c + 1.
+        let scales: [Float] = [1, 2, 3, 4, 33, 40, 50, 63]
+        let mins: [Float] = [0, 1, 2, 3, 34, 45, 60, 17]
+        let packed: [UInt8] = [129, 130, 195, 196, 128, 129, 194, 67, 33, 216, 194, 31]
+        let qh: [UInt8] = (0..<32).map { $0 % 2 == 0 ? 0b1010_0101 : 0 }
+        var bytes = le16(Half.one) + le16(Half.half) + packed + qh
+        for i in 0..<128 { bytes.append(UInt8(i % 16) | UInt8(15 - i % 16) << 4) }
+        #expect(bytes.count == GGMLType.q5_K.blockBytes)
+        let out = try dequantizeBytes(.q5_K, bytes, count: 256)
+        var expected = [Float](repeating: 0, count: 256)
+        for c in 0..<4 {
+            for l in 0..<32 {
+                let i = 32 * c + l
+                let lowBit = Int(qh[l] >> (2 * c)) & 1, highBit = Int(qh[l] >> (2 * c + 1)) & 1
+                expected[64 * c + l] = scales[2 * c] * Float(i % 16 + 16 * lowBit) - 0.5 * mins[2 * c]
+                expected[64 * c + 32 + l] = scales[2 * c + 1] * Float(15 - i % 16 + 16 * highBit) - 0.5 * mins[2 * c + 1]
+            }
+        }
+        #expect(out == expected)
+        #expect(out[0] == 16 && out[64 + 32] == 58.5)   // element 0: q = 0 + 16; chunk 1 high half, l = 0: q = 15 (bit 3 clear), scale 4, min 3
+    }
+
     @Test func q4_K() throws {
         // d = 1, dmin = 0.5. Sub-block scales 1,2,3,4,33,40,50,63 and mins 0,1,2,3,34,45,60,17,
         // packed by hand into 12 bytes:

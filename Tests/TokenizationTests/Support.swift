@@ -25,30 +25,7 @@ enum Fixtures {
     }
 
     /// The real SmolLM2 vocabulary read through the GGUF module (nil when the model is absent).
-    static let realVocabulary: Vocabulary? = {
-        guard let path = modelPath else { return nil }
-        do {
-            let f = try GGUFFile(path: path)
-            let m = f.metadata
-            return Vocabulary(
-                tokens: try f.stringArray("tokenizer.ggml.tokens"),
-                tokenTypes: try f.integerArray("tokenizer.ggml.token_type"),
-                merges: try f.stringArray("tokenizer.ggml.merges"),
-                bosTokenID: m["tokenizer.ggml.bos_token_id"]?.intValue,
-                eosTokenID: m["tokenizer.ggml.eos_token_id"]?.intValue,
-                eotTokenID: m["tokenizer.ggml.eot_token_id"]?.intValue,
-                unknownTokenID: m["tokenizer.ggml.unknown_token_id"]?.intValue,
-                paddingTokenID: m["tokenizer.ggml.padding_token_id"]?.intValue,
-                addBOS: m["tokenizer.ggml.add_bos_token"]?.boolValue ?? false,
-                addEOS: m["tokenizer.ggml.add_eos_token"]?.boolValue ?? false,
-                model: try f.string("tokenizer.ggml.model"),
-                preTokenizer: m["tokenizer.ggml.pre"]?.stringValue ?? "default",
-                chatTemplate: m["tokenizer.chat_template"]?.stringValue)
-        } catch {
-            print("TokenizationTests: cannot read \(path): \(error)")
-            return nil
-        }
-    }()
+    static let realVocabulary: Vocabulary? = modelPath.flatMap(readVocabulary)
 
     static let realTokenizer: Tokenizer? = realVocabulary.flatMap { try? Tokenizer($0) }
 
@@ -77,6 +54,33 @@ enum Fixtures {
 
     /// `perplexity.n_tokens`: llama.cpp's token count for GPL-3.
     static let gpl3TokenCount: Int? = (loadReference()?["perplexity"] as? [String: Any])?["n_tokens"] as? Int
+}
+
+/// The `tokenizer.ggml.*` keys of a GGUF file as a `Vocabulary` (nil, with a message, when unreadable).
+func readVocabulary(path: String) -> Vocabulary? {
+    do {
+        let f = try GGUFFile(path: path)
+        let m = f.metadata
+        return Vocabulary(
+            tokens: try f.stringArray("tokenizer.ggml.tokens"),
+            tokenTypes: m["tokenizer.ggml.token_type"] == nil ? [] : try f.integerArray("tokenizer.ggml.token_type"),
+            merges: m["tokenizer.ggml.merges"] == nil ? [] : try f.stringArray("tokenizer.ggml.merges"),
+            scores: m["tokenizer.ggml.scores"] == nil ? [] : try f.floatArray("tokenizer.ggml.scores").map { Float($0) },
+            bosTokenID: m["tokenizer.ggml.bos_token_id"]?.intValue,
+            eosTokenID: m["tokenizer.ggml.eos_token_id"]?.intValue,
+            eotTokenID: m["tokenizer.ggml.eot_token_id"]?.intValue,
+            unknownTokenID: m["tokenizer.ggml.unknown_token_id"]?.intValue,
+            paddingTokenID: m["tokenizer.ggml.padding_token_id"]?.intValue,
+            addBOS: m["tokenizer.ggml.add_bos_token"]?.boolValue ?? false,
+            addEOS: m["tokenizer.ggml.add_eos_token"]?.boolValue ?? false,
+            addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.boolValue,
+            model: try f.string("tokenizer.ggml.model"),
+            preTokenizer: m["tokenizer.ggml.pre"]?.stringValue ?? "default",
+            chatTemplate: m["tokenizer.chat_template"]?.stringValue)
+    } catch {
+        print("TokenizationTests: cannot read \(path): \(error)")
+        return nil
+    }
 }
 
 /// Runs `body` and returns the TokenizerError it throws (nil if none).

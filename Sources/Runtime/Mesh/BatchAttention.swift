@@ -73,9 +73,9 @@ extension DeviceProgram {
     /// Causal attention over every head of the home rows, with their sequences' whole caches.
     func batchAttention(_ l: Int, _ full: Matrix, _ x: BatchExchange) -> Matrix {
         let Q = config.headDimension, H = config.heads, KV = config.kvHeads
-        logAttention(x.mine, queryHeads: H, kvHeads: KV)
+        logAttention(l, x.mine, queryHeads: H, kvHeads: KV)
         return causalAttention(
-            full, heads: H, kvHeads: KV, headDimension: Q, rope: x.rope,
+            full, heads: H, kvHeads: KV, headDimension: Q, prep: headPrep(layer: l, rope: x.rope), config: config,
             caches: caches.caches(x.mine.map(\.sequence), config: config, kvDimension: KV * Q, limit: limit),
             positions: x.mine.map(\.position), layer: l, threads: threads)
     }
@@ -115,14 +115,16 @@ extension DeviceProgram {
 
     /// Enters one layer's attention in the execution log: Q·Kᵀ and P·V over each row's causal
     /// positions, and one read of each attended sequence's cached keys and values.
-    func logAttention(_ rows: [RowInfo], queryHeads: Int, kvHeads: Int) {
+    func logAttention(_ layer: Int, _ rows: [RowInfo], queryHeads: Int, kvHeads: Int) {
         guard let log else { return }
         let Q = Double(config.headDimension)
-        var spans: [Int: Int] = [:]   // sequence → positions attended to
+        var spans: [Int: (first: Int, end: Int)] = [:]   // sequence → cached positions read
         for r in rows where !r.isPadding {
-            log.attentionFLOPs += 4 * Double(r.position + 1) * Double(queryHeads) * Q
-            spans[r.sequence] = max(spans[r.sequence] ?? 0, r.position + 1)
+            let first = config.firstAttended(layer: layer, position: r.position)
+            log.attentionFLOPs += 4 * Double(r.position + 1 - first) * Double(queryHeads) * Q
+            let s = spans[r.sequence] ?? (first, r.position + 1)
+            spans[r.sequence] = (min(s.first, first), max(s.end, r.position + 1))
         }
-        log.kvBytes += spans.values.reduce(0.0) { $0 + 2 * Double($1) * Double(kvHeads) * Q * 4 }
+        log.kvBytes += spans.values.reduce(0.0) { $0 + 2 * Double($1.end - $1.first) * Double(kvHeads) * Q * 4 }
     }
 }

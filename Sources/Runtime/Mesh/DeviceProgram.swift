@@ -131,6 +131,12 @@ struct DeviceProgram {
         pairs.dropFirst().reduce(multiply(pairs[0].0, pairs[0].1)) { $0.adding(multiply($1.0, $1.1)) }
     }
 
+    /// The per-head prep of query and key heads in `layer`: its QK norms (if any) and RoPE.
+    func headPrep(layer: Int, rope: RopeTable) -> HeadPrep {
+        let w = weights.layers(oneDimensional: ffn.storesOneDimensional)[layer]
+        return HeadPrep(rope: rope, layer: layer, queryNorm: w.queryNorm, keyNorm: w.keyNorm, epsilon: config.normEpsilon)
+    }
+
     // MARK: the whole pass
 
     /// Embeds this device's rows, runs every layer, and returns the logits of the requested
@@ -148,11 +154,11 @@ struct DeviceProgram {
         for (r, info) in rows.enumerated() where !info.isPadding {
             let token = tokenOf[info.sequence]![info.position - startOf[info.sequence]!]
             try embedded.withUnsafeMutableBufferPointer { try weights.embedding.readRows("token_embd.weight", token..<(token + 1), into: $0.baseAddress!) }
-            for c in 0..<width { x[r, c] = embedded[start + c] }
+            for c in 0..<width { x[r, c] = embedded[start + c] * config.embeddingScale }
         }
         let run = LayerRun(program: self, rows: rows, batch: batch)
         var value = DeviceValue.ready(x)
-        for l in 0..<config.layers { value = try layerProgram(run, layout, block: config.block, layer: l, value) }
+        for l in 0..<config.layers { value = try layerProgram(run, layout, block: config.block, postNorms: config.postNorms, layer: l, value) }
         x = try run.force(value)
 
         // Logit rows: gather them whole on every device, then a vocabulary-sharded unembedding.

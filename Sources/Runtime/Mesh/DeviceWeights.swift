@@ -6,6 +6,10 @@ import Transformer
 struct DeviceLayer: @unchecked Sendable {
     let attentionNorm: [Float]        // (E)
     let feedForwardNorm: [Float]?     // (E); nil for the parallel block
+    let attentionOutputNorm: [Float]?     // (E); with `postNorms`
+    let feedForwardOutputNorm: [Float]?   // (E); with `postNorms`
+    let queryNorm: [Float]?           // (Q); with `qkNorm`
+    let keyNorm: [Float]?             // (Q); with `qkNorm`
     let qkv: LinearWeight             // (stored q|k|v blocks · Q, E_x or E)
     let attentionOutput: LinearWeight // (E_x or E, stored W_o input blocks · Q)
     let gateUp: LinearWeight          // (stored gate|up blocks, E_x or E)
@@ -62,6 +66,10 @@ final class DeviceWeights: @unchecked Sendable {
                         return DeviceLayer(
                             attentionNorm: try source.vector(p + "attn_norm.weight"),
                             feedForwardNorm: config.block == .serial ? try source.vector(p + "ffn_norm.weight") : nil,
+                            attentionOutputNorm: config.postNorms ? try source.vector(p + "post_attention_norm.weight") : nil,
+                            feedForwardOutputNorm: config.postNorms ? try source.vector(p + "post_ffw_norm.weight") : nil,
+                            queryNorm: config.qkNorm ? try source.vector(p + "attn_q_norm.weight") : nil,
+                            keyNorm: config.qkNorm ? try source.vector(p + "attn_k_norm.weight") : nil,
                             qkv: try LinearWeight(source: source, spec: specs[0], format: format),
                             attentionOutput: try LinearWeight(source: source, spec: specs[1], format: format),
                             gateUp: try LinearWeight(source: source, spec: specs[2], format: format),

@@ -104,6 +104,8 @@ struct LayerRun: LayerInterpreter {
         let w = switch weight {
         case let .attention(l): layer[l].attentionNorm
         case let .feedForward(l): layer[l].feedForwardNorm!
+        case let .attentionOutput(l): layer[l].attentionOutputNorm!
+        case let .feedForwardOutput(l): layer[l].feedForwardOutputNorm!
         }
         return .ready(try program.norm(force(x), w, axes: axes, site))
     }
@@ -111,13 +113,15 @@ struct LayerRun: LayerInterpreter {
     func attention(_ qkv: DeviceValue, layer: Int, _ layout: AttentionLayout, headsOver: AxisSet) throws -> DeviceValue {
         switch layout {
         case .shardedOverHeads:
-            return .ready(program.headAttention(layer, try force(qkv), owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows, rope: rope))
+            return .ready(program.headAttention(layer, try force(qkv), owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows,
+                                                prep: program.headPrep(layer: layer, rope: rope)))
         case .shardedOverBatch:
             return .ready(program.batchAttention(layer, try force(qkv), exchange))
         }
     }
 
-    /// swiglu per hidden block: each block's columns are its gate rows, then its up rows.
+    /// The gated activation per hidden block (SwiGLU, or GeGLU with tanh-approximated GELU):
+    /// each block's columns are its gate rows, then its up rows.
     func activation(_ gateUp: DeviceValue) throws -> DeviceValue {
         let gu = try force(gateUp)   // (rows, blocks · 2·F/n)
         let fb = config.feedForwardDimension / program.mesh.deviceCount
@@ -125,7 +129,11 @@ struct LayerRun: LayerInterpreter {
         let act = Matrix(uninitializedRows: gu.rows, columns: blocksHere * fb)   // (rows, blocks · F/n)
         for r in 0..<gu.rows {
             for b in 0..<blocksHere {
-                mi_swiglu(gu.row(r) + b * 2 * fb, gu.row(r) + b * 2 * fb + fb, Int32(fb), act.row(r) + b * fb)
+                let gate = gu.row(r) + b * 2 * fb, up = gate + fb, out = act.row(r) + b * fb
+                switch config.activation {
+                case .silu: mi_swiglu(gate, up, Int32(fb), out)
+                case .geluTanh: for i in 0..<fb { out[i] = geluTanh(gate[i]) * up[i] }
+                }
             }
         }
         return .ready(act)
@@ -135,6 +143,12 @@ struct LayerRun: LayerInterpreter {
         if case let .products(p) = a, case let .products(q) = b { return .products(p + q) }
         return .ready(try force(a).adding(force(b)))
     }
+}
+
+/// GELU with the tanh approximation: x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³))).
+@inline(__always)
+func geluTanh(_ x: Float) -> Float {
+    0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 }
 
 /// What a device's executing interpreter did in one pass, counted where it happened: the

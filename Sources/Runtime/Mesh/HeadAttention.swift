@@ -4,14 +4,14 @@ import Tensors
 extension DeviceProgram {
     /// Heads layout (Fig. 5a): every block here holds whole heads; the KV cache keeps this
     /// device's blocks' KV heads (replicated ones included) for its sequences.
-    func headAttention(_ l: Int, _ qkv: Matrix, owned: [Int], rows: [RowInfo], rope: RopeTable) -> Matrix {
+    func headAttention(_ l: Int, _ qkv: Matrix, owned: [Int], rows: [RowInfo], prep: HeadPrep) -> Matrix {
         let Q = config.headDimension
         // Each owned block: `queries` query slots, `kv` key slots, `kv` value slots (padding
         // slots included: zero weights, so zero rows, run like any head).
         let (queries, kv) = blocks.wholeHeads!
         let kvDim = owned.count * kv * Q
         let out = Matrix(rows: qkv.rows, columns: owned.count * queries * Q)
-        logAttention(rows, queryHeads: owned.count * queries, kvHeads: owned.count * kv)
+        logAttention(l, rows, queryHeads: owned.count * queries, kvHeads: owned.count * kv)
         let blockWidth = (queries + 2 * kv) * Q
         let live = rows.indices.filter { !rows[$0].isPadding }
         let liveCaches = caches.caches(live.map { rows[$0].sequence }, config: config, kvDimension: kvDim, limit: limit)
@@ -23,7 +23,8 @@ extension DeviceProgram {
             let cache = rowCaches[r]!
             for b in 0..<owned.count {
                 let base = row + b * blockWidth
-                for h in 0..<(queries + kv) { rope.apply(base + h * Q, row: r) }
+                for h in 0..<queries { prep.query(base + h * Q, row: r) }
+                for h in queries..<(queries + kv) { prep.key(base + h * Q, row: r) }
                 let at = b * kv * Q
                 cache.key(layer: l, position: info.position).advanced(by: at).update(from: base + queries * Q, count: kv * Q)
                 cache.value(layer: l, position: info.position).advanced(by: at).update(from: base + (queries + kv) * Q, count: kv * Q)
@@ -35,10 +36,11 @@ extension DeviceProgram {
             for r in range where !rows[r].isPadding {
                 let info = rows[r]
                 let cache = rowCaches[r]!
+                let first = config.firstAttended(layer: l, position: info.position)
                 for b in 0..<owned.count {
                     mi_attention_row(qkv.row(r) + b * blockWidth, Int32(queries), Int32(kv), Int32(Q),
-                                     cache.key(layer: l, position: 0) + b * kv * Q, cache.value(layer: l, position: 0) + b * kv * Q,
-                                     Int64(kvDim), Int32(info.position + 1), 1 / Float(Q).squareRoot(), scratch,
+                                     cache.key(layer: l, position: first) + b * kv * Q, cache.value(layer: l, position: first) + b * kv * Q,
+                                     Int64(kvDim), Int32(info.position + 1 - first), 1 / Float(Q).squareRoot(), scratch,
                                      out.row(r) + b * queries * Q)
                 }
             }
