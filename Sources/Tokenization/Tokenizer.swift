@@ -138,9 +138,13 @@ public final class Tokenizer: Sendable {
         self.pieceStart = pieceStart
         self.endOfGenerationTokenIDs = eog
         let text: (Int?) -> String = { id in id.map { tokens[$0] } ?? "" }
-        self.chatTemplate = ChatTemplate(template: vocabulary.chatTemplate,
-                                         bosToken: text(vocabulary.bosTokenID),
-                                         eosToken: text(vocabulary.eosTokenID))
+        // A file without a template whose vocabulary has Gemma's turn tokens (Gemma 3 270M):
+        // Gemma's turn format (llama.cpp would fall back to another format here).
+        let gemmaTurns = vocabulary.chatTemplate == nil && vocabulary.tokens.contains("<start_of_turn>")
+            && vocabulary.tokens.contains("<end_of_turn>")
+        self.chatTemplate = (gemmaTurns ? try? ChatTemplate(kind: "gemma", bosToken: text(vocabulary.bosTokenID),
+                                                              eosToken: text(vocabulary.eosTokenID)) : nil)
+            ?? ChatTemplate(template: vocabulary.chatTemplate, bosToken: text(vocabulary.bosTokenID), eosToken: text(vocabulary.eosTokenID))
     }
 
     /// llama.cpp's end-of-generation set: the eos and eot ids, and every token whose text is in

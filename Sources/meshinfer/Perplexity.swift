@@ -16,10 +16,10 @@ struct Perplexity: ParsableCommand {
             throw ValidationError("cannot read \(file) as UTF-8 text")
         }
         let model = try modelOptions.load()
-        let tokens = model.tokenizer.encode(text)
+        let (tokens, chunkStart) = perplexityTokens(text, tokenizer: model.tokenizer)
         let chunks = tokens.count / max(1, context)
         printError("\(tokens.count) tokens, \(chunks) chunks of \(context); scoring the second half of each")
-        let result = try Runtime.perplexity(engine: model.engine, tokens: tokens, context: context) { done, total, running in
+        let result = try Runtime.perplexity(engine: model.engine, tokens: tokens, context: context, chunkStart: chunkStart) { done, total, running in
             printError(String(format: "[%d/%d] running PPL %.4f", done, total, running))
         }
         if json {

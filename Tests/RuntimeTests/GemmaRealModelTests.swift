@@ -50,4 +50,18 @@ struct GemmaRealModelTests {
         }
         #expect(generated == expected, "\(id): greedy tokens differ from llama.cpp's exact-f32 run")
     }
+
+    /// Perplexity on GPL-3 at context 512, by llama-perplexity's method (BOS in place of each
+    /// chunk's first token): within 0.1 of llama.cpp's exact-f32 run (13.83).
+    @Test func f32PerplexityOnGPL3MatchesLlamaCpp() throws {
+        let path = "/usr/share/common-licenses/GPL-3"
+        try #require(FileManager.default.fileExists(atPath: path))
+        let (tokens, chunkStart) = perplexityTokens(try String(contentsOfFile: path, encoding: .utf8), tokenizer: Self.model.tokenizer)
+        #expect(tokens.count == 7562 && chunkStart == 2)
+        let result = try perplexity(engine: Self.model.engine, tokens: tokens, context: 512, chunkStart: chunkStart)
+        let results = (gemmaReference!["perplexity"] as! [String: Any])["results"] as! [String: Any]
+        let expected = (results["F32_exact"] as! [String: Any])["ppl"] as! Double
+        #expect(result.chunks == 14 && result.scoredTokens == 14 * 255)
+        #expect(abs(result.perplexity - expected) <= 0.1, "PPL \(result.perplexity), llama.cpp \(expected)")
+    }
 }

@@ -102,8 +102,8 @@ struct RealModelTests {
         let path = "/usr/share/common-licenses/GPL-3"
         try #require(FileManager.default.fileExists(atPath: path))
         let model = try ModelCache.shared.model(format)
-        let tokens = model.tokenizer.encode(try String(contentsOfFile: path, encoding: .utf8))
-        let result = try perplexity(engine: model.engine, tokens: tokens, context: 512)
+        let (tokens, chunkStart) = perplexityTokens(try String(contentsOfFile: path, encoding: .utf8), tokenizer: model.tokenizer)
+        let result = try perplexity(engine: model.engine, tokens: tokens, context: 512, chunkStart: chunkStart)
         #expect(result.chunks == 14 && result.scoredTokens == 14 * 255)
         #expect(abs(result.perplexity - reference.perplexity(variant)) <= 0.1, "PPL \(result.perplexity)")
     }
