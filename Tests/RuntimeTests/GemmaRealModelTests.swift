@@ -1,4 +1,5 @@
 import Foundation
+import Partitioning
 import Testing
 @testable import Runtime
 import Tensors
@@ -63,5 +64,27 @@ struct GemmaRealModelTests {
         let expected = (results["F32_exact"] as! [String: Any])["ppl"] as! Double
         #expect(result.chunks == 14 && result.scoredTokens == 14 * 255)
         #expect(abs(result.perplexity - expected) <= 0.1, "PPL \(result.perplexity), llama.cpp \(expected)")
+    }
+
+    /// The real model on meshes 2 and 4 — 4 query heads and 1 KV head, over heads (the KV head
+    /// replicated) and over the batch (the cache batch-sharded) — gives the single device's
+    /// greedy tokens (f32).
+    @Test(arguments: [("2", PhaseLayout(.weightStationary1D, .shardedOverHeads)), ("4", PhaseLayout(.weightStationary2D, .shardedOverBatch))])
+    func meshEqualsOneDevice(_ meshName: String, _ layout: PhaseLayout) throws {
+        let p = Self.prompts.first { $0["id"] as? String == "english" }!
+        let prompt = p["prompt_token_ids"] as! [Int]
+        func greedy(_ engine: MeshEngine) throws -> [Int] {
+            let cache = engine.makeCache()
+            var logits = try engine.forward([SequenceInput(cache: cache, tokens: prompt)])[0].rowArray(0)
+            var out: [Int] = []
+            for _ in 0..<12 {
+                out.append(Sampler.argmax(logits))
+                logits = try engine.forward([SequenceInput(cache: cache, tokens: [out.last!])])[0].rowArray(0)
+            }
+            return out
+        }
+        let mesh = try MeshEngine(source: Self.model.file, config: Self.model.config, mesh: try Mesh(parsing: meshName),
+                                  prefill: layout, decode: layout, format: .f32, threads: 2)
+        #expect(try greedy(mesh) == greedy(Self.model.engine), "mesh \(meshName) \(layout)")
     }
 }
