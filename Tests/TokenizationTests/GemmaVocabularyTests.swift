@@ -79,7 +79,7 @@ struct GemmaVocabularyTests {
         #expect(ids.count == expected)
         #expect(try tokenizer.decode(Array(ids.dropFirst())) == text)
         print("GPL-3 (Gemma): \(text.utf8.count) bytes -> \(ids.count) tokens in \(elapsed)")
-        #expect(elapsed < .seconds(2))
+        #expect(elapsed < .seconds(60), "hang detection: a quadratic merge takes minutes here")
     }
 
     @Test func userDefinedTokensSplitWithoutParseSpecial() throws {
@@ -144,14 +144,14 @@ struct GemmaVocabularyTests {
 
     @Test func longInputIsFast() throws {
         // A 100 kB word with no spaces (one fragment), and 100k spaces (user-defined runs).
-        // (Release builds take about 25 ms for the word; the bound allows for debug builds.)
+        // (Release builds take about 25 ms for the word; the bound only detects a hang.)
         let word = String(repeating: "abcdefghij", count: 10_000)
         let clock = ContinuousClock()
         var ids: [Int] = []
         let elapsed = clock.measure { ids = tokenizer.encode(word, addSpecial: false) }
         #expect(try tokenizer.decode(ids) == word)
         print("Gemma: 100 kB word -> \(ids.count) tokens in \(elapsed)")
-        #expect(elapsed < .seconds(5))
+        #expect(elapsed < .seconds(60), "hang detection: a quadratic merge takes minutes here")
         let spaces = String(repeating: " ", count: 100_000) + "x"
         #expect(try tokenizer.decode(tokenizer.encode(spaces, addSpecial: false)) == spaces)
     }

@@ -57,7 +57,7 @@ struct RealVocabularyTests {
         #expect(ids.count == expected)
         #expect(try tokenizer.decode(ids) == text)
         print("GPL-3: \(text.utf8.count) bytes -> \(ids.count) tokens in \(elapsed)")
-        #expect(elapsed < .seconds(1))
+        #expect(elapsed < .seconds(60), "hang detection: a quadratic merge takes minutes here")
     }
 
     static let trickyTexts: [String] = [
@@ -166,7 +166,7 @@ struct RealVocabularyTests {
         var ids: [Int] = []
         let elapsed = clock.measure { ids = tokenizer.encode(word) }
         #expect(try tokenizer.decode(ids) == word)
-        #expect(elapsed < .seconds(2))
+        #expect(elapsed < .seconds(60), "hang detection: a quadratic merge takes minutes here")
         let spaces = String(repeating: " ", count: 100_000) + "x"
         #expect(try tokenizer.decode(tokenizer.encode(spaces)) == spaces)
     }
