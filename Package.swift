@@ -67,7 +67,7 @@ let package = Package(
             dependencies: ["Runtime", "GGUF", "Tokenization", "Tensors", "CKernels", "Transformer", "Partitioning", "Collectives", "CostModel", "Server", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: fastSwift),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
-        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF"]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF", "Runtime"]),
         .testTarget(name: "TensorsTests", dependencies: ["Tensors", "CKernels", "GGUF"]),
         // The naive oracle every layout is compared with: plain loops, no production module but
         // the model configuration (Transformer).

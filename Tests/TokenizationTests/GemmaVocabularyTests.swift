@@ -28,7 +28,10 @@ struct GemmaVocabularyTests {
         #expect(try t.pieceBytes(236743) == [0x20])
         #expect(try t.pieceBytes(138) == Array("  ".utf8))
         #expect(try t.pieceBytes(105) == Array("<start_of_turn>".utf8))
-        #expect(t.chatTemplate.isFallback)
+        // No template in the file: Gemma's turn tokens select Gemma's turn format.
+        #expect(t.chatTemplate.kind == "gemma")
+        #expect(t.chatTemplate.render([ChatMessage(role: "user", content: "Hi")], addGenerationPrompt: true)
+                == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n")
     }
 
     @Test(.enabled(if: !GemmaFixtures.cases.isEmpty, "Gemma reference JSON not found"),

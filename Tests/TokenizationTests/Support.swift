@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import GGUF
+import Runtime
 import Tokenization
 
 /// Paths and shared fixtures for the tokenizer tests.
@@ -59,24 +60,8 @@ enum Fixtures {
 /// The `tokenizer.ggml.*` keys of a GGUF file as a `Vocabulary` (nil, with a message, when unreadable).
 func readVocabulary(path: String) -> Vocabulary? {
     do {
-        let f = try GGUFFile(path: path)
-        let m = f.metadata
-        return Vocabulary(
-            tokens: try f.stringArray("tokenizer.ggml.tokens"),
-            tokenTypes: m["tokenizer.ggml.token_type"] == nil ? [] : try f.integerArray("tokenizer.ggml.token_type"),
-            merges: m["tokenizer.ggml.merges"] == nil ? [] : try f.stringArray("tokenizer.ggml.merges"),
-            scores: m["tokenizer.ggml.scores"] == nil ? [] : try f.floatArray("tokenizer.ggml.scores").map { Float($0) },
-            bosTokenID: m["tokenizer.ggml.bos_token_id"]?.intValue,
-            eosTokenID: m["tokenizer.ggml.eos_token_id"]?.intValue,
-            eotTokenID: m["tokenizer.ggml.eot_token_id"]?.intValue,
-            unknownTokenID: m["tokenizer.ggml.unknown_token_id"]?.intValue,
-            paddingTokenID: m["tokenizer.ggml.padding_token_id"]?.intValue,
-            addBOS: m["tokenizer.ggml.add_bos_token"]?.boolValue ?? false,
-            addEOS: m["tokenizer.ggml.add_eos_token"]?.boolValue ?? false,
-            addSpacePrefix: m["tokenizer.ggml.add_space_prefix"]?.boolValue,
-            model: try f.string("tokenizer.ggml.model"),
-            preTokenizer: m["tokenizer.ggml.pre"]?.stringValue ?? "default",
-            chatTemplate: m["tokenizer.chat_template"]?.stringValue)
+        // The same reading of the `tokenizer.ggml.*` keys as every command's (Runtime).
+        return try Vocabulary(gguf: GGUFFile(path: path))
     } catch {
         print("TokenizationTests: cannot read \(path): \(error)")
         return nil
