@@ -70,8 +70,6 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public func attendedPositions(layer: Int, context: Int) -> Int {
         isLocal(layer: layer) ? min(context, slidingWindow!) : context
     }
-    /// RoPE base of `layer`.
-    public func ropeBase(layer: Int) -> Double { isLocal(layer: layer) ? localRopeBase ?? ropeBase : ropeBase }
 
     public init(name: String, layers: Int, modelDimension: Int, feedForwardDimension: Int, heads: Int,
                 kvHeads: Int, headDimension: Int, vocabularySize: Int, contextLength: Int = 2048,
