@@ -24,4 +24,5 @@ if [ $# -eq 0 ]; then
     .build/e2e-venv/bin/pip install -q openai
     .build/e2e-venv/bin/python scripts/serve_e2e.py "$BIN"
     .build/e2e-venv/bin/python scripts/serve_e2e.py "$BIN" --mesh 2   # the same on an in-process mesh of 2
+    scripts/gemma_smoke.sh "$BIN"   # every command once on Gemma 3 270M
 fi
