@@ -380,6 +380,68 @@ void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
     }
 }
 
+/* Q5_0 in place: each block's 32 weights are unpacked to int8 (q − 16, in −16..15) — low nibbles
+ * are elements 0..15, high nibbles 16..31, bit j of the 32-bit qh the fifth bit of element j —
+ * then multiplied like Q8_0's. */
+void mi_gemm_q5_0(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
+    (void)s;
+    const int nb = K / 32;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *row = w + (int64_t)n * rowBytes;
+        for (int m0 = 0; m0 < M; m0 += MI_MT) {
+            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
+#if defined(MI_VNNI)
+            __m256 acc[MI_MT];
+            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
+            const __m128i low = _mm_set1_epi8(0x0F);
+            /* Byte i of a 256-bit register picks the qh byte holding bit i, then tests that bit. */
+            const __m256i pick = _mm256_setr_epi8(0,0,0,0,0,0,0,0, 1,1,1,1,1,1,1,1, 2,2,2,2,2,2,2,2, 3,3,3,3,3,3,3,3);
+            const __m256i bit = _mm256_setr_epi8(1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128,
+                                                 1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128);
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + b * 22;
+                float wd = half_to_float(load_u16(blk));
+                uint32_t qh;
+                memcpy(&qh, blk + 2, 4);
+                __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 6));
+                __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
+                __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);
+                __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
+                __m256i wq = _mm256_sub_epi8(_mm256_or_si256(nib, high), _mm256_set1_epi8(16));
+                __m256i wabs = _mm256_abs_epi8(wq);
+                for (int t = 0; t < mt; t++) {
+                    int64_t mi = m0 + t;
+                    __m256i xq = _mm256_loadu_si256((const __m256i *)(q + mi * K + b * 32));
+                    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(xq, wq));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * d[mi * nb + b]), acc[t]);
+                }
+            }
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]);
+#else
+            for (int t = 0; t < mt; t++) {
+                int64_t mi = m0 + t;
+                float acc = 0;
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *blk = row + b * 22;
+                    float wd = half_to_float(load_u16(blk));
+                    uint32_t qh;
+                    memcpy(&qh, blk + 2, 4);
+                    int32_t dot = 0;
+                    for (int i = 0; i < 16; i++) {
+                        int lo = (blk[6 + i] & 0x0F) | (((qh >> i) & 1) << 4);
+                        int hi = (blk[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
+                        dot += (lo - 16) * q[mi * K + b * 32 + i] + (hi - 16) * q[mi * K + b * 32 + 16 + i];
+                    }
+                    acc += wd * d[mi * nb + b] * (float)dot;
+                }
+                y[mi * ldy + n] = acc;
+            }
+#endif
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Elementwise
 // ------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ public enum StorageKind: String, Sendable, Codable {
     case int8       // packed panels of 16 channels, blocks of 32 inputs with (scale, min) per channel
     case q4_1       // the file's rows of Q4_1 blocks, in place
     case q8_0       // the file's rows of Q8_0 blocks, in place
+    case q5_0       // the file's rows of Q5_0 blocks, in place
 
     public var panelRows: Int { self == .f32 || self == .int8 ? 16 : 1 }
     public var unitInputs: Int { self == .f32 ? 1 : 32 }
@@ -45,6 +46,7 @@ public enum StorageKind: String, Sendable, Codable {
         case .int8: Int(mi_int8_packed_bytes(16, 32))
         case .q4_1: GGMLType.q4_1.blockBytes
         case .q8_0: GGMLType.q8_0.blockBytes
+        case .q5_0: GGMLType.q5_0.blockBytes
         }
     }
     /// The runtime format this storage runs as.
@@ -52,7 +54,7 @@ public enum StorageKind: String, Sendable, Codable {
         switch self {
         case .f32: .f32
         case .int8: .int8
-        case .q4_1, .q8_0: .native
+        case .q4_1, .q8_0, .q5_0: .native
         }
     }
 }
@@ -201,7 +203,7 @@ public final class LinearWeight: @unchecked Sendable {
         }
     }
 
-    /// Loads the elements `spec` names from `source` in `format`: a file's Q4_1 or Q8_0 blocks
+    /// Loads the elements `spec` names from `source` in `format`: a file's Q4_1, Q5_0 or Q8_0 blocks
     /// are copied as they are (when every row of the spec comes in the same such type), int8 is
     /// quantized on load, everything else is dequantized to f32.
     public convenience init(source: any TensorSource, spec: ShardSpec, format: WeightFormat) throws {
@@ -213,8 +215,9 @@ public final class LinearWeight: @unchecked Sendable {
         }
         let types = Set(blocks.values.map(\.type))
         let inPlace = format == .native && blocks.count == Set(names).count && types.count == 1
-            && (types.first == .q4_1 || types.first == .q8_0)
-        let kind: StorageKind = inPlace ? (types.first == .q4_1 ? .q4_1 : .q8_0) : (format == .int8 ? .int8 : .f32)
+            && [GGMLType.q4_1, .q8_0, .q5_0].contains(types.first!)
+        let inPlaceKinds: [GGMLType: StorageKind] = [.q4_1: .q4_1, .q8_0: .q8_0, .q5_0: .q5_0]
+        let kind: StorageKind = inPlace ? inPlaceKinds[types.first!]! : (format == .int8 ? .int8 : .f32)
 
         let (covers, merged, window) = ShardSpec.window(spec.columns, unit: kind.unitInputs)
         let u = kind.unitInputs
@@ -385,18 +388,18 @@ public final class LinearWeight: @unchecked Sendable {
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_int8(q, xs, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
-            case .q4_1, .q8_0:
+            case .q4_1, .q8_0, .q5_0:
                 let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
                 let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
                 let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
                 defer { q.deallocate(); d.deallocate(); s.deallocate() }
                 mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s)
-                let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), isQ4 = kind == .q4_1
+                let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), kind = kind
                 threads.parallelFor(N, granule: 16) { r in
-                    if isQ4 {
-                        mi_gemm_q4_1(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
-                    } else {
-                        mi_gemm_q8_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
+                    switch kind {
+                    case .q4_1: mi_gemm_q4_1(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
+                    case .q5_0: mi_gemm_q5_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
+                    default: mi_gemm_q8_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                     }
                 }
             }

@@ -68,4 +68,52 @@ struct BlockKernelTests {
             }
         }
     }
+
+    /// Q5_0 rows built by hand (every fifth-bit pattern position used, f16 d exact): the kernel
+    /// equals the integer dot of the unpacked weights with the quantized activations (only float
+    /// summation order differs), and the dense product within the activation rounding.
+    @Test(arguments: [1, 4, 5])
+    func q5_0MatchesHandDequantized(_ M: Int) {
+        let N = 4, K = 128, nb = K / 32
+        var bytes = [UInt8](repeating: 0, count: N * nb * 22)
+        var ints = [Int](repeating: 0, count: N * K)   // q − 16
+        var scales = [Float](repeating: 0, count: N * nb)
+        for n in 0..<N {
+            for b in 0..<nb {
+                let at = (n * nb + b) * 22
+                let d = Float16(0.015625 * Float(n + b + 1))
+                scales[n * nb + b] = Float(d)
+                withUnsafeBytes(of: d.bitPattern) { bytes[at] = $0[0]; bytes[at + 1] = $0[1] }
+                let qh = UInt32(truncatingIfNeeded: (n * 0x9E37_79B9) ^ (b * 0x85EB_CA6B) ^ 0x5555_AAAA)
+                withUnsafeBytes(of: qh.littleEndian) { for i in 0..<4 { bytes[at + 2 + i] = $0[i] } }
+                for i in 0..<16 {
+                    let lo = (n * 7 + i * 3 + b) % 16, hi = (n + i * 5 + 2 * b) % 16
+                    bytes[at + 6 + i] = UInt8(lo | hi << 4)
+                    ints[n * K + b * 32 + i] = lo + 16 * Int((qh >> i) & 1) - 16
+                    ints[n * K + b * 32 + 16 + i] = hi + 16 * Int((qh >> (i + 16)) & 1) - 16
+                }
+            }
+        }
+        let x = (0..<(M * K)).map { Float(($0 * 37) % 29) / 13 - 1 }
+        var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sx = dx
+        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sx)
+        var y = [Float](repeating: 0, count: M * N)
+        mi_gemm_q5_0(q, dx, sx, Int32(M), Int32(K), bytes, 22 * Int64(nb), 0, Int32(N), &y, Int64(N))
+        for m in 0..<M {
+            for n in 0..<N {
+                var integer = 0.0, exact = 0.0, magnitude = 0.0
+                for b in 0..<nb {
+                    let dot = (0..<32).reduce(0) { $0 + ints[n * K + b * 32 + $1] * Int(q[m * K + b * 32 + $1]) }
+                    integer += Double(scales[n * nb + b]) * Double(dx[m * nb + b]) * Double(dot)
+                    for i in 0..<32 {
+                        let w = Double(ints[n * K + b * 32 + i]) * Double(scales[n * nb + b])
+                        exact += w * Double(x[m * K + b * 32 + i])
+                        magnitude += abs(w)
+                    }
+                }
+                #expect(abs(Double(y[m * N + n]) - integer) <= 1e-4 * max(1, abs(integer)), "m \(m) n \(n)")
+                #expect(abs(Double(y[m * N + n]) - exact) <= magnitude * Double(dx.max()!) / 2 + 1e-4)
+            }
+        }
+    }
 }

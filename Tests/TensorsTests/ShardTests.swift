@@ -106,7 +106,7 @@ struct ShardTests {
     func storedBytesAreTheFormats(_ c: Case) throws {
         let w = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(c.tensor, 0..<32)], columns: [.source(0..<Self.K)]),
                                  format: c.format)
-        let perWeight: Double = switch c.kind { case .f32: 4; case .int8: 1.25; case .q4_1: 20.0 / 32; case .q8_0: 34.0 / 32 }
+        let perWeight: Double = switch c.kind { case .f32: 4; case .int8: 1.25; case .q4_1: 20.0 / 32; case .q8_0: 34.0 / 32; case .q5_0: 22.0 / 32 }
         #expect(Double(w.byteCount) == perWeight * 32 * Double(Self.K))
     }
 }

@@ -64,6 +64,10 @@ void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
 /// Same for Q8_0.
 void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
                   const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+/// The file's Q5_0 rows in place (22-byte blocks: f16 d, 32 fifth bits, 16 bytes of nibbles in
+/// Q4_0's order; w = (q − 16)·d), against activations quantized as for Q8_0 (`s` unused).
+void mi_gemm_q5_0(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
 
 // ---------------------------------------------------------------------------------------------
 // Elementwise and attention.
