@@ -57,8 +57,8 @@ public func dequantize(_ type: GGMLType, from source: UnsafeRawPointer, count: I
     case .q4_1: dequantizeQ4_1(source, blocks, destination)
     case .q5_0: dequantizeQ5(source, blocks, destination, withMin: false)
     case .q5_1: dequantizeQ5(source, blocks, destination, withMin: true)
-    case .q4_K: dequantizeQ4_K(source, blocks, destination)
-    case .q5_K: dequantizeQ5_K(source, blocks, destination)
+    case .q4_K: dequantizeK(source, blocks, destination, fifthBits: false)
+    case .q5_K: dequantizeK(source, blocks, destination, fifthBits: true)
     case .q6_K: dequantizeQ6_K(source, blocks, destination)
     default: throw .unsupportedTensorType(type)
     }
@@ -132,41 +132,18 @@ private func dequantizeQ5(_ src: UnsafeRawPointer, _ blocks: Int, _ dst: UnsafeM
 /// 6-bit scales and eight 6-bit mins, 128 bytes of nibbles. Each 64-element chunk uses
 /// 32 bytes: low nibbles with sub-block 2c, high nibbles with sub-block 2c+1.
 /// x = d*scale*q - dmin*min.
-private func dequantizeQ4_K(_ src: UnsafeRawPointer, _ blocks: Int, _ dst: UnsafeMutablePointer<Float>) {
+/// Q5_K (176 bytes) is the same with 32 bytes qh between the scales and the nibbles: element l
+/// of chunk c takes its 5th bit from qh[l % 32], bit 2c for the low-nibble half and 2c + 1 for
+/// the high one.
+private func dequantizeK(_ src: UnsafeRawPointer, _ blocks: Int, _ dst: UnsafeMutablePointer<Float>, fifthBits: Bool) {
+    let size = fifthBits ? 176 : 144, nibbles = fifthBits ? 48 : 16
     for b in 0..<blocks {
-        let block = src + b * 144
-        let d = loadHalf(block, 0)
-        let dmin = loadHalf(block, 2)
-        let s = (block + 4).assumingMemoryBound(to: UInt8.self)
-        let q = (block + 16).assumingMemoryBound(to: UInt8.self)
-        let y = dst + b * 256
-        for chunk in 0..<4 {
-            let (sc1, m1) = q4KScaleMin(2 * chunk, s)
-            let (sc2, m2) = q4KScaleMin(2 * chunk + 1, s)
-            let d1 = d * Float(sc1), dm1 = dmin * Float(m1)
-            let d2 = d * Float(sc2), dm2 = dmin * Float(m2)
-            let qc = q + 32 * chunk
-            let yc = y + 64 * chunk
-            for l in 0..<32 {
-                yc[l] = d1 * Float(qc[l] & 0x0F) - dm1
-                yc[l + 32] = d2 * Float(qc[l] >> 4) - dm2
-            }
-        }
-    }
-}
-
-/// Q5_K super-block (256 elements, 176 bytes): f16 d, f16 dmin, 12 bytes of scales and mins
-/// packed as Q4_K's, 32 bytes qh, 128 bytes of nibbles in Q4_K's order. Element l of chunk c
-/// (64 elements) takes its 5th bit from qh[l % 32], bit 2c for the low-nibble half and 2c + 1 for
-/// the high one. x = d*scale*q - dmin*min.
-private func dequantizeQ5_K(_ src: UnsafeRawPointer, _ blocks: Int, _ dst: UnsafeMutablePointer<Float>) {
-    for b in 0..<blocks {
-        let block = src + b * 176
+        let block = src + b * size
         let d = loadHalf(block, 0)
         let dmin = loadHalf(block, 2)
         let s = (block + 4).assumingMemoryBound(to: UInt8.self)
         let qh = (block + 16).assumingMemoryBound(to: UInt8.self)
-        let q = (block + 48).assumingMemoryBound(to: UInt8.self)
+        let q = (block + nibbles).assumingMemoryBound(to: UInt8.self)
         let y = dst + b * 256
         for chunk in 0..<4 {
             let (sc1, m1) = q4KScaleMin(2 * chunk, s)
@@ -176,7 +153,7 @@ private func dequantizeQ5_K(_ src: UnsafeRawPointer, _ blocks: Int, _ dst: Unsaf
             let qc = q + 32 * chunk
             let yc = y + 64 * chunk
             for l in 0..<32 {
-                let h1 = (qh[l] >> (2 * chunk)) & 1, h2 = (qh[l] >> (2 * chunk + 1)) & 1
+                let h1 = fifthBits ? (qh[l] >> (2 * chunk)) & 1 : 0, h2 = fifthBits ? (qh[l] >> (2 * chunk + 1)) & 1 : 0
                 yc[l] = d1 * Float((qc[l] & 0x0F) | h1 << 4) - dm1
                 yc[l + 32] = d2 * Float((qc[l] >> 4) | h2 << 4) - dm2
             }
