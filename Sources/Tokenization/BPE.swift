@@ -84,12 +84,12 @@ struct BPEMerges: Sendable {
             next[i] = i + 1 < n ? Int32(i + 1) : -1
             prev[i] = Int32(i - 1)
         }
-        var heap = PairHeap()
+        var heap = BinaryHeap<PairCandidate>()
         func push(_ l: Int32, _ r: Int32) {
             guard l >= 0, r >= 0 else { return }
             let m = lookup(ids[Int(l)], ids[Int(r)])
             if m.rank == .max { return }
-            heap.push(PairHeap.Entry(key: UInt64(UInt32(m.rank)) << 32 | UInt64(UInt32(l)), right: r,
+            heap.push(PairCandidate(key: UInt64(UInt32(m.rank)) << 32 | UInt64(UInt32(l)), right: r,
                                      leftID: ids[Int(l)], rightID: ids[Int(r)], merged: m.merged))
         }
         for i in 0..<(n - 1) { push(Int32(i), Int32(i + 1)) }
@@ -112,42 +112,12 @@ struct BPEMerges: Sendable {
     }
 }
 
-/// Binary min-heap of merge candidates.
-struct PairHeap {
-    struct Entry {
-        var key: UInt64        // rank << 32 | left position
-        var right: Int32
-        var leftID: Int32
-        var rightID: Int32
-        var merged: Int32
-    }
-    private var a: [Entry] = []
-
-    mutating func push(_ e: Entry) {
-        a.append(e)
-        var i = a.count - 1
-        while i > 0 {
-            let p = (i - 1) / 2
-            if a[p].key <= a[i].key { break }
-            a.swapAt(p, i); i = p
-        }
-    }
-
-    mutating func pop() -> Entry? {
-        guard let top = a.first else { return nil }
-        let last = a.removeLast()
-        if a.isEmpty { return top }
-        a[0] = last
-        var i = 0
-        let n = a.count
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < n && a[l].key < a[m].key { m = l }
-            if r < n && a[r].key < a[m].key { m = r }
-            if m == i { break }
-            a.swapAt(i, m); i = m
-        }
-        return top
-    }
+/// A merge candidate of byte-level BPE: lowest rank first, then the leftmost pair.
+struct PairCandidate: HeapOrdered {
+    var key: UInt64        // rank << 32 | left position
+    var right: Int32
+    var leftID: Int32
+    var rightID: Int32
+    var merged: Int32
+    @inline(__always) static func before(_ x: Self, _ y: Self) -> Bool { x.key < y.key }
 }

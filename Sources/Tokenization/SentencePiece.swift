@@ -100,7 +100,7 @@ struct SentencePiece: Sendable {
         var next = (0..<count).map { $0 + 1 < count ? $0 + 1 : -1 }
 
         // 3. Merge by score.
-        var queue = BigramQueue()
+        var queue = BinaryHeap<BigramCandidate>()
         func tryAdd(_ l: Int, _ r: Int) {
             guard l >= 0, r >= 0 else { return }
             let lo = start[l], hi = lo + length[l] + length[r]
@@ -145,46 +145,14 @@ struct SentencePiece: Sendable {
     }
 }
 
-/// Max-priority queue of candidate merges: highest score first, then the leftmost pair.
-struct BigramQueue {
-    struct Entry {
-        var score: Float
-        var left: Int32
-        var right: Int32
-        /// Byte length of the merged text, to detect stale entries.
-        var size: Int32
-    }
-    private var a: [Entry] = []
-
-    @inline(__always) private static func before(_ x: Entry, _ y: Entry) -> Bool {
+/// A candidate merge of SentencePiece: highest score first, then the leftmost pair.
+struct BigramCandidate: HeapOrdered {
+    var score: Float
+    var left: Int32
+    var right: Int32
+    /// Byte length of the merged text, to detect stale entries.
+    var size: Int32
+    @inline(__always) static func before(_ x: Self, _ y: Self) -> Bool {
         x.score > y.score || (x.score == y.score && x.left < y.left)
-    }
-
-    mutating func push(_ e: Entry) {
-        a.append(e)
-        var i = a.count - 1
-        while i > 0 {
-            let p = (i - 1) / 2
-            if !BigramQueue.before(a[i], a[p]) { break }
-            a.swapAt(p, i); i = p
-        }
-    }
-
-    mutating func pop() -> Entry? {
-        guard let top = a.first else { return nil }
-        let last = a.removeLast()
-        if a.isEmpty { return top }
-        a[0] = last
-        var i = 0
-        let n = a.count
-        while true {
-            let l = 2 * i + 1, r = l + 1
-            var m = i
-            if l < n && BigramQueue.before(a[l], a[m]) { m = l }
-            if r < n && BigramQueue.before(a[r], a[m]) { m = r }
-            if m == i { break }
-            a.swapAt(i, m); i = m
-        }
-        return top
     }
 }
