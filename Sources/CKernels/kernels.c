@@ -338,21 +338,59 @@ void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
     }
 }
 
-void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
-    (void)s;
+/* Symmetric 32-weight blocks with one f16 scale (Q8_0, Q5_0), against activations quantized to
+ * Q8 blocks: per block, the weights as 32 int8 values times the product of the two scales. Each
+ * format only says how to read its block's int8 weights; one loop multiplies both. */
+#if defined(MI_VNNI)
+/* Q8_0 (34 bytes): f16 d, 32 int8. */
+ALWAYS_INLINE __m256i q8_0_weights(const uint8_t *blk) { return _mm256_loadu_si256((const __m256i *)(blk + 2)); }
+
+/* Q5_0 (22 bytes): f16 d, 32 fifth bits (bit j of the little-endian qh is element j's), 16 bytes
+ * of nibbles (low: elements 0..15, high: 16..31); w = q − 16, in −16..15. Byte i of a 256-bit
+ * register picks the qh byte holding bit i, then tests that bit. */
+ALWAYS_INLINE __m256i q5_0_weights(const uint8_t *blk) {
+    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m256i pick = _mm256_setr_epi8(0,0,0,0,0,0,0,0, 1,1,1,1,1,1,1,1, 2,2,2,2,2,2,2,2, 3,3,3,3,3,3,3,3);
+    const __m256i bit = _mm256_setr_epi8(1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128,
+                                         1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128);
+    uint32_t qh;
+    memcpy(&qh, blk + 2, 4);
+    __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 6));
+    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);
+    __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
+    return _mm256_sub_epi8(_mm256_or_si256(nib, high), _mm256_set1_epi8(16));
+}
+#endif
+
+/* Weight i (0..31) of a block, for the portable path. */
+ALWAYS_INLINE int q8_0_weight(const uint8_t *blk, int i) { return (int8_t)blk[2 + i]; }
+ALWAYS_INLINE int q5_0_weight(const uint8_t *blk, int i) {
+    uint32_t qh;
+    memcpy(&qh, blk + 2, 4);
+    int nibble = i < 16 ? (blk[6 + i] & 0x0F) : (blk[6 + i - 16] >> 4);
+    return (nibble | (((qh >> i) & 1) << 4)) - 16;
+}
+
+ALWAYS_INLINE void gemm_symmetric32(const int8_t *q, const float *d, int M, int K, const uint8_t *w, int64_t rowBytes,
+                                    int n0, int n1, float *y, int64_t ldy, int blockBytes,
+#if defined(MI_VNNI)
+                                    __m256i (*weights)(const uint8_t *),
+#endif
+                                    int (*weight)(const uint8_t *, int)) {
     const int nb = K / 32;
     for (int n = n0; n < n1; n++) {
         const uint8_t *row = w + (int64_t)n * rowBytes;
         for (int m0 = 0; m0 < M; m0 += MI_MT) {
             int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
 #if defined(MI_VNNI)
+            (void)weight;
             __m256 acc[MI_MT];
             for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
             for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = row + b * 34;
+                const uint8_t *blk = row + b * blockBytes;
                 float wd = half_to_float(load_u16(blk));
-                __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                __m256i wq = weights(blk);
                 __m256i wabs = _mm256_abs_epi8(wq);
                 for (int t = 0; t < mt; t++) {
                     int64_t mi = m0 + t;
@@ -367,10 +405,10 @@ void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
                 int64_t mi = m0 + t;
                 float acc = 0;
                 for (int b = 0; b < nb; b++) {
-                    const uint8_t *blk = row + b * 34;
+                    const uint8_t *blk = row + b * blockBytes;
                     float wd = half_to_float(load_u16(blk));
                     int32_t dot = 0;
-                    for (int i = 0; i < 32; i++) dot += (int8_t)blk[2 + i] * q[mi * K + b * 32 + i];
+                    for (int i = 0; i < 32; i++) dot += weight(blk, i) * q[mi * K + b * 32 + i];
                     acc += wd * d[mi * nb + b] * (float)dot;
                 }
                 y[mi * ldy + n] = acc;
@@ -380,66 +418,22 @@ void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
     }
 }
 
-/* Q5_0 in place: each block's 32 weights are unpacked to int8 (q − 16, in −16..15) — low nibbles
- * are elements 0..15, high nibbles 16..31, bit j of the 32-bit qh the fifth bit of element j —
- * then multiplied like Q8_0's. */
+#if defined(MI_VNNI)
+#define MI_WEIGHTS(vector, scalar) vector, scalar
+#else
+#define MI_WEIGHTS(vector, scalar) scalar
+#endif
+
+void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
+    (void)s;
+    gemm_symmetric32(q, d, M, K, w, rowBytes, n0, n1, y, ldy, 34, MI_WEIGHTS(q8_0_weights, q8_0_weight));
+}
+
 void mi_gemm_q5_0(const int8_t *q, const float *d, const float *s, int M, int K,
                   const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
     (void)s;
-    const int nb = K / 32;
-    for (int n = n0; n < n1; n++) {
-        const uint8_t *row = w + (int64_t)n * rowBytes;
-        for (int m0 = 0; m0 < M; m0 += MI_MT) {
-            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
-#if defined(MI_VNNI)
-            __m256 acc[MI_MT];
-            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
-            const __m128i low = _mm_set1_epi8(0x0F);
-            /* Byte i of a 256-bit register picks the qh byte holding bit i, then tests that bit. */
-            const __m256i pick = _mm256_setr_epi8(0,0,0,0,0,0,0,0, 1,1,1,1,1,1,1,1, 2,2,2,2,2,2,2,2, 3,3,3,3,3,3,3,3);
-            const __m256i bit = _mm256_setr_epi8(1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128,
-                                                 1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128);
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = row + b * 22;
-                float wd = half_to_float(load_u16(blk));
-                uint32_t qh;
-                memcpy(&qh, blk + 2, 4);
-                __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 6));
-                __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
-                __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);
-                __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
-                __m256i wq = _mm256_sub_epi8(_mm256_or_si256(nib, high), _mm256_set1_epi8(16));
-                __m256i wabs = _mm256_abs_epi8(wq);
-                for (int t = 0; t < mt; t++) {
-                    int64_t mi = m0 + t;
-                    __m256i xq = _mm256_loadu_si256((const __m256i *)(q + mi * K + b * 32));
-                    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(xq, wq));
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * d[mi * nb + b]), acc[t]);
-                }
-            }
-            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]);
-#else
-            for (int t = 0; t < mt; t++) {
-                int64_t mi = m0 + t;
-                float acc = 0;
-                for (int b = 0; b < nb; b++) {
-                    const uint8_t *blk = row + b * 22;
-                    float wd = half_to_float(load_u16(blk));
-                    uint32_t qh;
-                    memcpy(&qh, blk + 2, 4);
-                    int32_t dot = 0;
-                    for (int i = 0; i < 16; i++) {
-                        int lo = (blk[6 + i] & 0x0F) | (((qh >> i) & 1) << 4);
-                        int hi = (blk[6 + i] >> 4) | (((qh >> (i + 16)) & 1) << 4);
-                        dot += (lo - 16) * q[mi * K + b * 32 + i] + (hi - 16) * q[mi * K + b * 32 + 16 + i];
-                    }
-                    acc += wd * d[mi * nb + b] * (float)dot;
-                }
-                y[mi * ldy + n] = acc;
-            }
-#endif
-        }
-    }
+    gemm_symmetric32(q, d, M, K, w, rowBytes, n0, n1, y, ldy, 22, MI_WEIGHTS(q5_0_weights, q5_0_weight));
 }
 
 // ------------------------------------------------------------------------------------------
