@@ -437,6 +437,196 @@ void mi_gemm_q5_0(const int8_t *q, const float *d, const float *s, int M, int K,
 }
 
 // ------------------------------------------------------------------------------------------
+// K-quants in place (256-element super-blocks), against activations quantized to Q8_K blocks
+// of 256 (llama.cpp's pairing): per block one f32 scale, the int8 values, and the sum of
+// every 16 of them, so the weights' offsets (Q4_K's mins, Q6_K's −32) cost one small dot with
+// the sums instead of touching the activations again.
+// ------------------------------------------------------------------------------------------
+void mi_quantize_q8_K(const float *x, int64_t ldx, int M, int K, int8_t *q, float *d, int32_t *bsums) {
+    int nb = K / 256;
+    for (int m = 0; m < M; m++) {
+        for (int b = 0; b < nb; b++) {
+            const float *xb = x + (int64_t)m * ldx + b * 256;
+            float amax = 0;
+            for (int i = 0; i < 256; i++) amax = fmaxf(amax, fabsf(xb[i]));
+            float inv = amax > 0 ? 127.0f / amax : 0.0f;
+            int8_t *qb = q + (int64_t)m * K + b * 256;
+            for (int g = 0; g < 16; g++) {
+                int sum = 0;
+                for (int i = g * 16; i < g * 16 + 16; i++) {
+                    int v = (int)lrintf(xb[i] * inv);
+                    qb[i] = (int8_t)v;
+                    sum += v;
+                }
+                bsums[((int64_t)m * nb + b) * 16 + g] = sum;
+            }
+            d[(int64_t)m * nb + b] = amax / 127.0f;
+        }
+    }
+}
+
+/* Q4_K (144 bytes): f16 d, f16 dmin, 12 bytes packing eight 6-bit scales and eight 6-bit mins,
+ * 128 bytes of nibbles; 64-element chunk c is 32 bytes whose low nibbles are sub-block 2c and
+ * high nibbles sub-block 2c + 1. w = d·scale_j·q − dmin·min_j. */
+ALWAYS_INLINE void q4_K_scales(const uint8_t *s, uint8_t *sc, uint8_t *mn) {
+    for (int j = 0; j < 4; j++) { sc[j] = s[j] & 63; mn[j] = s[j + 4] & 63; }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4);
+        mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+void mi_gemm_q4_K(const int8_t *q, const float *d, const int32_t *bsums, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
+    const int nb = K / 256;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *row = w + (int64_t)n * rowBytes;
+        for (int m0 = 0; m0 < M; m0 += MI_MT) {
+            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
+            float offset[MI_MT] = {0};   // Σ over blocks of dmin·d_x·Σ_j min_j·(sum of sub-block j)
+#if defined(MI_VNNI)
+            __m256 acc[MI_MT];
+            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
+            const __m256i low = _mm256_set1_epi8(0x0F);
+#else
+            float acc[MI_MT] = {0};
+#endif
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (int64_t)b * 144;
+                float wd = half_to_float(load_u16(blk)), wmin = half_to_float(load_u16(blk + 2));
+                uint8_t sc[8], mn[8];
+                q4_K_scales(blk + 4, sc, mn);
+                const uint8_t *qs = blk + 16;
+#if defined(MI_VNNI)
+                __m256i isum[MI_MT];
+                for (int t = 0; t < MI_MT; t++) isum[t] = _mm256_setzero_si256();
+                for (int c = 0; c < 4; c++) {
+                    __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                    __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                    __m256i slo = _mm256_set1_epi32(sc[2 * c]), shi = _mm256_set1_epi32(sc[2 * c + 1]);
+                    for (int t = 0; t < mt; t++) {
+                        const int8_t *xq = q + (int64_t)(m0 + t) * K + b * 256 + 64 * c;
+                        __m256i plo = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)xq));
+                        __m256i phi = _mm256_dpbusd_epi32(_mm256_setzero_si256(), hi, _mm256_loadu_si256((const __m256i *)(xq + 32)));
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_mullo_epi32(plo, slo), _mm256_mullo_epi32(phi, shi)));
+                    }
+                }
+#endif
+                for (int t = 0; t < mt; t++) {
+                    int64_t mb = (int64_t)(m0 + t) * nb + b;
+                    const int32_t *bs = bsums + mb * 16;
+                    int32_t mins = 0;
+                    for (int j = 0; j < 8; j++) mins += (int32_t)mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                    offset[t] += wmin * d[mb] * (float)mins;
+#if defined(MI_VNNI)
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_set1_ps(wd * d[mb]), acc[t]);
+#else
+                    const int8_t *xq = q + (int64_t)(m0 + t) * K + b * 256;
+                    int32_t dot = 0;
+                    for (int c = 0; c < 4; c++) {
+                        int32_t dlo = 0, dhi = 0;
+                        for (int l = 0; l < 32; l++) {
+                            dlo += (qs[32 * c + l] & 0x0F) * xq[64 * c + l];
+                            dhi += (qs[32 * c + l] >> 4) * xq[64 * c + 32 + l];
+                        }
+                        dot += sc[2 * c] * dlo + sc[2 * c + 1] * dhi;
+                    }
+                    acc[t] += wd * d[mb] * (float)dot;
+#endif
+                }
+            }
+#if defined(MI_VNNI)
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]) - offset[t];
+#else
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = acc[t] - offset[t];
+#endif
+        }
+    }
+}
+
+/* Q6_K (210 bytes): 128 bytes ql (low 4 bits), 64 bytes qh (high 2 bits), 16 int8 scales (one
+ * per 16 elements), f16 d; w = d·scale·(q − 32). Half h (128 elements) uses ql[64h..], qh[32h..]
+ * and scales[8h..]: for l in 0..<32, element l takes ql[l]'s low nibble and qh[l] bits 0-1,
+ * l + 32 ql[l + 32]'s low nibble and bits 2-3, l + 64 ql[l]'s high nibble and bits 4-5,
+ * l + 96 ql[l + 32]'s high nibble and bits 6-7. The unsigned q (0..63) multiplies the signed
+ * activations on VNNI; the −32 comes back through the activation sums. */
+ALWAYS_INLINE int q6_K_value(const uint8_t *blk, int i) {
+    int h = i / 128, r = i % 128, l = r % 32, part = r / 32;
+    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+    int nib = part & 1 ? ql[l + 32] : ql[l];
+    nib = part >= 2 ? nib >> 4 : nib & 0x0F;
+    return nib | (((qh[l] >> (2 * part)) & 3) << 4);
+}
+
+void mi_gemm_q6_K(const int8_t *q, const float *d, const int32_t *bsums, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
+    const int nb = K / 256;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *row = w + (int64_t)n * rowBytes;
+        for (int m0 = 0; m0 < M; m0 += MI_MT) {
+            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
+#if defined(MI_VNNI)
+            __m256 acc[MI_MT];
+            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
+            const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+#else
+            float acc[MI_MT] = {0};
+#endif
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (int64_t)b * 210;
+                const int8_t *scales = (const int8_t *)(blk + 192);
+                float wd = half_to_float(load_u16(blk + 208));
+#if defined(MI_VNNI)
+                __m256i isum[MI_MT];
+                for (int t = 0; t < MI_MT; t++) isum[t] = _mm256_setzero_si256();
+                for (int h = 0; h < 2; h++) {
+                    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+                    const int8_t *sc = scales + 8 * h;
+                    __m256i a = _mm256_loadu_si256((const __m256i *)ql), c = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                    __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+                    __m256i parts[4] = {
+                        _mm256_or_si256(_mm256_and_si256(a, low), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4)),
+                        _mm256_or_si256(_mm256_and_si256(c, low), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), low), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), low), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4)),
+                    };
+                    for (int p = 0; p < 4; p++) {
+                        // int32 lanes 0-3 hold elements 0..15 of the part (scale 2p), lanes 4-7 16..31.
+                        __m256i s = _mm256_set_m128i(_mm_set1_epi32(sc[2 * p + 1]), _mm_set1_epi32(sc[2 * p]));
+                        for (int t = 0; t < mt; t++) {
+                            const int8_t *xq = q + (int64_t)(m0 + t) * K + b * 256 + 128 * h + 32 * p;
+                            __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), parts[p], _mm256_loadu_si256((const __m256i *)xq));
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(dot, s));
+                        }
+                    }
+                }
+#endif
+                for (int t = 0; t < mt; t++) {
+                    int64_t mb = (int64_t)(m0 + t) * nb + b;
+                    const int32_t *bs = bsums + mb * 16;
+                    int32_t shift = 0;   // Σ_j scale_j·32·(sum of the activations of sub-block j)
+                    for (int j = 0; j < 16; j++) shift += (int32_t)scales[j] * bs[j];
+#if defined(MI_VNNI)
+                    __m256i total = _mm256_sub_epi32(isum[t], _mm256_setr_epi32(32 * shift, 0, 0, 0, 0, 0, 0, 0));
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), _mm256_set1_ps(wd * d[mb]), acc[t]);
+#else
+                    const int8_t *xq = q + (int64_t)(m0 + t) * K + b * 256;
+                    int32_t dot = 0;
+                    for (int i = 0; i < 256; i++) dot += scales[(i / 128) * 8 + (i % 128) / 16] * q6_K_value(blk, i) * xq[i];
+                    acc[t] += wd * d[mb] * (float)(dot - 32 * shift);
+#endif
+                }
+            }
+#if defined(MI_VNNI)
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]);
+#else
+            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = acc[t];
+#endif
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // Elementwise
 // ------------------------------------------------------------------------------------------
 float mi_dot(const float *a, const float *b, int n) {

@@ -4,7 +4,8 @@ import GGUF
 
 /// How a model's matrices are held in memory.
 public enum WeightFormat: String, Sendable, CaseIterable, Codable {
-    /// Execute the file's own block formats in place (Q4_1, Q8_0); other types fall back to f32.
+    /// Execute the file's own block formats in place (Q4_1, Q5_0, Q8_0, Q4_K, Q6_K); other types
+    /// fall back to f32.
     case native
     /// 8-bit weights quantized on load per output channel (Pope et al. §3.6), refined to one
     /// (scale, min) per channel and group of 32 inputs: a single scale per row adds more error
@@ -37,9 +38,17 @@ public enum StorageKind: String, Sendable, Codable {
     case q4_1       // the file's rows of Q4_1 blocks, in place
     case q8_0       // the file's rows of Q8_0 blocks, in place
     case q5_0       // the file's rows of Q5_0 blocks, in place
+    case q4_K       // the file's rows of Q4_K super-blocks (256 inputs), in place
+    case q6_K       // the file's rows of Q6_K super-blocks (256 inputs), in place
 
     public var panelRows: Int { self == .f32 || self == .int8 ? 16 : 1 }
-    public var unitInputs: Int { self == .f32 ? 1 : 32 }
+    public var unitInputs: Int {
+        switch self {
+        case .f32: 1
+        case .q4_K, .q6_K: 256
+        default: 32
+        }
+    }
     public var unitBytes: Int {
         switch self {
         case .f32: 64
@@ -47,6 +56,8 @@ public enum StorageKind: String, Sendable, Codable {
         case .q4_1: GGMLType.q4_1.blockBytes
         case .q8_0: GGMLType.q8_0.blockBytes
         case .q5_0: GGMLType.q5_0.blockBytes
+        case .q4_K: GGMLType.q4_K.blockBytes
+        case .q6_K: GGMLType.q6_K.blockBytes
         }
     }
     /// The runtime format this storage runs as.
@@ -54,7 +65,24 @@ public enum StorageKind: String, Sendable, Codable {
         switch self {
         case .f32: .f32
         case .int8: .int8
-        case .q4_1, .q8_0, .q5_0: .native
+        case .q4_1, .q8_0, .q5_0, .q4_K, .q6_K: .native
+        }
+    }
+
+    /// The in-place storage of rows whose blocks come in `types`: one type with a kernel, or
+    /// Q5_0 beside Q8_0 (Gemma's q|k|v where v is Q8_0), whose Q5_0 blocks are written as Q8_0
+    /// blocks of the same values (q − 16 fits int8, the scale is kept), so the product is exactly
+    /// the Q5_0 kernel's. Nil: no in-place kernel.
+    static func inPlace(_ types: Set<GGMLType>) -> StorageKind? {
+        if types == [.q5_0, .q8_0] { return .q8_0 }
+        guard types.count == 1 else { return nil }
+        switch types.first! {
+        case .q4_1: return .q4_1
+        case .q8_0: return .q8_0
+        case .q5_0: return .q5_0
+        case .q4_K: return .q4_K
+        case .q6_K: return .q6_K
+        default: return nil
         }
     }
 }
@@ -203,9 +231,10 @@ public final class LinearWeight: @unchecked Sendable {
         }
     }
 
-    /// Loads the elements `spec` names from `source` in `format`: a file's Q4_1, Q5_0 or Q8_0 blocks
-    /// are copied as they are (when every row of the spec comes in the same such type), int8 is
-    /// quantized on load, everything else is dequantized to f32.
+    /// Loads the elements `spec` names from `source` in `format`: a file's Q4_1, Q5_0, Q8_0, Q4_K or
+    /// Q6_K blocks are copied as they are (when every row of the spec comes in the same such
+    /// type, or Q5_0 beside Q8_0: see `StorageKind.inPlace`), int8 is quantized on load,
+    /// everything else is dequantized to f32.
     public convenience init(source: any TensorSource, spec: ShardSpec, format: WeightFormat) throws {
         guard spec.outputs > 0 else { throw WeightError.emptyWeight }
         let names = spec.rows.compactMap { if case let .tensor(n, _) = $0 { n } else { nil } }
@@ -213,11 +242,9 @@ public final class LinearWeight: @unchecked Sendable {
         if format == .native {
             for n in names { if let b = try source.blockRows(n) { blocks[n] = b } }
         }
-        let types = Set(blocks.values.map(\.type))
-        let inPlace = format == .native && blocks.count == Set(names).count && types.count == 1
-            && [GGMLType.q4_1, .q8_0, .q5_0].contains(types.first!)
-        let inPlaceKinds: [GGMLType: StorageKind] = [.q4_1: .q4_1, .q8_0: .q8_0, .q5_0: .q5_0]
-        let kind: StorageKind = inPlace ? inPlaceKinds[types.first!]! : (format == .int8 ? .int8 : .f32)
+        let blockKind = format == .native && blocks.count == Set(names).count ? StorageKind.inPlace(Set(blocks.values.map(\.type))) : nil
+        let inPlace = blockKind != nil
+        let kind: StorageKind = blockKind ?? (format == .int8 ? .int8 : .f32)
 
         let (covers, merged, window) = ShardSpec.window(spec.columns, unit: kind.unitInputs)
         let u = kind.unitInputs
@@ -235,11 +262,15 @@ public final class LinearWeight: @unchecked Sendable {
                     at += n
                 case let .tensor(name, range):
                     let b = blocks[name]!
+                    let widen = b.type == .q5_0 && kind == .q8_0
                     for r in range {
                         var offset = 0
                         for (cover, width) in covers {
                             let bytes = width / u * unitBytes
-                            if let cover {
+                            if let cover, widen {
+                                widenQ5_0(b.row(r) + cover.lowerBound / u * GGMLType.q5_0.blockBytes, blocks: width / u,
+                                          into: storage + at * rowBytes + offset)
+                            } else if let cover {
                                 (storage + at * rowBytes + offset).copyMemory(from: b.row(r) + cover.lowerBound / u * unitBytes, byteCount: bytes)
                             } else {
                                 (storage + at * rowBytes + offset).initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
@@ -402,6 +433,20 @@ public final class LinearWeight: @unchecked Sendable {
                     default: mi_gemm_q8_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                     }
                 }
+            case .q4_K, .q6_K:
+                let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
+                let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 256)
+                let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 16)
+                defer { q.deallocate(); d.deallocate(); sums.deallocate() }
+                mi_quantize_q8_K(xw.data, Int64(K), Int32(M), Int32(K), q, d, sums)
+                let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), kind = kind
+                threads.parallelFor(N, granule: 16) { r in
+                    if kind == .q4_K {
+                        mi_gemm_q4_K(q, d, sums, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
+                    } else {
+                        mi_gemm_q6_K(q, d, sums, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
+                    }
+                }
             }
         }
         if outputsAreWindow { return N == outputs ? y : y.columns(0, outputs) }
@@ -410,6 +455,23 @@ public final class LinearWeight: @unchecked Sendable {
             for s in outputSegments { (out.row(r) + s.logical).update(from: y.row(r) + s.window, count: s.count) }
         }
         return out
+    }
+}
+
+/// Writes `blocks` Q5_0 blocks (22 bytes: f16 d, 32 fifth bits, 16 bytes of nibbles) as Q8_0
+/// blocks (34 bytes: f16 d, 32 int8) of the same values: q − 16 in −16...15, the same d.
+func widenQ5_0(_ source: UnsafeRawPointer, blocks: Int, into target: UnsafeMutableRawPointer) {
+    for b in 0..<blocks {
+        let from = source + b * 22, to = target + b * 34
+        to.copyMemory(from: from, byteCount: 2)
+        let qh = UInt32(from.load(fromByteOffset: 2, as: UInt8.self)) | UInt32(from.load(fromByteOffset: 3, as: UInt8.self)) << 8
+            | UInt32(from.load(fromByteOffset: 4, as: UInt8.self)) << 16 | UInt32(from.load(fromByteOffset: 5, as: UInt8.self)) << 24
+        for i in 0..<32 {
+            let byte = from.load(fromByteOffset: 6 + i % 16, as: UInt8.self)
+            let nibble = i < 16 ? byte & 0x0F : byte >> 4
+            let value = Int(nibble) | Int((qh >> UInt32(i)) & 1) << 4
+            to.storeBytes(of: Int8(value - 16), toByteOffset: 2 + i, as: Int8.self)
+        }
     }
 }
 

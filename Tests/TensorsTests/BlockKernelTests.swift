@@ -1,4 +1,5 @@
 import CKernels
+import GGUF
 import Foundation
 import Testing
 
@@ -112,6 +113,53 @@ struct BlockKernelTests {
                     }
                 }
                 #expect(abs(Double(y[m * N + n]) - integer) <= 1e-4 * max(1, abs(integer)), "m \(m) n \(n)")
+                #expect(abs(Double(y[m * N + n]) - exact) <= magnitude * Double(dx.max()!) / 2 + 1e-4)
+            }
+        }
+    }
+
+    /// K-quant rows of pseudo-random bytes (every scale, min, nibble and high-bit pattern) with
+    /// chosen f16 super-block scales, against the GGUF reader's dequantization (checked against
+    /// llama.cpp's f32 copy of the Gemma file in GemmaRealModelTests): the kernel equals the
+    /// dequantized weights' dot with the Q8_K-quantized activations up to float rounding, and
+    /// the dense product within the activation rounding.
+    @Test(arguments: [(GGMLType.q4_K, 1), (.q4_K, 4), (.q4_K, 6), (.q6_K, 1), (.q6_K, 4), (.q6_K, 6)])
+    func kQuantsMatchDequantized(_ type: GGMLType, _ M: Int) throws {
+        let N = 5, K = 512, nb = K / 256, size = type.blockBytes
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15 &* UInt64(size)
+        var bytes = (0..<(N * nb * size)).map { _ -> UInt8 in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return UInt8(truncatingIfNeeded: state >> 56)
+        }
+        for blk in 0..<(N * nb) {
+            let at = blk * size
+            let d = Float16(0.001 * Float(blk % 7 + 1)), dmin = Float16(0.0005 * Float(blk % 5 + 1))
+            let dOffset = type == .q4_K ? 0 : 208
+            withUnsafeBytes(of: d.bitPattern) { bytes[at + dOffset] = $0[0]; bytes[at + dOffset + 1] = $0[1] }
+            if type == .q4_K { withUnsafeBytes(of: dmin.bitPattern) { bytes[at + 2] = $0[0]; bytes[at + 3] = $0[1] } }
+        }
+        var dense = [Float](repeating: 0, count: N * K)
+        try bytes.withUnsafeBytes { b in try dense.withUnsafeMutableBufferPointer { try dequantize(type, from: b.baseAddress!, count: N * K, into: $0.baseAddress!) } }
+        let x = (0..<(M * K)).map { i -> Float in
+            let spike: Float = i % 97 == 0 ? 3 : 0   // a few large values, so blocks' scales differ
+            return Float((i * 37) % 29) / 13 - 1 + spike
+        }
+        var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sums = [Int32](repeating: 0, count: M * K / 16)
+        mi_quantize_q8_K(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sums)
+        for g in 0..<(M * K / 16) { #expect(sums[g] == (0..<16).reduce(Int32(0)) { $0 + Int32(q[g * 16 + $1]) }) }
+        var y = [Float](repeating: 0, count: M * N)
+        let kernel = type == .q4_K ? mi_gemm_q4_K : mi_gemm_q6_K
+        kernel(q, dx, sums, Int32(M), Int32(K), bytes, Int64(nb * size), 0, Int32(N), &y, Int64(N))
+        for m in 0..<M {
+            for n in 0..<N {
+                var quantized = 0.0, exact = 0.0, magnitude = 0.0
+                for k in 0..<K {
+                    let w = Double(dense[n * K + k])
+                    quantized += w * Double(q[m * K + k]) * Double(dx[m * nb + k / 256])
+                    exact += w * Double(x[m * K + k])
+                    magnitude += abs(w)
+                }
+                #expect(abs(Double(y[m * N + n]) - quantized) <= 1e-5 * magnitude * Double(dx.max()!) * 127, "\(type) m \(m) n \(n)")
                 #expect(abs(Double(y[m * N + n]) - exact) <= magnitude * Double(dx.max()!) / 2 + 1e-4)
             }
         }

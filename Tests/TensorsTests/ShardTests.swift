@@ -22,11 +22,37 @@ struct ShardTests {
         }
         for i in 0..<(N * K) { f32.append(Float((i * 37) % 101) / 50 - 1) }
         var writer = GGUFWriter()
+        for type in [GGMLType.q5_0, .q4_K, .q6_K] {
+            writer.addTensor(name: type.name, dimensions: [type == .q5_0 ? K : KQ, N], type: type,
+                             data: blocks(type, count: N * (type == .q5_0 ? K : KQ) / type.blockSize))
+        }
         writer.addTensor(name: "q4_1", dimensions: [K, N], type: .q4_1, data: q4)
         writer.addTensor(name: "q8_0", dimensions: [K, N], type: .q8_0, data: q8)
         writer.addTensor(name: "f32", dimensions: [K, N], values: f32)
         return try! GGUFFile(bytes: writer.serialized())
     }()
+
+    /// Inputs of the K-quant matrices (two 256-element super-blocks per row).
+    static let KQ = 512
+
+    /// `count` blocks of `type` from a byte pattern, with small f16 scales (d, and Q4_K's dmin).
+    static func blocks(_ type: GGMLType, count: Int) -> [UInt8] {
+        var state: UInt64 = UInt64(type.rawValue) &* 0x9E37_79B9_7F4A_7C15
+        var bytes = (0..<(count * type.blockBytes)).map { _ -> UInt8 in
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return UInt8(truncatingIfNeeded: state >> 56)
+        }
+        let scales = type == .q4_K ? [0, 2] : type == .q6_K ? [208] : [0]
+        for b in 0..<count {
+            for (i, at) in scales.enumerated() {
+                withUnsafeBytes(of: Float16(0.002 * Float(b % 5 + 1 + i)).bitPattern) {
+                    bytes[b * type.blockBytes + at] = $0[0]
+                    bytes[b * type.blockBytes + at + 1] = $0[1]
+                }
+            }
+        }
+        return bytes
+    }
 
     struct Case: CustomTestStringConvertible, Sendable {
         let tensor: String
@@ -106,7 +132,64 @@ struct ShardTests {
     func storedBytesAreTheFormats(_ c: Case) throws {
         let w = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(c.tensor, 0..<32)], columns: [.source(0..<Self.K)]),
                                  format: c.format)
-        let perWeight: Double = switch c.kind { case .f32: 4; case .int8: 1.25; case .q4_1: 20.0 / 32; case .q8_0: 34.0 / 32; case .q5_0: 22.0 / 32 }
+        let perWeight: Double = switch c.kind { case .f32: 4; case .int8: 1.25; case .q4_1: 20.0 / 32; case .q8_0: 34.0 / 32; case .q5_0: 22.0 / 32
+                                     case .q4_K: 144.0 / 256; case .q6_K: 210.0 / 256 }
         #expect(Double(w.byteCount) == perWeight * 32 * Double(Self.K))
+    }
+
+    /// K-quant shards keep whole 256-input super-blocks: columns 16..<200 and 300..<512 (inside
+    /// both blocks) with a zero piece between, rows with zero rows between, equal the whole
+    /// matrix bitwise on its rows and columns (each block's activations are the same inputs
+    /// with zeros elsewhere, in both); a 2 × 2 grid of them, sent as bytes and joined, equals
+    /// the whole matrix.
+    @Test(arguments: [GGMLType.q4_K, .q6_K])
+    func kQuantShardsAndJoinsEqualWhole(_ type: GGMLType) throws {
+        let name = type.name, K = Self.KQ
+        let whole = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(name, 0..<Self.N)], columns: [.source(0..<K)]),
+                                     format: .native)
+        #expect(whole.kind.rawValue == type.name && whole.byteCount == Self.N * 2 * type.blockBytes)
+        let shard = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(name, 8..<24), .zeros(3), .tensor(name, 30..<40)],
+                                                                         columns: [.source(16..<200), .zeros(8), .source(300..<512)]),
+                                     format: .native)
+        #expect(shard.kind == whole.kind && shard.storedShape.inputs == 3 * 256)
+        let M = 5, x = Self.input(M, 184 + 8 + 212)
+        let full = Matrix(rows: M, columns: K)
+        for r in 0..<M {
+            for j in 0..<184 { full[r, 16 + j] = x[r, j] }
+            for j in 0..<212 { full[r, 300 + j] = x[r, 192 + j] }
+        }
+        let expected = whole.apply(full, threads: WorkSplitter(threads: 1))
+        let got = shard.apply(x, threads: WorkSplitter(threads: 1))
+        let rows = Array(8..<24) + [nil, nil, nil] + Array(30..<40)
+        for r in 0..<M {
+            for (j, source) in rows.enumerated() { #expect(got[r, j] == (source.map { expected[r, $0] } ?? 0), "row \(r) output \(j)") }
+        }
+        let tiles = try [0..<24, 24..<40].map { rows in
+            try [0..<256, 256..<512].map { columns in
+                let t = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(name, rows)], columns: [.source(columns)]), format: .native)
+                return t.wireWords.withUnsafeBufferPointer { t.sameShape(wireWords: $0, inputSegments: t.inputSegments) }
+            }
+        }
+        let joined = try LinearWeight.joining(tiles)
+        let y = Self.input(3, K)
+        #expect(joined.apply(y, threads: WorkSplitter(threads: 2)).values == whole.apply(y, threads: WorkSplitter(threads: 2)).values)
+    }
+
+    /// Rows of Q5_0 beside rows of Q8_0 (Gemma's q|k|v in 9 layers) run in place as Q8_0 blocks
+    /// of the Q5_0 values: each output equals the Q5_0 matrix's and the Q8_0 matrix's own, bitwise.
+    @Test func q5_0BesideQ8_0RunsInPlaceExactly() throws {
+        let columns: [ShardSpec.Columns] = [.source(0..<Self.K)]
+        let mixed = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor("q5_0", 0..<16), .tensor("q8_0", 8..<24)], columns: columns),
+                                     format: .native)
+        let q5 = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor("q5_0", 0..<16)], columns: columns), format: .native)
+        let q8 = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor("q8_0", 8..<24)], columns: columns), format: .native)
+        #expect(mixed.kind == .q8_0 && q5.kind == .q5_0)
+        #expect(mixed.byteCount == 32 * Self.K / 32 * 34)
+        let x = Self.input(4, Self.K)
+        let (y, a, b) = (mixed.apply(x, threads: WorkSplitter(threads: 1)), q5.apply(x, threads: WorkSplitter(threads: 1)),
+                         q8.apply(x, threads: WorkSplitter(threads: 1)))
+        for r in 0..<4 {
+            for j in 0..<16 { #expect(y[r, j] == a[r, j] && y[r, 16 + j] == b[r, j], "row \(r) output \(j)") }
+        }
     }
 }

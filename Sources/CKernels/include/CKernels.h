@@ -69,6 +69,19 @@ void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
 void mi_gemm_q5_0(const int8_t *q, const float *d, const float *s, int M, int K,
                   const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
 
+/// K-quant rows in place (256-element super-blocks), against activations quantized to Q8_K:
+/// per 256 inputs one scale d (M x K/256) and the sums of every 16 quantized values
+/// (bsums: M x K/16).
+void mi_quantize_q8_K(const float *x, int64_t ldx, int M, int K, int8_t *q, float *d, int32_t *bsums);
+/// The file's Q4_K rows (144-byte super-blocks: f16 d, f16 dmin, 6-bit scales and mins of
+/// eight 32-element sub-blocks, nibbles; w = d·scale·q − dmin·min).
+void mi_gemm_q4_K(const int8_t *q, const float *d, const int32_t *bsums, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+/// The file's Q6_K rows (210-byte super-blocks: 4 + 2 bits per weight, an int8 scale per 16
+/// elements, f16 d; w = d·scale·(q − 32)).
+void mi_gemm_q6_K(const int8_t *q, const float *d, const int32_t *bsums, int M, int K,
+                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+
 // ---------------------------------------------------------------------------------------------
 // Elementwise and attention.
 // ---------------------------------------------------------------------------------------------
