@@ -110,9 +110,15 @@ public struct ShardSpec: Sendable {
     }
     public var rows: [Rows]
     public var columns: [Columns]
-    public init(rows: [Rows], columns: [Columns]) {
+    /// Every tensor of the whole matrix this is a shard of. The stored format is chosen from all
+    /// of them, so every device stores its shard of one matrix alike (a shard of only padding
+    /// rows, or only the Q5_0 rows of a q|k|v whose v is Q8_0, is stored as the others are).
+    public var tensors: [String]
+    public init(rows: [Rows], columns: [Columns], of tensors: [String] = []) {
         self.rows = rows
         self.columns = columns
+        let named = rows.compactMap { if case let .tensor(n, _) = $0 { n } else { nil } }
+        self.tensors = tensors + named.filter { !tensors.contains($0) }
     }
     public var outputs: Int { rows.reduce(0) { $0 + $1.count } }
     public var inputs: Int { columns.reduce(0) { $0 + $1.count } }
@@ -237,12 +243,12 @@ public final class LinearWeight: @unchecked Sendable {
     /// everything else is dequantized to f32.
     public convenience init(source: any TensorSource, spec: ShardSpec, format: WeightFormat) throws {
         guard spec.outputs > 0 else { throw WeightError.emptyWeight }
-        let names = spec.rows.compactMap { if case let .tensor(n, _) = $0 { n } else { nil } }
+        let names = Set(spec.tensors)
         var blocks: [String: BlockRows] = [:]
         if format == .native {
             for n in names { if let b = try source.blockRows(n) { blocks[n] = b } }
         }
-        let blockKind = format == .native && blocks.count == Set(names).count ? StorageKind.inPlace(Set(blocks.values.map(\.type))) : nil
+        let blockKind = format == .native && blocks.count == names.count ? StorageKind.inPlace(Set(blocks.values.map(\.type))) : nil
         let inPlace = blockKind != nil
         let kind: StorageKind = blockKind ?? (format == .int8 ? .int8 : .f32)
 

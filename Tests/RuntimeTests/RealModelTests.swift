@@ -178,6 +178,24 @@ struct RealModelMeshFormatTests {
     /// formats' largest disagreement over the reference prompts) of the single device's in the
     /// same format — a wrong shard is off by several logits — and its greedy tokens equal the
     /// single device's up to the first step whose top-2 gap is within the prompt's spread.
+    /// Native weights run every matrix from the file's blocks on every layout of a 2 × 4 mesh,
+    /// both attention layouts: a device holding only padding heads (9 query heads padded to 16)
+    /// stores its all-zero shard in the matrix's block format, as the others do, so
+    /// weight-gathered layouts gather shards of one size. The first position's top token is the
+    /// single device's.
+    @Test(arguments: FeedForwardLayout.allCases, [AttentionLayout.shardedOverHeads, .shardedOverBatch])
+    func nativeRunsInPlaceOnEveryLayout(_ ffn: FeedForwardLayout, _ attention: AttentionLayout) throws {
+        let model = try ModelCache.shared.model(.native)
+        let layout = PhaseLayout(ffn, attention)
+        let sharded = try MeshEngine(source: model.file, config: model.config, mesh: Mesh(x: 2, y: 4), prefill: layout,
+                                     decode: layout, format: .native, threads: 2)
+        #expect(try sharded.weightsByDevice().allSatisfy { $0.formats == [.native] })
+        let prompt = reference.prompt("english")["prompt_token_ids"] as! [Int]
+        let logits = try sharded.forward([SequenceInput(cache: sharded.makeCache(), tokens: prompt)])[0].rowArray(0)
+        let alone = try model.engine.forward([SequenceInput(cache: model.engine.makeCache(), tokens: prompt)])[0].rowArray(0)
+        #expect(Sampler.argmax(logits) == Sampler.argmax(alone))
+    }
+
     @Test(arguments: [WeightFormat.native, .int8], [2, 4])
     func meshTracksSingleDeviceInTheSameFormat(_ format: WeightFormat, _ devices: Int) throws {
         let model = try ModelCache.shared.model(format)

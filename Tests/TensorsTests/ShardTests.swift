@@ -192,4 +192,21 @@ struct ShardTests {
             for j in 0..<16 { #expect(y[r, j] == a[r, j] && y[r, 16 + j] == b[r, j], "row \(r) output \(j)") }
         }
     }
+
+    /// The stored format follows every tensor of the whole matrix: a shard of only zero rows of a
+    /// Q4_1 matrix is stored as Q4_1, and the Q5_0 rows of a matrix that also holds Q8_0 rows as
+    /// Q8_0 — as the other devices' shards of the same matrix are.
+    @Test func formatFollowsTheWholeMatrix() throws {
+        let zeros = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.zeros(16)], columns: [.source(0..<Self.K)], of: ["q4_1"]),
+                                     format: .native)
+        #expect(zeros.kind == .q4_1)
+        #expect(zeros.apply(Self.input(2, Self.K), threads: WorkSplitter(threads: 1)).values.allSatisfy { $0 == 0 })
+        let q5Only = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor("q5_0", 0..<16)], columns: [.source(0..<Self.K)],
+                                                                          of: ["q5_0", "q8_0"]), format: .native)
+        let q5 = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor("q5_0", 0..<16)], columns: [.source(0..<Self.K)]),
+                                  format: .native)
+        #expect(q5Only.kind == .q8_0 && q5.kind == .q5_0)
+        let x = Self.input(3, Self.K)
+        #expect(q5Only.apply(x, threads: WorkSplitter(threads: 1)).values == q5.apply(x, threads: WorkSplitter(threads: 1)).values)
+    }
 }

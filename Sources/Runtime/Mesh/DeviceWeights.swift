@@ -149,9 +149,10 @@ final class DeviceWeights: @unchecked Sendable {
         var gateUpRows: [ShardSpec.Rows] = []
         for f in stored { gateUpRows += [.tensor(p + "ffn_gate.weight", blockRange(f)), .tensor(p + "ffn_up.weight", blockRange(f))] }
         let downColumns: [ShardSpec.Columns] = stored.map { .source(blockRange($0)) }
-        let qkv = ShardSpec(rows: joined(qkvRows), columns: [.source(eRange)])
+        let qkv = ShardSpec(rows: joined(qkvRows), columns: [.source(eRange)],
+                            of: ["attn_q", "attn_k", "attn_v"].map { p + $0 + ".weight" })
         let o = ShardSpec(rows: [.tensor(p + "attn_output.weight", eRange)], columns: joined(oColumns))
-        let gateUp = ShardSpec(rows: gateUpRows, columns: [.source(eRange)])
+        let gateUp = ShardSpec(rows: gateUpRows, columns: [.source(eRange)], of: [p + "ffn_gate.weight", p + "ffn_up.weight"])
         let down = ShardSpec(rows: [.tensor(p + "ffn_down.weight", eRange)], columns: joined(downColumns))
         return [qkv, o, gateUp, down]
     }
