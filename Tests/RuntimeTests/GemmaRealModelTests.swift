@@ -138,4 +138,28 @@ struct GemmaRealModelTests {
             logits = try engine.forward([SequenceInput(cache: cache, tokens: [token])])[0].rowArray(0)
         }
     }
+
+    /// Batch invariance with every in-place kernel (Q5_0, Q8_0, Q4_K, Q6_K) and the sliding
+    /// window: a 600-token prompt's last logits are bitwise the same alone in one pass, in chunks
+    /// of 64 beside 3 other sequences, and with its last 40 tokens fed one at a time beside them
+    /// (past the 512-position window).
+    @Test func nativeLogitsDoNotDependOnTheBatchOrTheChunks() throws {
+        let engine = Self.native.engine
+        let long = Self.prompts.first { $0["id"] as? String == "long_gpl3_688" }!["prompt_token_ids"] as! [Int]
+        let prompt = Array(long.prefix(600)), others = (0..<3).map { i in (0..<(5 + 9 * i)).map { ($0 * 131 + i * 17 + 7) % 262_144 } }
+        func run(first: Int, chunk: Int, beside: Int) throws -> [Float] {
+            let s = engine.makeCache(), companions = others.prefix(beside).map { _ in engine.makeCache() }
+            var logits: [Float] = [], at = 0
+            while at < prompt.count {
+                let piece = Array(prompt[at..<min(prompt.count, at == 0 ? first : at + chunk)])
+                logits = try engine.forward([SequenceInput(cache: s, tokens: piece)]
+                    + zip(companions, others).map { SequenceInput(cache: $0, tokens: at == 0 ? $1 : [($1.last! + at) % 262_144]) })[0].values
+                at += piece.count
+            }
+            return logits
+        }
+        let alone = try run(first: prompt.count, chunk: 0, beside: 0)
+        #expect(try run(first: 64, chunk: 64, beside: 3) == alone, "chunks of 64 beside 3")
+        #expect(try run(first: 560, chunk: 1, beside: 3) == alone, "the last 40 tokens one at a time beside 3")
+    }
 }
