@@ -172,6 +172,8 @@ public final class LinearWeight: @unchecked Sendable {
     /// Where logical output rows sit in the window (rows not listed are zero).
     let outputSegments: [Segment]
     let storage: UnsafeMutableRawPointer   // windowOutputs / panelRows panels of panelBytes
+    /// The arena `storage` was carved from (kept alive by this weight), nil: allocated alone.
+    private let arena: WeightArena?
     /// Bytes read from memory by one pass over the weight (what this device stores for it).
     public let byteCount: Int
 
@@ -185,7 +187,7 @@ public final class LinearWeight: @unchecked Sendable {
     var outputsAreWindow: Bool { outputSegments == [Segment(logical: 0, window: 0, count: outputs)] }
 
     private init(kind: StorageKind, outputs: Int, inputs: Int, windowOutputs: Int, windowInputs: Int,
-                 inputSegments: [Segment], outputSegments: [Segment]) {
+                 inputSegments: [Segment], outputSegments: [Segment], arena: WeightArena? = nil) {
         precondition(windowOutputs % kind.panelRows == 0 && windowInputs % kind.unitInputs == 0)
         self.kind = kind
         self.outputs = outputs
@@ -195,10 +197,16 @@ public final class LinearWeight: @unchecked Sendable {
         self.inputSegments = inputSegments
         self.outputSegments = outputSegments
         byteCount = windowOutputs / kind.panelRows * (windowInputs / kind.unitInputs) * kind.unitBytes
-        storage = allocateWeights(max(1, byteCount))
+        if let piece = arena?.allocate(max(1, byteCount)) {
+            storage = piece
+            self.arena = arena
+        } else {
+            storage = allocateWeights(max(1, byteCount))
+            self.arena = nil
+        }
     }
 
-    deinit { storage.deallocate() }
+    deinit { if arena == nil { storage.deallocate() } }
 
     /// A weight from f32 values (row-major N x K): tests, calibration and random-weight models.
     /// `native` has no file blocks to keep here and means f32.
@@ -216,11 +224,11 @@ public final class LinearWeight: @unchecked Sendable {
     /// to a panel. `fill(rows, buffer, ld)` writes the given rows into a zeroed buffer; it is
     /// called for a few panels at a time, so no f32 copy of a large matrix is ever whole.
     private convenience init(rows: Int, windowInputs: Int, inputSegments: [Segment], inputs: Int, kind: StorageKind,
-                             fill: (Range<Int>, UnsafeMutablePointer<Float>, Int) throws -> Void) rethrows {
+                             arena: WeightArena? = nil, fill: (Range<Int>, UnsafeMutablePointer<Float>, Int) throws -> Void) rethrows {
         let paddedInputs = (windowInputs + kind.unitInputs - 1) / kind.unitInputs * kind.unitInputs
         let paddedRows = max(16, (rows + 15) / 16 * 16)
         self.init(kind: kind, outputs: rows, inputs: inputs, windowOutputs: paddedRows, windowInputs: paddedInputs,
-                  inputSegments: inputSegments, outputSegments: [Segment(logical: 0, window: 0, count: rows)])
+                  inputSegments: inputSegments, outputSegments: [Segment(logical: 0, window: 0, count: rows)], arena: arena)
         let chunk = max(16, (1 << 20) / max(1, paddedInputs) / 16 * 16)   // rows per staging chunk (~4 MiB)
         let staging = UnsafeMutablePointer<Float>.allocate(capacity: chunk * paddedInputs)   // (chunk, paddedInputs)
         defer { staging.deallocate() }
@@ -240,8 +248,9 @@ public final class LinearWeight: @unchecked Sendable {
     /// Loads the elements `spec` names from `source` in `format`: a file's Q4_1, Q5_0, Q8_0, Q4_K or
     /// Q6_K blocks are copied as they are (when every row of the spec comes in the same such
     /// type, or Q5_0 beside Q8_0: see `StorageKind.inPlace`), int8 is quantized on load,
-    /// everything else is dequantized to f32.
-    public convenience init(source: any TensorSource, spec: ShardSpec, format: WeightFormat) throws {
+    /// everything else is dequantized to f32. With an `arena`, the stored bytes are carved from it
+    /// (a device's weights side by side on huge pages).
+    public convenience init(source: any TensorSource, spec: ShardSpec, format: WeightFormat, arena: WeightArena? = nil) throws {
         guard spec.outputs > 0 else { throw WeightError.emptyWeight }
         let names = Set(spec.tensors)
         var blocks: [String: BlockRows] = [:]
@@ -258,7 +267,7 @@ public final class LinearWeight: @unchecked Sendable {
 
         if inPlace {
             self.init(kind: kind, outputs: N, inputs: K, windowOutputs: N, windowInputs: window,
-                      inputSegments: merged, outputSegments: [Segment(logical: 0, window: 0, count: N)])
+                      inputSegments: merged, outputSegments: [Segment(logical: 0, window: 0, count: N)], arena: arena)
             let unitBytes = kind.unitBytes, rowBytes = panelBytes
             var at = 0
             for rows in spec.rows {
@@ -298,7 +307,7 @@ public final class LinearWeight: @unchecked Sendable {
                 throw WeightError.incompatibleTiles("columns \(c) of \(name), which has \(width)")
             }
         }
-        try self.init(rows: N, windowInputs: window, inputSegments: merged, inputs: K, kind: kind) { wanted, staging, ld in
+        try self.init(rows: N, windowInputs: window, inputSegments: merged, inputs: K, kind: kind, arena: arena) { wanted, staging, ld in
             var at = 0   // the spec's first row of the current piece
             for rows in spec.rows {
                 defer { at += rows.count }
@@ -481,9 +490,7 @@ func widenQ5_0(_ source: UnsafeRawPointer, blocks: Int, into target: UnsafeMutab
     }
 }
 
-/// Weight memory, 64-byte aligned. (Huge pages were tried per matrix and measured: most of this
-/// model's matrices are under 2 MiB, decode did not change and f32 prefill lost 3–5%; a single
-/// huge-page arena for all of a device's weights is the way to get them.)
+/// Weight memory, 64-byte aligned, for a weight outside any arena (gathered shards, tests).
 func allocateWeights(_ bytes: Int) -> UnsafeMutableRawPointer {
     UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
 }

@@ -54,6 +54,13 @@ struct ShardTests {
         return bytes
     }
 
+    /// A file holding one f32 matrix "w" (N × K, row-major values).
+    static func file(_ values: [Float], _ N: Int, _ K: Int) throws -> GGUFFile {
+        var writer = GGUFWriter()
+        writer.addTensor(name: "w", dimensions: [K, N], values: values)
+        return try GGUFFile(bytes: writer.serialized())
+    }
+
     struct Case: CustomTestStringConvertible, Sendable {
         let tensor: String
         let format: WeightFormat

@@ -110,6 +110,12 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
  * reuse warm pages instead of faulting in fresh zeroed ones on every allocation. */
 void mi_keep_freed_memory(void);
 
+/* 2 MiB-aligned memory of at least `bytes` (rounded up to 2 MiB), advised MADV_HUGEPAGE before
+ * first touch, so it streams from transparent huge pages where the kernel allows them
+ * (`madvise` mode). NULL when out of memory. Free with mi_huge_free. */
+void *mi_huge_alloc(size_t bytes);
+void mi_huge_free(void *p);
+
 #ifdef __cplusplus
 }
 #endif

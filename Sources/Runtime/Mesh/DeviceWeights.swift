@@ -54,6 +54,7 @@ final class DeviceWeights: @unchecked Sendable {
         let storages = Set([prefill.feedForward.storesOneDimensional, decode.feedForward.storesOneDimensional])
         self.rank = rank
         embedding = source
+        let arena = WeightArena()
         func load(oneD: Bool) throws -> [DeviceLayer] {
             let loaded = UnsafeMutableBufferPointer<Result<DeviceLayer, Error>?>.allocate(capacity: config.layers)
             loaded.initialize(repeating: nil)
@@ -70,10 +71,10 @@ final class DeviceWeights: @unchecked Sendable {
                             feedForwardOutputNorm: config.postNorms ? try source.vector(p + "post_ffw_norm.weight") : nil,
                             queryNorm: config.qkNorm ? try source.vector(p + "attn_q_norm.weight") : nil,
                             keyNorm: config.qkNorm ? try source.vector(p + "attn_k_norm.weight") : nil,
-                            qkv: try LinearWeight(source: source, spec: specs[0], format: format),
-                            attentionOutput: try LinearWeight(source: source, spec: specs[1], format: format),
-                            gateUp: try LinearWeight(source: source, spec: specs[2], format: format),
-                            down: try LinearWeight(source: source, spec: specs[3], format: format))
+                            qkv: try LinearWeight(source: source, spec: specs[0], format: format, arena: arena),
+                            attentionOutput: try LinearWeight(source: source, spec: specs[1], format: format, arena: arena),
+                            gateUp: try LinearWeight(source: source, spec: specs[2], format: format, arena: arena),
+                            down: try LinearWeight(source: source, spec: specs[3], format: format, arena: arena))
                     }
                 }
             }
@@ -87,7 +88,7 @@ final class DeviceWeights: @unchecked Sendable {
         let lo = min(V, rank * per), hi = min(V, (rank + 1) * per)
         let outputName = (try? source.shape("output.weight")) != nil ? "output.weight" : "token_embd.weight"
         output = try LinearWeight(source: source, spec: ShardSpec(rows: [.tensor(outputName, lo..<hi), .zeros(per - (hi - lo))],
-                                                                  columns: [.source(0..<E)]), format: format)
+                                                                  columns: [.source(0..<E)]), format: format, arena: arena)
 
         // Weight-gathered layouts all-gather their group's shards as stored: every member's
         // shard must have the same stored shape, which fails only where a shard's columns begin
