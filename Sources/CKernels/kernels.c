@@ -17,6 +17,8 @@
 #define MI_QB 32
 /// Bytes of one packed block: 16 channels x MI_QB codes, then 16 f32 scales and 16 f32 mins.
 #define MI_BLOCK_BYTES (MI_QB * 16 + 128)
+/// Bytes of one repacked Q4_1 unit: 16 rows x one 32-input block.
+#define MI_Q4_1_UNIT 320
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -290,52 +292,116 @@ ALWAYS_INLINE float hsum256(__m256 v) {
 #endif
 
 #define MI_MT 4
-void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
-    const int nb = K / 32;
-    for (int n = n0; n < n1; n++) {
-        const uint8_t *row = w + (int64_t)n * rowBytes;
-        for (int m0 = 0; m0 < M; m0 += MI_MT) {
-            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
-            float macc[MI_MT] = {0};
-#if defined(MI_VNNI)
-            __m256 acc[MI_MT];
-            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
-            const __m128i low = _mm_set1_epi8(0x0F);
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = row + b * 20;
-                float wd = half_to_float(load_u16(blk)), wm = half_to_float(load_u16(blk + 2));
-                __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 4));
-                __m256i wq = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
-                for (int t = 0; t < mt; t++) {
-                    int64_t mi = m0 + t;
-                    __m256i xq = _mm256_loadu_si256((const __m256i *)(q + mi * K + b * 32));
-                    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq, xq);
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * d[mi * nb + b]), acc[t]);
-                    macc[t] += wm * s[mi * nb + b];
-                }
-            }
-            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]) + macc[t];
-#else
-            for (int t = 0; t < mt; t++) {
-                int64_t mi = m0 + t;
-                float acc = 0;
-                for (int b = 0; b < nb; b++) {
-                    const uint8_t *blk = row + b * 20;
-                    float wd = half_to_float(load_u16(blk)), wm = half_to_float(load_u16(blk + 2));
-                    int32_t dot = 0;
-                    for (int i = 0; i < 16; i++) {
-                        dot += (blk[4 + i] & 0x0F) * q[mi * K + b * 32 + i];
-                        dot += (blk[4 + i] >> 4) * q[mi * K + b * 32 + 16 + i];
-                    }
-                    acc += wd * d[mi * nb + b] * (float)dot + wm * s[mi * nb + b];
-                }
-                macc[t] = acc;
-            }
-            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = macc[t];
-#endif
+
+/* Q4_1 repacked: rows of the file's 20-byte blocks (f16 d, f16 m, 16 bytes whose low nibbles
+ * are elements 0..15 and high nibbles 16..31) regrouped 16 rows to a panel, same bits. Per
+ * 32-input block a panel holds 320 bytes: 4 groups of 64 bytes, where byte (g*16 + r)*4 + j is
+ * row r's byte 4g + j (low nibble: element 4g + j, high: element 16 + 4g + j); then the 16 rows'
+ * f16 d, then their f16 m. One 64-byte load gives four elements of every row per nibble half, in
+ * the lanes `vpdpbusd` multiplies against four broadcast activation bytes: 16 rows advance
+ * together (the row-at-a-time kernel stalls at half the bandwidth, research/cpu-kernels.md). */
+void mi_pack_q4_1(const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel) {
+    for (int b = 0; b < nblk; b++) {
+        uint8_t *out = panel + (int64_t)b * MI_Q4_1_UNIT;
+        for (int r = 0; r < 16; r++) {
+            const uint8_t *blk = rows + r * rowBytes + (int64_t)b * 20;
+            for (int g = 0; g < 4; g++) memcpy(out + (g * 16 + r) * 4, blk + 4 + 4 * g, 4);
+            memcpy(out + 256 + 2 * r, blk, 2);
+            memcpy(out + 288 + 2 * r, blk + 2, 2);
         }
     }
+}
+
+#if defined(MI_VNNI)
+/* MR activation rows x NR panels: y = Σ_blocks d_w·d_x·Σ q·x8 + m_w·s_x, per (row, channel). */
+ALWAYS_INLINE void tile_q4_1(const int MR, const int NR, const int8_t *q, const float *d, const float *s,
+                             int K, const uint8_t *wp, int64_t panel, float *y, int64_t ldy) {
+    const int nblk = K / 32;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 accf[4][4];
+    for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) accf[m][j] = _mm512_setzero_ps();
+    for (int b = 0; b < nblk; b++) {
+        __m512i acci[4][4];
+        for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acci[m][j] = _mm512_setzero_si512();
+        const uint8_t *wb = wp + (int64_t)b * MI_Q4_1_UNIT;
+        for (int g = 0; g < 4; g++) {
+            __m512i lo[4], hi[4];
+            for (int j = 0; j < NR; j++) {
+                __m512i w = _mm512_loadu_si512((const void *)(wb + j * panel + g * 64));
+                lo[j] = _mm512_and_si512(w, low);
+                hi[j] = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+            }
+            for (int m = 0; m < MR; m++) {
+                const int8_t *xb = q + (int64_t)m * K + b * 32;
+                __m512i xl = _mm512_set1_epi32(load_i32(xb + 4 * g)), xh = _mm512_set1_epi32(load_i32(xb + 16 + 4 * g));
+                for (int j = 0; j < NR; j++) {
+                    acci[m][j] = _mm512_dpbusd_epi32(acci[m][j], lo[j], xl);
+                    acci[m][j] = _mm512_dpbusd_epi32(acci[m][j], hi[j], xh);
+                }
+            }
+        }
+        for (int j = 0; j < NR; j++) {
+            __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + j * panel + 256)));
+            __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + j * panel + 288)));
+            for (int m = 0; m < MR; m++) {
+                accf[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[m][j]), _mm512_mul_ps(dw, _mm512_set1_ps(d[m * nblk + b])), accf[m][j]);
+                accf[m][j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[m * nblk + b]), accf[m][j]);
+            }
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
+}
+
+#define DISPATCH_MR4(FN, NR, MR, ...) \
+    switch (MR) { case 1: FN(1, NR, __VA_ARGS__); break; case 2: FN(2, NR, __VA_ARGS__); break; \
+                  case 3: FN(3, NR, __VA_ARGS__); break; default: FN(4, NR, __VA_ARGS__); break; }
+#endif
+
+void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
+                  const uint8_t *w, int n0, int n1, float *y, int64_t ldy) {
+    const int nblk = K / 32;
+    const int64_t panel = (int64_t)nblk * MI_Q4_1_UNIT;
+#if defined(MI_VNNI)
+    for (int n = n0; n < n1;) {
+        // Decode: four panels' streams in flight; more rows: 4 x 2 reuses each unpacked tile.
+        int nr = (M <= 2 && n1 - n >= 64) ? 4 : (n1 - n >= 32) ? 2 : 1;
+        const uint8_t *wp = w + (int64_t)(n / 16) * panel;
+        for (int m = 0; m < M; m += 4) {
+            int mr = M - m < 4 ? M - m : 4;
+            const int8_t *qm = q + (int64_t)m * K;
+            const float *dm = d + m * nblk, *sm = s + m * nblk;
+            float *ym = y + m * ldy + n;
+            if (nr == 4) {
+                if (mr == 1) tile_q4_1(1, 4, qm, dm, sm, K, wp, panel, ym, ldy);
+                else tile_q4_1(2, 4, qm, dm, sm, K, wp, panel, ym, ldy);
+            } else if (nr == 2) { DISPATCH_MR4(tile_q4_1, 2, mr, qm, dm, sm, K, wp, panel, ym, ldy) }
+            else { DISPATCH_MR4(tile_q4_1, 1, mr, qm, dm, sm, K, wp, panel, ym, ldy) }
+        }
+        n += nr * 16;
+    }
+#else
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *wp = w + (int64_t)(n / 16) * panel;
+        int r = n % 16;
+        for (int m = 0; m < M; m++) {
+            float acc = 0;
+            for (int b = 0; b < nblk; b++) {
+                const uint8_t *wb = wp + (int64_t)b * MI_Q4_1_UNIT;
+                float wd = half_to_float(load_u16(wb + 256 + 2 * r)), wm = half_to_float(load_u16(wb + 288 + 2 * r));
+                int32_t dot = 0;
+                for (int g = 0; g < 4; g++)
+                    for (int j = 0; j < 4; j++) {
+                        uint8_t byte = wb[(g * 16 + r) * 4 + j];
+                        dot += (byte & 0x0F) * q[(int64_t)m * K + b * 32 + 4 * g + j];
+                        dot += (byte >> 4) * q[(int64_t)m * K + b * 32 + 16 + 4 * g + j];
+                    }
+                acc += wd * d[m * nblk + b] * (float)dot + wm * s[m * nblk + b];
+            }
+            y[m * ldy + n] = acc;
+        }
+    }
+#endif
 }
 
 /* Symmetric 32-weight blocks with one f16 scale (Q8_0, Q5_0), against activations quantized to

@@ -35,13 +35,13 @@ public enum WeightError: Error, CustomStringConvertible, Equatable {
 public enum StorageKind: String, Sendable, Codable {
     case f32        // packed panels of 16 channels, one input per unit
     case int8       // packed panels of 16 channels, blocks of 32 inputs with (scale, min) per channel
-    case q4_1       // the file's rows of Q4_1 blocks, in place
+    case q4_1       // the file's Q4_1 blocks, repacked 16 rows to a panel (the same bits)
     case q8_0       // the file's rows of Q8_0 blocks, in place
     case q5_0       // the file's rows of Q5_0 blocks, in place
     case q4_K       // the file's rows of Q4_K super-blocks (256 inputs), in place
     case q6_K       // the file's rows of Q6_K super-blocks (256 inputs), in place
 
-    public var panelRows: Int { self == .f32 || self == .int8 ? 16 : 1 }
+    public var panelRows: Int { self == .f32 || self == .int8 || self == .q4_1 ? 16 : 1 }
     public var unitInputs: Int {
         switch self {
         case .f32: 1
@@ -53,13 +53,15 @@ public enum StorageKind: String, Sendable, Codable {
         switch self {
         case .f32: 64
         case .int8: Int(mi_int8_packed_bytes(16, 32))
-        case .q4_1: GGMLType.q4_1.blockBytes
+        case .q4_1: 16 * GGMLType.q4_1.blockBytes   // 16 rows' blocks, repacked (CKernels.h)
         case .q8_0: GGMLType.q8_0.blockBytes
         case .q5_0: GGMLType.q5_0.blockBytes
         case .q4_K: GGMLType.q4_K.blockBytes
         case .q6_K: GGMLType.q6_K.blockBytes
         }
     }
+    /// Bytes of one block in the file's format (in-place kinds; the unit of a row as read).
+    var fileBlockBytes: Int { self == .q4_1 ? GGMLType.q4_1.blockBytes : unitBytes }
     /// The runtime format this storage runs as.
     public var format: WeightFormat {
         switch self {
@@ -266,34 +268,47 @@ public final class LinearWeight: @unchecked Sendable {
         let N = spec.outputs, K = spec.inputs
 
         if inPlace {
-            self.init(kind: kind, outputs: N, inputs: K, windowOutputs: N, windowInputs: window,
+            let paddedRows = kind.panelRows == 1 ? N : (N + kind.panelRows - 1) / kind.panelRows * kind.panelRows
+            self.init(kind: kind, outputs: N, inputs: K, windowOutputs: paddedRows, windowInputs: window,
                       inputSegments: merged, outputSegments: [Segment(logical: 0, window: 0, count: N)], arena: arena)
-            let unitBytes = kind.unitBytes, rowBytes = panelBytes
-            var at = 0
+            // Each logical row's window in the file's block format (zero rows and pieces: zero
+            // blocks), written where `rowAt` says; repacked kinds stage a panel's rows, then pack.
+            let fileUnit = kind.fileBlockBytes, fileRowBytes = window / u * fileUnit
+            var sources: [(BlockRows, Int)?] = []
             for rows in spec.rows {
                 switch rows {
-                case let .zeros(n):
-                    (storage + at * rowBytes).initializeMemory(as: UInt8.self, repeating: 0, count: n * rowBytes)
-                    at += n
-                case let .tensor(name, range):
-                    let b = blocks[name]!
-                    let widen = b.type == .q5_0 && kind == .q8_0
-                    for r in range {
-                        var offset = 0
-                        for (cover, width) in covers {
-                            let bytes = width / u * unitBytes
-                            if let cover, widen {
-                                widenQ5_0(b.row(r) + cover.lowerBound / u * GGMLType.q5_0.blockBytes, blocks: width / u,
-                                          into: storage + at * rowBytes + offset)
-                            } else if let cover {
-                                (storage + at * rowBytes + offset).copyMemory(from: b.row(r) + cover.lowerBound / u * unitBytes, byteCount: bytes)
-                            } else {
-                                (storage + at * rowBytes + offset).initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-                            }
-                            offset += bytes
-                        }
-                        at += 1
+                case let .zeros(n): sources += Array(repeating: nil, count: n)
+                case let .tensor(name, range): sources += range.map { (blocks[name]!, $0) }
+                }
+            }
+            func writeRow(_ i: Int, _ to: UnsafeMutableRawPointer) {
+                guard i < N, let (b, r) = sources[i] else {
+                    to.initializeMemory(as: UInt8.self, repeating: 0, count: fileRowBytes)
+                    return
+                }
+                let widen = b.type == .q5_0 && kind == .q8_0
+                var offset = 0
+                for (cover, width) in covers {
+                    let bytes = width / u * fileUnit
+                    if let cover, widen {
+                        widenQ5_0(b.row(r) + cover.lowerBound / u * GGMLType.q5_0.blockBytes, blocks: width / u, into: to + offset)
+                    } else if let cover {
+                        (to + offset).copyMemory(from: b.row(r) + cover.lowerBound / u * fileUnit, byteCount: bytes)
+                    } else {
+                        (to + offset).initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
                     }
+                    offset += bytes
+                }
+            }
+            if kind.panelRows == 1 {
+                for i in 0..<N { writeRow(i, storage + i * panelBytes) }
+            } else {
+                let staging = UnsafeMutableRawPointer.allocate(byteCount: kind.panelRows * fileRowBytes, alignment: 64)
+                defer { staging.deallocate() }
+                for p in 0..<(paddedRows / kind.panelRows) {
+                    for r in 0..<kind.panelRows { writeRow(p * kind.panelRows + r, staging + r * fileRowBytes) }
+                    mi_pack_q4_1(staging.assumingMemoryBound(to: UInt8.self), Int64(fileRowBytes), Int32(window / u),
+                                 (storage + p * panelBytes).assumingMemoryBound(to: UInt8.self))
                 }
             }
             return
@@ -434,7 +449,17 @@ public final class LinearWeight: @unchecked Sendable {
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_int8(q, xs, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
-            case .q4_1, .q8_0, .q5_0:
+            case .q4_1:
+                let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
+                let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
+                let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
+                defer { q.deallocate(); d.deallocate(); s.deallocate() }
+                mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s)
+                let w = storage.assumingMemoryBound(to: UInt8.self)
+                threads.parallelFor(N, granule: 32) { r in
+                    mi_gemm_q4_1(q, d, s, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
+                }
+            case .q8_0, .q5_0:
                 let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
                 let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
                 let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
@@ -443,7 +468,6 @@ public final class LinearWeight: @unchecked Sendable {
                 let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), kind = kind
                 threads.parallelFor(N, granule: 16) { r in
                     switch kind {
-                    case .q4_1: mi_gemm_q4_1(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                     case .q5_0: mi_gemm_q5_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                     default: mi_gemm_q8_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                     }

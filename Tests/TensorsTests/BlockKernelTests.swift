@@ -5,11 +5,13 @@ import Testing
 
 /// The in-place GGML block kernels against naive dot products over hand-dequantized blocks.
 struct BlockKernelTests {
-    /// Q4_1 rows built by hand (f16 d and m chosen exactly representable), activations
-    /// quantized to Q8 blocks: the error is only the activation rounding (≤ d_x/2 per element).
-    @Test(arguments: [1, 3, 6])
-    func q4_1MatchesHandDequantized(_ M: Int) {
-        let N = 5, K = 64, nb = K / 32
+    /// Q4_1 rows built by hand (f16 d and m chosen exactly representable), repacked 16 rows to
+    /// a panel (5 and 37 rows: a partial panel; 1 to 9 activation rows: every tile height),
+    /// activations quantized to Q8 blocks: the error is only the activation rounding (≤ d_x/2
+    /// per element).
+    @Test(arguments: [(5, 1), (5, 3), (37, 6), (37, 9), (64, 1), (64, 2)])
+    func q4_1MatchesHandDequantized(_ N: Int, _ M: Int) {
+        let K = 64, nb = K / 32
         var bytes = [UInt8](repeating: 0, count: N * nb * 20)
         var dense = [Float](repeating: 0, count: N * K)
         for n in 0..<N {
@@ -29,8 +31,17 @@ struct BlockKernelTests {
         let x = (0..<(M * K)).map { Float(($0 * 37) % 23) / 11 - 1 }
         var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sx = dx
         mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sx)
-        var y = [Float](repeating: 0, count: M * N)
-        mi_gemm_q4_1(q, dx, sx, Int32(M), Int32(K), bytes, 20 * Int64(nb), 0, Int32(N), &y, Int64(N))
+        let panels = (N + 15) / 16, rows = panels * 16
+        bytes += [UInt8](repeating: 0, count: (rows - N) * nb * 20)
+        var packed = [UInt8](repeating: 0, count: panels * nb * 320)
+        for p in 0..<panels {
+            bytes.withUnsafeBufferPointer { b in
+                packed.withUnsafeMutableBufferPointer { mi_pack_q4_1(b.baseAddress! + p * 16 * nb * 20, Int64(nb * 20), Int32(nb), $0.baseAddress! + p * nb * 320) }
+            }
+        }
+        var full = [Float](repeating: 0, count: M * rows)
+        mi_gemm_q4_1(q, dx, sx, Int32(M), Int32(K), packed, 0, Int32(rows), &full, Int64(rows))
+        let y = (0..<(M * N)).map { full[$0 / N * rows + $0 % N] }
         for m in 0..<M {
             for n in 0..<N {
                 let exact = (0..<K).reduce(0.0) { $0 + Double(dense[n * K + $1]) * Double(x[m * K + $1]) }

@@ -58,9 +58,12 @@ void mi_gemm_int8(const int8_t *q, const float *xscales, const int32_t *xsums, i
 void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
                            int8_t *q, float *d, float *s);
 
-/// y[m, n] for rows n in [n0, n1) of a Q4_1 matrix (row stride rowBytes).
+/// Q4_1 rows repacked 16 to a panel, the same bits (see kernels.c): 320 bytes per panel and
+/// 32-input block. Packs 16 rows of `nblk` file blocks (row stride rowBytes) into one panel.
+void mi_pack_q4_1(const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel);
+/// y[m, n0..n1) for a repacked Q4_1 matrix (n0, n1 multiples of 16).
 void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+                  const uint8_t *w, int n0, int n1, float *y, int64_t ldy);
 /// Same for Q8_0.
 void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
                   const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
