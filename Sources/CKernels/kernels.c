@@ -17,8 +17,6 @@
 #define MI_QB 32
 /// Bytes of one packed block: 16 channels x MI_QB codes, then 16 f32 scales and 16 f32 mins.
 #define MI_BLOCK_BYTES (MI_QB * 16 + 128)
-/// Bytes of one repacked Q4_1 unit: 16 rows x one 32-input block.
-#define MI_Q4_1_UNIT 320
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
@@ -116,7 +114,7 @@ void mi_quantize_activations(const float *x, int64_t ldx, int M, int K, int bloc
 }
 
 void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
-                           int8_t *q, float *d, float *s) {
+                           int8_t *q, float *d, float *s, int32_t *sums) {
     int nb = K / 32;
     for (int m = 0; m < M; m++) {
         for (int b = 0; b < nb; b++) {
@@ -132,6 +130,7 @@ void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
             }
             d[m * nb + b] = scale;
             s[m * nb + b] = scale * (float)sum;
+            sums[m * nb + b] = sum;
         }
     }
 }
@@ -278,10 +277,6 @@ void mi_gemm_int8(const int8_t *q, const float *xscales, const int32_t *xsums, i
 #endif
 }
 
-// ------------------------------------------------------------------------------------------
-// GGML block formats in place. Q4_1 block: f16 d, f16 m, 16 bytes (low nibbles = elements
-// 0..15, high nibbles = 16..31), value = q*d + m. Q8_0 block: f16 d, 32 x int8, value = q*d.
-// ------------------------------------------------------------------------------------------
 #if defined(MI_VNNI)
 ALWAYS_INLINE float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -291,46 +286,105 @@ ALWAYS_INLINE float hsum256(__m256 v) {
 }
 #endif
 
-#define MI_MT 4
+// ------------------------------------------------------------------------------------------
+// 32-element GGML block formats (Q4_1, Q5_0, Q8_0), repacked 16 rows to a panel on load: the
+// same bits, regrouped so one 64-byte load holds four elements of each of 16 rows, in the
+// lanes `vpdpbusd` multiplies (unsigned weights) against four broadcast activation bytes. 16
+// rows advance together; the row-at-a-time kernel stalls at half the bandwidth on per-row
+// horizontal sums (research/cpu-kernels.md §1.2). Per 32-input block a panel holds:
+//   Q4_1 (320 B = 16 x 20): 4 groups of 64 bytes, byte (g*16 + r)*4 + j = row r's nibble byte
+//        4g + j (low nibble: element 4g + j, high: 16 + 4g + j); 16 f16 d; 16 f16 m.
+//        w = d·q + m.
+//   Q5_0 (352 B = 16 x 22): the nibbles as Q4_1's; then the fifth bits as 8 masks of 64 bits,
+//        mask (h*4 + g) bit (r*4 + j) = fifth bit of row r's element h*16 + 4g + j; 16 f16 d.
+//        w = d·(q − 16).
+//   Q8_0 (544 B = 16 x 34): 8 groups of 64 bytes, byte (G*16 + r)*4 + j = row r's element
+//        4G + j plus 128 (unsigned); 16 f16 d. w = d·(u − 128).
+// Every format's unsigned codes u give Σ w·x = d_w·d_x·(Σ u·q − offset·Σ q) (+ m_w·s_x for
+// Q4_1), with Σ q the activation block's integer sum.
+// ------------------------------------------------------------------------------------------
+#define MI_Q4_1_UNIT 320
+#define MI_Q5_0_UNIT 352
+#define MI_Q8_0_UNIT 544
 
-/* Q4_1 repacked: rows of the file's 20-byte blocks (f16 d, f16 m, 16 bytes whose low nibbles
- * are elements 0..15 and high nibbles 16..31) regrouped 16 rows to a panel, same bits. Per
- * 32-input block a panel holds 320 bytes: 4 groups of 64 bytes, where byte (g*16 + r)*4 + j is
- * row r's byte 4g + j (low nibble: element 4g + j, high: element 16 + 4g + j); then the 16 rows'
- * f16 d, then their f16 m. One 64-byte load gives four elements of every row per nibble half, in
- * the lanes `vpdpbusd` multiplies against four broadcast activation bytes: 16 rows advance
- * together (the row-at-a-time kernel stalls at half the bandwidth, research/cpu-kernels.md). */
-void mi_pack_q4_1(const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel) {
+void mi_pack_blocks32(int type, const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel) {
+    const int unit = type == MI_Q4_1 ? MI_Q4_1_UNIT : type == MI_Q5_0 ? MI_Q5_0_UNIT : MI_Q8_0_UNIT;
+    const int src = type == MI_Q4_1 ? 20 : type == MI_Q5_0 ? 22 : 34;
     for (int b = 0; b < nblk; b++) {
-        uint8_t *out = panel + (int64_t)b * MI_Q4_1_UNIT;
+        uint8_t *out = panel + (int64_t)b * unit;
+        if (type == MI_Q5_0) memset(out + 256, 0, 64);
         for (int r = 0; r < 16; r++) {
-            const uint8_t *blk = rows + r * rowBytes + (int64_t)b * 20;
-            for (int g = 0; g < 4; g++) memcpy(out + (g * 16 + r) * 4, blk + 4 + 4 * g, 4);
-            memcpy(out + 256 + 2 * r, blk, 2);
-            memcpy(out + 288 + 2 * r, blk + 2, 2);
+            const uint8_t *blk = rows + r * rowBytes + (int64_t)b * src;
+            if (type == MI_Q4_1) {
+                for (int g = 0; g < 4; g++) memcpy(out + (g * 16 + r) * 4, blk + 4 + 4 * g, 4);
+                memcpy(out + 256 + 2 * r, blk, 2);
+                memcpy(out + 288 + 2 * r, blk + 2, 2);
+            } else if (type == MI_Q5_0) {
+                uint32_t qh;
+                memcpy(&qh, blk + 2, 4);
+                for (int g = 0; g < 4; g++) memcpy(out + (g * 16 + r) * 4, blk + 6 + 4 * g, 4);
+                for (int i = 0; i < 32; i++) {
+                    int h = i / 16, g = (i % 16) / 4, j = i % 4, bit = r * 4 + j;
+                    if ((qh >> i) & 1) out[256 + (h * 4 + g) * 8 + bit / 8] |= (uint8_t)(1u << (bit % 8));
+                }
+                memcpy(out + 320 + 2 * r, blk, 2);
+            } else {
+                for (int i = 0; i < 32; i++) out[((i / 4) * 16 + r) * 4 + i % 4] = (uint8_t)(blk[2 + i] ^ 0x80);
+                memcpy(out + 512 + 2 * r, blk, 2);
+            }
         }
     }
 }
 
+/* The unsigned code of row r's element i in a packed unit (the scalar reference). */
+ALWAYS_INLINE int unit_code(int type, const uint8_t *u, int r, int i) {
+    if (type == MI_Q8_0) return u[((i / 4) * 16 + r) * 4 + i % 4];
+    int h = i / 16, g = (i % 16) / 4, j = i % 4;
+    uint8_t byte = u[(g * 16 + r) * 4 + j];
+    int code = h ? byte >> 4 : byte & 0x0F;
+    if (type == MI_Q5_0) code |= ((u[256 + (h * 4 + g) * 8 + (r * 4 + j) / 8] >> ((r * 4 + j) % 8)) & 1) << 4;
+    return code;
+}
+
 #if defined(MI_VNNI)
-/* MR activation rows x NR panels: y = Σ_blocks d_w·d_x·Σ q·x8 + m_w·s_x, per (row, channel). */
-ALWAYS_INLINE void tile_q4_1(const int MR, const int NR, const int8_t *q, const float *d, const float *s,
-                             int K, const uint8_t *wp, int64_t panel, float *y, int64_t ldy) {
-    const int nblk = K / 32;
+/* Codes of elements 4g..4g+3 (a) and 16+4g..16+4g+3 (b) of each of a panel unit's 16 rows. */
+ALWAYS_INLINE void unit_codes(const int type, const uint8_t *u, int g, __m512i *a, __m512i *b) {
     const __m512i low = _mm512_set1_epi8(0x0F);
+    if (type == MI_Q8_0) {
+        *a = _mm512_loadu_si512((const void *)(u + g * 64));
+        *b = _mm512_loadu_si512((const void *)(u + (g + 4) * 64));
+        return;
+    }
+    __m512i w = _mm512_loadu_si512((const void *)(u + g * 64));
+    *a = _mm512_and_si512(w, low);
+    *b = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
+    if (type == MI_Q5_0) {
+        const __m512i fifth = _mm512_set1_epi8(0x10);
+        uint64_t ml, mh;
+        memcpy(&ml, u + 256 + g * 8, 8);
+        memcpy(&mh, u + 256 + (4 + g) * 8, 8);
+        *a = _mm512_or_si512(*a, _mm512_and_si512(_mm512_movm_epi8(ml), fifth));
+        *b = _mm512_or_si512(*b, _mm512_and_si512(_mm512_movm_epi8(mh), fifth));
+    }
+}
+
+/* MR activation rows x NR panels of one format. */
+ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, const int8_t *q, const float *d,
+                                 const float *s, const int32_t *sums, int K, const uint8_t *wp, int64_t panel,
+                                 float *y, int64_t ldy) {
+    const int unit = type == MI_Q4_1 ? MI_Q4_1_UNIT : type == MI_Q5_0 ? MI_Q5_0_UNIT : MI_Q8_0_UNIT;
+    const int scales = type == MI_Q4_1 ? 256 : type == MI_Q5_0 ? 320 : 512;
+    const int offset = type == MI_Q4_1 ? 0 : type == MI_Q5_0 ? 16 : 128;
+    const int nblk = K / 32;
     __m512 accf[4][4];
     for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) accf[m][j] = _mm512_setzero_ps();
     for (int b = 0; b < nblk; b++) {
         __m512i acci[4][4];
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acci[m][j] = _mm512_setzero_si512();
-        const uint8_t *wb = wp + (int64_t)b * MI_Q4_1_UNIT;
+        const uint8_t *wb = wp + (int64_t)b * unit;
         for (int g = 0; g < 4; g++) {
             __m512i lo[4], hi[4];
-            for (int j = 0; j < NR; j++) {
-                __m512i w = _mm512_loadu_si512((const void *)(wb + j * panel + g * 64));
-                lo[j] = _mm512_and_si512(w, low);
-                hi[j] = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
-            }
+            for (int j = 0; j < NR; j++) unit_codes(type, wb + j * panel, g, &lo[j], &hi[j]);
             for (int m = 0; m < MR; m++) {
                 const int8_t *xb = q + (int64_t)m * K + b * 32;
                 __m512i xl = _mm512_set1_epi32(load_i32(xb + 4 * g)), xh = _mm512_set1_epi32(load_i32(xb + 16 + 4 * g));
@@ -341,11 +395,14 @@ ALWAYS_INLINE void tile_q4_1(const int MR, const int NR, const int8_t *q, const 
             }
         }
         for (int j = 0; j < NR; j++) {
-            __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + j * panel + 256)));
-            __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + j * panel + 288)));
+            __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + j * panel + scales)));
+            __m512 mw = type == MI_Q4_1 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wb + j * panel + 288)))
+                                        : _mm512_setzero_ps();
             for (int m = 0; m < MR; m++) {
-                accf[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acci[m][j]), _mm512_mul_ps(dw, _mm512_set1_ps(d[m * nblk + b])), accf[m][j]);
-                accf[m][j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[m * nblk + b]), accf[m][j]);
+                __m512i dot = acci[m][j];
+                if (offset) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(offset * sums[m * nblk + b]));
+                accf[m][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_set1_ps(d[m * nblk + b])), accf[m][j]);
+                if (type == MI_Q4_1) accf[m][j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(s[m * nblk + b]), accf[m][j]);
             }
         }
     }
@@ -353,15 +410,14 @@ ALWAYS_INLINE void tile_q4_1(const int MR, const int NR, const int8_t *q, const 
         for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
 }
 
-#define DISPATCH_MR4(FN, NR, MR, ...) \
-    switch (MR) { case 1: FN(1, NR, __VA_ARGS__); break; case 2: FN(2, NR, __VA_ARGS__); break; \
-                  case 3: FN(3, NR, __VA_ARGS__); break; default: FN(4, NR, __VA_ARGS__); break; }
+#define TILE_B32(MR, NR) tile_blocks32(type, MR, NR, qm, dm, sm, um, K, wp, panel, ym, ldy)
 #endif
 
-void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int n0, int n1, float *y, int64_t ldy) {
+ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d, const float *s, const int32_t *sums,
+                                 int M, int K, const uint8_t *w, int n0, int n1, float *y, int64_t ldy) {
     const int nblk = K / 32;
-    const int64_t panel = (int64_t)nblk * MI_Q4_1_UNIT;
+    const int unit = type == MI_Q4_1 ? MI_Q4_1_UNIT : type == MI_Q5_0 ? MI_Q5_0_UNIT : MI_Q8_0_UNIT;
+    const int64_t panel = (int64_t)nblk * unit;
 #if defined(MI_VNNI)
     for (int n = n0; n < n1;) {
         // Decode: four panels' streams in flight; more rows: 4 x 2 reuses each unpacked tile.
@@ -371,32 +427,29 @@ void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
             int mr = M - m < 4 ? M - m : 4;
             const int8_t *qm = q + (int64_t)m * K;
             const float *dm = d + m * nblk, *sm = s + m * nblk;
+            const int32_t *um = sums + m * nblk;
             float *ym = y + m * ldy + n;
-            if (nr == 4) {
-                if (mr == 1) tile_q4_1(1, 4, qm, dm, sm, K, wp, panel, ym, ldy);
-                else tile_q4_1(2, 4, qm, dm, sm, K, wp, panel, ym, ldy);
-            } else if (nr == 2) { DISPATCH_MR4(tile_q4_1, 2, mr, qm, dm, sm, K, wp, panel, ym, ldy) }
-            else { DISPATCH_MR4(tile_q4_1, 1, mr, qm, dm, sm, K, wp, panel, ym, ldy) }
+            if (nr == 4) { if (mr == 1) TILE_B32(1, 4); else TILE_B32(2, 4); }
+            else if (nr == 2) { switch (mr) { case 1: TILE_B32(1, 2); break; case 2: TILE_B32(2, 2); break; case 3: TILE_B32(3, 2); break; default: TILE_B32(4, 2); } }
+            else { switch (mr) { case 1: TILE_B32(1, 1); break; case 2: TILE_B32(2, 1); break; case 3: TILE_B32(3, 1); break; default: TILE_B32(4, 1); } }
         }
         n += nr * 16;
     }
 #else
+    const int scales = type == MI_Q4_1 ? 256 : type == MI_Q5_0 ? 320 : 512;
+    const int offset = type == MI_Q4_1 ? 0 : type == MI_Q5_0 ? 16 : 128;
     for (int n = n0; n < n1; n++) {
         const uint8_t *wp = w + (int64_t)(n / 16) * panel;
         int r = n % 16;
         for (int m = 0; m < M; m++) {
             float acc = 0;
             for (int b = 0; b < nblk; b++) {
-                const uint8_t *wb = wp + (int64_t)b * MI_Q4_1_UNIT;
-                float wd = half_to_float(load_u16(wb + 256 + 2 * r)), wm = half_to_float(load_u16(wb + 288 + 2 * r));
+                const uint8_t *u = wp + (int64_t)b * unit;
                 int32_t dot = 0;
-                for (int g = 0; g < 4; g++)
-                    for (int j = 0; j < 4; j++) {
-                        uint8_t byte = wb[(g * 16 + r) * 4 + j];
-                        dot += (byte & 0x0F) * q[(int64_t)m * K + b * 32 + 4 * g + j];
-                        dot += (byte >> 4) * q[(int64_t)m * K + b * 32 + 16 + 4 * g + j];
-                    }
-                acc += wd * d[m * nblk + b] * (float)dot + wm * s[m * nblk + b];
+                for (int i = 0; i < 32; i++) dot += unit_code(type, u, r, i) * q[(int64_t)m * K + b * 32 + i];
+                dot -= offset * sums[m * nblk + b];
+                acc += half_to_float(load_u16(u + scales + 2 * r)) * d[m * nblk + b] * (float)dot;
+                if (type == MI_Q4_1) acc += half_to_float(load_u16(u + 288 + 2 * r)) * s[m * nblk + b];
             }
             y[m * ldy + n] = acc;
         }
@@ -404,103 +457,16 @@ void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
 #endif
 }
 
-/* Symmetric 32-weight blocks with one f16 scale (Q8_0, Q5_0), against activations quantized to
- * Q8 blocks: per block, the weights as 32 int8 values times the product of the two scales. Each
- * format only says how to read its block's int8 weights; one loop multiplies both. */
-#if defined(MI_VNNI)
-/* Q8_0 (34 bytes): f16 d, 32 int8. */
-ALWAYS_INLINE __m256i q8_0_weights(const uint8_t *blk) { return _mm256_loadu_si256((const __m256i *)(blk + 2)); }
-
-/* Q5_0 (22 bytes): f16 d, 32 fifth bits (bit j of the little-endian qh is element j's), 16 bytes
- * of nibbles (low: elements 0..15, high: 16..31); w = q − 16, in −16..15. Byte i of a 256-bit
- * register picks the qh byte holding bit i, then tests that bit. */
-ALWAYS_INLINE __m256i q5_0_weights(const uint8_t *blk) {
-    const __m128i low = _mm_set1_epi8(0x0F);
-    const __m256i pick = _mm256_setr_epi8(0,0,0,0,0,0,0,0, 1,1,1,1,1,1,1,1, 2,2,2,2,2,2,2,2, 3,3,3,3,3,3,3,3);
-    const __m256i bit = _mm256_setr_epi8(1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128,
-                                         1,2,4,8,16,32,64,-128, 1,2,4,8,16,32,64,-128);
-    uint32_t qh;
-    memcpy(&qh, blk + 2, 4);
-    __m128i raw = _mm_loadu_si128((const __m128i *)(blk + 6));
-    __m256i nib = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
-    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick);
-    __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit), _mm256_set1_epi8(0x10));
-    return _mm256_sub_epi8(_mm256_or_si256(nib, high), _mm256_set1_epi8(16));
-}
-#endif
-
-/* Weight i (0..31) of a block, for the portable path. */
-ALWAYS_INLINE int q8_0_weight(const uint8_t *blk, int i) { return (int8_t)blk[2 + i]; }
-ALWAYS_INLINE int q5_0_weight(const uint8_t *blk, int i) {
-    uint32_t qh;
-    memcpy(&qh, blk + 2, 4);
-    int nibble = i < 16 ? (blk[6 + i] & 0x0F) : (blk[6 + i - 16] >> 4);
-    return (nibble | (((qh >> i) & 1) << 4)) - 16;
-}
-
-ALWAYS_INLINE void gemm_symmetric32(const int8_t *q, const float *d, int M, int K, const uint8_t *w, int64_t rowBytes,
-                                    int n0, int n1, float *y, int64_t ldy, int blockBytes,
-#if defined(MI_VNNI)
-                                    __m256i (*weights)(const uint8_t *),
-#endif
-                                    int (*weight)(const uint8_t *, int)) {
-    const int nb = K / 32;
-    for (int n = n0; n < n1; n++) {
-        const uint8_t *row = w + (int64_t)n * rowBytes;
-        for (int m0 = 0; m0 < M; m0 += MI_MT) {
-            int mt = M - m0 < MI_MT ? M - m0 : MI_MT;
-#if defined(MI_VNNI)
-            (void)weight;
-            __m256 acc[MI_MT];
-            for (int t = 0; t < MI_MT; t++) acc[t] = _mm256_setzero_ps();
-            for (int b = 0; b < nb; b++) {
-                const uint8_t *blk = row + b * blockBytes;
-                float wd = half_to_float(load_u16(blk));
-                __m256i wq = weights(blk);
-                __m256i wabs = _mm256_abs_epi8(wq);
-                for (int t = 0; t < mt; t++) {
-                    int64_t mi = m0 + t;
-                    __m256i xq = _mm256_loadu_si256((const __m256i *)(q + mi * K + b * 32));
-                    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, _mm256_sign_epi8(xq, wq));
-                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(wd * d[mi * nb + b]), acc[t]);
-                }
-            }
-            for (int t = 0; t < mt; t++) y[(m0 + t) * ldy + n] = hsum256(acc[t]);
-#else
-            for (int t = 0; t < mt; t++) {
-                int64_t mi = m0 + t;
-                float acc = 0;
-                for (int b = 0; b < nb; b++) {
-                    const uint8_t *blk = row + b * blockBytes;
-                    float wd = half_to_float(load_u16(blk));
-                    int32_t dot = 0;
-                    for (int i = 0; i < 32; i++) dot += weight(blk, i) * q[mi * K + b * 32 + i];
-                    acc += wd * d[mi * nb + b] * (float)dot;
-                }
-                y[mi * ldy + n] = acc;
-            }
-#endif
-        }
+void mi_gemm_blocks32(int type, const int8_t *q, const float *d, const float *s, const int32_t *sums,
+                      int M, int K, const uint8_t *w, int n0, int n1, float *y, int64_t ldy) {
+    switch (type) {
+    case MI_Q4_1: gemm_blocks32(MI_Q4_1, q, d, s, sums, M, K, w, n0, n1, y, ldy); break;
+    case MI_Q5_0: gemm_blocks32(MI_Q5_0, q, d, s, sums, M, K, w, n0, n1, y, ldy); break;
+    default: gemm_blocks32(MI_Q8_0, q, d, s, sums, M, K, w, n0, n1, y, ldy); break;
     }
 }
 
-#if defined(MI_VNNI)
-#define MI_WEIGHTS(vector, scalar) vector, scalar
-#else
-#define MI_WEIGHTS(vector, scalar) scalar
-#endif
-
-void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
-    (void)s;
-    gemm_symmetric32(q, d, M, K, w, rowBytes, n0, n1, y, ldy, 34, MI_WEIGHTS(q8_0_weights, q8_0_weight));
-}
-
-void mi_gemm_q5_0(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy) {
-    (void)s;
-    gemm_symmetric32(q, d, M, K, w, rowBytes, n0, n1, y, ldy, 22, MI_WEIGHTS(q5_0_weights, q5_0_weight));
-}
+#define MI_MT 4
 
 // ------------------------------------------------------------------------------------------
 // K-quants in place (256-element super-blocks), against activations quantized to Q8_K blocks

@@ -36,12 +36,12 @@ public enum StorageKind: String, Sendable, Codable {
     case f32        // packed panels of 16 channels, one input per unit
     case int8       // packed panels of 16 channels, blocks of 32 inputs with (scale, min) per channel
     case q4_1       // the file's Q4_1 blocks, repacked 16 rows to a panel (the same bits)
-    case q8_0       // the file's rows of Q8_0 blocks, in place
-    case q5_0       // the file's rows of Q5_0 blocks, in place
+    case q8_0       // the file's Q8_0 blocks, repacked 16 rows to a panel
+    case q5_0       // the file's Q5_0 blocks, repacked 16 rows to a panel
     case q4_K       // the file's rows of Q4_K super-blocks (256 inputs), in place
     case q6_K       // the file's rows of Q6_K super-blocks (256 inputs), in place
 
-    public var panelRows: Int { self == .f32 || self == .int8 || self == .q4_1 ? 16 : 1 }
+    public var panelRows: Int { self == .q4_K || self == .q6_K ? 1 : 16 }
     public var unitInputs: Int {
         switch self {
         case .f32: 1
@@ -54,14 +54,23 @@ public enum StorageKind: String, Sendable, Codable {
         case .f32: 64
         case .int8: Int(mi_int8_packed_bytes(16, 32))
         case .q4_1: 16 * GGMLType.q4_1.blockBytes   // 16 rows' blocks, repacked (CKernels.h)
-        case .q8_0: GGMLType.q8_0.blockBytes
-        case .q5_0: GGMLType.q5_0.blockBytes
+        case .q8_0: 16 * GGMLType.q8_0.blockBytes
+        case .q5_0: 16 * GGMLType.q5_0.blockBytes
         case .q4_K: GGMLType.q4_K.blockBytes
         case .q6_K: GGMLType.q6_K.blockBytes
         }
     }
     /// Bytes of one block in the file's format (in-place kinds; the unit of a row as read).
-    var fileBlockBytes: Int { self == .q4_1 ? GGMLType.q4_1.blockBytes : unitBytes }
+    var fileBlockBytes: Int { blocks32Type == nil ? unitBytes : unitBytes / 16 }
+    /// The repacked 32-element format's id in CKernels (nil: not one of them).
+    var blocks32Type: Int32? {
+        switch self {
+        case .q4_1: Int32(MI_Q4_1)
+        case .q5_0: Int32(MI_Q5_0)
+        case .q8_0: Int32(MI_Q8_0)
+        default: nil
+        }
+    }
     /// The runtime format this storage runs as.
     public var format: WeightFormat {
         switch self {
@@ -307,8 +316,8 @@ public final class LinearWeight: @unchecked Sendable {
                 defer { staging.deallocate() }
                 for p in 0..<(paddedRows / kind.panelRows) {
                     for r in 0..<kind.panelRows { writeRow(p * kind.panelRows + r, staging + r * fileRowBytes) }
-                    mi_pack_q4_1(staging.assumingMemoryBound(to: UInt8.self), Int64(fileRowBytes), Int32(window / u),
-                                 (storage + p * panelBytes).assumingMemoryBound(to: UInt8.self))
+                    mi_pack_blocks32(kind.blocks32Type!, staging.assumingMemoryBound(to: UInt8.self), Int64(fileRowBytes), Int32(window / u),
+                                     (storage + p * panelBytes).assumingMemoryBound(to: UInt8.self))
                 }
             }
             return
@@ -449,28 +458,16 @@ public final class LinearWeight: @unchecked Sendable {
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_int8(q, xs, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
-            case .q4_1:
+            case .q4_1, .q8_0, .q5_0:
                 let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
                 let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
                 let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
-                defer { q.deallocate(); d.deallocate(); s.deallocate() }
-                mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s)
-                let w = storage.assumingMemoryBound(to: UInt8.self)
+                let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 32)
+                defer { q.deallocate(); d.deallocate(); s.deallocate(); sums.deallocate() }
+                mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s, sums)
+                let w = storage.assumingMemoryBound(to: UInt8.self), type = kind.blocks32Type!
                 threads.parallelFor(N, granule: 32) { r in
-                    mi_gemm_q4_1(q, d, s, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
-                }
-            case .q8_0, .q5_0:
-                let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
-                let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
-                let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
-                defer { q.deallocate(); d.deallocate(); s.deallocate() }
-                mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s)
-                let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), kind = kind
-                threads.parallelFor(N, granule: 16) { r in
-                    switch kind {
-                    case .q5_0: mi_gemm_q5_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
-                    default: mi_gemm_q8_0(q, d, s, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
-                    }
+                    mi_gemm_blocks32(type, q, d, s, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
             case .q4_K, .q6_K:
                 let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)

@@ -5,6 +5,30 @@ import Testing
 
 /// The in-place GGML block kernels against naive dot products over hand-dequantized blocks.
 struct BlockKernelTests {
+    /// Rows of a 32-element block format (N rows of K/32 blocks) repacked 16 to a panel (a
+    /// partial last panel padded with zero rows), times M activation rows quantized to Q8
+    /// blocks: y (M × N), the quantized activations, their scales and integer sums.
+    static func repacked(_ type: Int, _ rows: [UInt8], N: Int, K: Int, blockBytes: Int, x: [Float], M: Int)
+        -> (y: [Float], q: [Int8], d: [Float], sums: [Int32]) {
+        let nb = K / 32, panels = (N + 15) / 16, padded = panels * 16, unit = 16 * blockBytes
+        let bytes = rows + [UInt8](repeating: 0, count: (padded - N) * nb * blockBytes)
+        var packed = [UInt8](repeating: 0, count: panels * nb * unit)
+        bytes.withUnsafeBufferPointer { b in
+            packed.withUnsafeMutableBufferPointer { p in
+                for i in 0..<panels {
+                    mi_pack_blocks32(Int32(type), b.baseAddress! + i * 16 * nb * blockBytes, Int64(nb * blockBytes), Int32(nb),
+                                     p.baseAddress! + i * nb * unit)
+                }
+            }
+        }
+        var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb), s = d
+        var sums = [Int32](repeating: 0, count: M * nb)
+        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &d, &s, &sums)
+        var full = [Float](repeating: 0, count: M * padded)
+        mi_gemm_blocks32(Int32(type), q, d, s, sums, Int32(M), Int32(K), packed, 0, Int32(padded), &full, Int64(padded))
+        return ((0..<(M * N)).map { full[$0 / N * padded + $0 % N] }, q, d, sums)
+    }
+
     /// Q4_1 rows built by hand (f16 d and m chosen exactly representable), repacked 16 rows to
     /// a panel (5 and 37 rows: a partial panel; 1 to 9 activation rows: every tile height),
     /// activations quantized to Q8 blocks: the error is only the activation rounding (≤ d_x/2
@@ -29,19 +53,7 @@ struct BlockKernelTests {
             }
         }
         let x = (0..<(M * K)).map { Float(($0 * 37) % 23) / 11 - 1 }
-        var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sx = dx
-        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sx)
-        let panels = (N + 15) / 16, rows = panels * 16
-        bytes += [UInt8](repeating: 0, count: (rows - N) * nb * 20)
-        var packed = [UInt8](repeating: 0, count: panels * nb * 320)
-        for p in 0..<panels {
-            bytes.withUnsafeBufferPointer { b in
-                packed.withUnsafeMutableBufferPointer { mi_pack_q4_1(b.baseAddress! + p * 16 * nb * 20, Int64(nb * 20), Int32(nb), $0.baseAddress! + p * nb * 320) }
-            }
-        }
-        var full = [Float](repeating: 0, count: M * rows)
-        mi_gemm_q4_1(q, dx, sx, Int32(M), Int32(K), packed, 0, Int32(rows), &full, Int64(rows))
-        let y = (0..<(M * N)).map { full[$0 / N * rows + $0 % N] }
+        let (y, _, dx, _) = Self.repacked(MI_Q4_1, bytes, N: N, K: K, blockBytes: 20, x: x, M: M)
         for m in 0..<M {
             for n in 0..<N {
                 let exact = (0..<K).reduce(0.0) { $0 + Double(dense[n * K + $1]) * Double(x[m * K + $1]) }
@@ -51,8 +63,10 @@ struct BlockKernelTests {
         }
     }
 
-    @Test func q8_0MatchesHandDequantized() {
-        let M = 2, N = 3, K = 96, nb = K / 32
+    /// Q8_0 rows by hand, repacked (3, 20 and 37 rows: partial panels), 1 to 5 activation rows.
+    @Test(arguments: [(3, 2), (20, 1), (37, 5)])
+    func q8_0MatchesHandDequantized(_ N: Int, _ M: Int) {
+        let K = 96, nb = K / 32
         var bytes = [UInt8](repeating: 0, count: N * nb * 34)
         var dense = [Float](repeating: 0, count: N * K)
         for n in 0..<N {
@@ -68,10 +82,7 @@ struct BlockKernelTests {
             }
         }
         let x = (0..<(M * K)).map { Float(($0 * 17) % 31) / 15 - 1 }
-        var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sx = dx
-        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sx)
-        var y = [Float](repeating: 0, count: M * N)
-        mi_gemm_q8_0(q, dx, sx, Int32(M), Int32(K), bytes, 34 * Int64(nb), 0, Int32(N), &y, Int64(N))
+        let (y, _, dx, _) = Self.repacked(MI_Q8_0, bytes, N: N, K: K, blockBytes: 34, x: x, M: M)
         for m in 0..<M {
             for n in 0..<N {
                 let exact = (0..<K).reduce(0.0) { $0 + Double(dense[n * K + $1]) * Double(x[m * K + $1]) }
@@ -84,9 +95,9 @@ struct BlockKernelTests {
     /// Q5_0 rows built by hand (every fifth-bit pattern position used, f16 d exact): the kernel
     /// equals the integer dot of the unpacked weights with the quantized activations (only float
     /// summation order differs), and the dense product within the activation rounding.
-    @Test(arguments: [1, 4, 5])
-    func q5_0MatchesHandDequantized(_ M: Int) {
-        let N = 4, K = 128, nb = K / 32
+    @Test(arguments: [(4, 1), (4, 4), (21, 9), (37, 5)])
+    func q5_0MatchesHandDequantized(_ N: Int, _ M: Int) {
+        let K = 128, nb = K / 32
         var bytes = [UInt8](repeating: 0, count: N * nb * 22)
         var ints = [Int](repeating: 0, count: N * K)   // q − 16
         var scales = [Float](repeating: 0, count: N * nb)
@@ -107,10 +118,7 @@ struct BlockKernelTests {
             }
         }
         let x = (0..<(M * K)).map { Float(($0 * 37) % 29) / 13 - 1 }
-        var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sx = dx
-        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sx)
-        var y = [Float](repeating: 0, count: M * N)
-        mi_gemm_q5_0(q, dx, sx, Int32(M), Int32(K), bytes, 22 * Int64(nb), 0, Int32(N), &y, Int64(N))
+        let (y, q, dx, _) = Self.repacked(MI_Q5_0, bytes, N: N, K: K, blockBytes: 22, x: x, M: M)
         for m in 0..<M {
             for n in 0..<N {
                 var integer = 0.0, exact = 0.0, magnitude = 0.0

@@ -51,26 +51,21 @@ void mi_gemm_int8(const int8_t *q, const float *xscales, const int32_t *xsums, i
                   const uint8_t *packed, int n0, int n1, float *y, int64_t ldy);
 
 // ---------------------------------------------------------------------------------------------
-// GGML block formats, executed in place (no dequantization): rows of K/32 blocks.
-// Activations are quantized with mi_quantize_q8_blocks (block 32, llama.cpp's Q8_1 idea:
-// per-block scale d and the sum s = d * sum(q)).
+// GGML block formats, executed in place (no dequantization). The 32-element formats are
+// repacked 16 rows to a panel on load, the same bits regrouped (layouts in kernels.c); their
+// activations are quantized with mi_quantize_q8_blocks (block 32: scale d, s = d * sum(q) for
+// Q4_1's minimum, and the integer sum(q) for the others' code offsets).
 // ---------------------------------------------------------------------------------------------
 void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
-                           int8_t *q, float *d, float *s);
+                           int8_t *q, float *d, float *s, int32_t *sums);
 
-/// Q4_1 rows repacked 16 to a panel, the same bits (see kernels.c): 320 bytes per panel and
-/// 32-input block. Packs 16 rows of `nblk` file blocks (row stride rowBytes) into one panel.
-void mi_pack_q4_1(const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel);
-/// y[m, n0..n1) for a repacked Q4_1 matrix (n0, n1 multiples of 16).
-void mi_gemm_q4_1(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int n0, int n1, float *y, int64_t ldy);
-/// Same for Q8_0.
-void mi_gemm_q8_0(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
-/// The file's Q5_0 rows in place (22-byte blocks: f16 d, 32 fifth bits, 16 bytes of nibbles in
-/// Q4_0's order; w = (q − 16)·d), against activations quantized as for Q8_0 (`s` unused).
-void mi_gemm_q5_0(const int8_t *q, const float *d, const float *s, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+enum { MI_Q4_1 = 1, MI_Q5_0 = 2, MI_Q8_0 = 3 };
+/// Bytes of one panel of 16 rows and one 32-input block: Q4_1 320, Q5_0 352, Q8_0 544.
+/// Packs 16 rows of `nblk` of the file's blocks of `type` (row stride rowBytes) into a panel.
+void mi_pack_blocks32(int type, const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel);
+/// y[m, n0..n1) for a repacked matrix of `type` (n0, n1 multiples of 16).
+void mi_gemm_blocks32(int type, const int8_t *q, const float *d, const float *s, const int32_t *sums,
+                      int M, int K, const uint8_t *w, int n0, int n1, float *y, int64_t ldy);
 
 /// K-quant rows in place (256-element super-blocks), against activations quantized to Q8_K:
 /// per 256 inputs one scale d (M x K/256) and the sums of every 16 quantized values
