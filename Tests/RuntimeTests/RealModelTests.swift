@@ -234,7 +234,7 @@ struct RealModelMeshFormatTests {
     /// heads do not divide over 2 or 4 devices) and with each attention layout named, the tokens
     /// equal the single device's up to the first step whose top-2 gap is under 0.01 (f32 sums in
     /// another order move a logit by ~1e-3 here).
-    @Test(arguments: ["2", "3", "4", "2x2"])
+    @Test(.serialized, arguments: ["2", "3", "4", "2x2"])   // serialized: each case holds f32 engines of the whole model (GBs)
     func onePromptOnMeshEqualsOneDevice(_ meshName: String) throws {
         let model = try ModelCache.shared.model(.f32)
         let mesh = try Mesh(parsing: meshName)

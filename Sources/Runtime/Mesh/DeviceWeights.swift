@@ -58,7 +58,10 @@ final class DeviceWeights: @unchecked Sendable {
         func load(oneD: Bool) throws -> [DeviceLayer] {
             let loaded = UnsafeMutableBufferPointer<Result<DeviceLayer, Error>?>.allocate(capacity: config.layers)
             loaded.initialize(repeating: nil)
-            defer { loaded.deallocate() }
+            defer {
+                _ = loaded.deinitialize()   // releases the buffer's references to the layers' weights
+                loaded.deallocate()
+            }
             WorkSplitter(threads: threads).parallelFor(config.layers) { range in
                 for l in range {
                     loaded[l] = Result {
