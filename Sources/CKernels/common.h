@@ -1,0 +1,66 @@
+// Internal to the kernels: the SIMD targets, the f16 conversion and loads every family uses.
+// Each kernel has a portable scalar path, and an AVX-512 (+VNNI) path compiled when the target
+// has it (this package builds CKernels with -march=native). The scalar paths define the exact
+// arithmetic; the SIMD paths compute the same sums in a different order.
+#ifndef MESHINFER_KERNELS_COMMON_H
+#define MESHINFER_KERNELS_COMMON_H
+#include "CKernels.h"
+#include <math.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define MI_AVX512 1
+#if defined(__AVX512VNNI__)
+#define MI_VNNI 1
+#endif
+#endif
+
+/// Group size of int8 weight scales and activation blocks.
+#define MI_QB 32
+/// Bytes of one packed block: 16 channels x MI_QB codes, then 16 f32 scales and 16 f32 mins.
+#define MI_BLOCK_BYTES (MI_QB * 16 + 128)
+/// Activation rows per pass of the row-at-a-time K-quant kernels.
+#define MI_MT 4
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+ALWAYS_INLINE float half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
+    if (exp == 0) {
+        if (mant == 0) { bits = sign; }
+        else { // subnormal
+            float f = (float)mant * (1.0f / 16777216.0f);
+            memcpy(&bits, &f, 4); bits |= sign;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7F800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 112) << 23) | (mant << 13);
+    }
+    float out; memcpy(&out, &bits, 4); return out;
+}
+
+ALWAYS_INLINE uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+ALWAYS_INLINE int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
+
+#if defined(MI_VNNI)
+ALWAYS_INLINE float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+
+#if defined(MI_AVX512)
+/* Calls FN(MR, NR, ...) with a compile-time MR of 1..6. */
+#define DISPATCH_MR(FN, NR, MR, ...) \
+    switch (MR) { case 1: FN(1, NR, __VA_ARGS__); break; case 2: FN(2, NR, __VA_ARGS__); break; \
+                  case 3: FN(3, NR, __VA_ARGS__); break; case 4: FN(4, NR, __VA_ARGS__); break; \
+                  case 5: FN(5, NR, __VA_ARGS__); break; default: FN(6, NR, __VA_ARGS__); break; }
+#endif
+
+#endif
