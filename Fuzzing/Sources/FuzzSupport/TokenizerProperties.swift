@@ -97,7 +97,8 @@ public struct TokenizerProperties: Sendable {
             """.utf8))
     }
 
-    /// What `decode(encode(s))` must give for text without special tokens in it.
+    /// What `decode(encode(s))` must give (special tokens found in `s` decode to their own text,
+    /// which `init` made sure holds no byte treated here).
     private func expectedBytes(_ s: String) -> [UInt8] {
         var out: [UInt8] = []
         switch tokenizer.model {
