@@ -88,21 +88,23 @@ struct ShardTests {
         let shard = try LinearWeight(source: Self.file, spec: spec, format: c.format)
         #expect(shard.kind == c.kind && whole.kind == c.kind)
         #expect(shard.outputs == 29 && shard.inputs == 104)
-        let M = 3
-        let x = Self.input(M, 104)
-        // The same inputs at their columns of the whole matrix, zeros elsewhere.
-        let full = Matrix(rows: M, columns: Self.K)
+        Self.expectShardEqualsWhole(shard, whole, M: 3, inputs: 104, K: Self.K, pieces: [(0, 16, 64), (72, 96, 32)])
+    }
+
+    /// `shard` (rows 8..<24, three zero rows, 30..<40 of `whole`) times inputs placed in the
+    /// whole matrix's columns as `pieces` say — (shard column, whole column, count), zeros
+    /// elsewhere — equals `whole` on those rows, bitwise.
+    static func expectShardEqualsWhole(_ shard: LinearWeight, _ whole: LinearWeight, M: Int, inputs: Int, K: Int,
+                                       pieces: [(Int, Int, Int)]) {
+        let x = input(M, inputs), full = Matrix(rows: M, columns: K)
         for r in 0..<M {
-            for j in 0..<64 { full[r, 16 + j] = x[r, j] }
-            for j in 0..<32 { full[r, 96 + j] = x[r, 72 + j] }
+            for (from, to, count) in pieces { for j in 0..<count { full[r, to + j] = x[r, from + j] } }
         }
         let expected = whole.apply(full, threads: WorkSplitter(threads: 1))
         let got = shard.apply(x, threads: WorkSplitter(threads: 1))
         let rows = Array(8..<24) + [nil, nil, nil] + Array(30..<40)
         for r in 0..<M {
-            for (j, source) in rows.enumerated() {
-                #expect(got[r, j] == (source.map { expected[r, $0] } ?? 0), "row \(r) output \(j)")
-            }
+            for (j, source) in rows.enumerated() { #expect(got[r, j] == (source.map { expected[r, $0] } ?? 0), "row \(r) output \(j)") }
         }
     }
 
@@ -159,18 +161,7 @@ struct ShardTests {
                                                                          columns: [.source(16..<200), .zeros(8), .source(300..<512)]),
                                      format: .native)
         #expect(shard.kind == whole.kind && shard.storedShape.inputs == 3 * 256)
-        let M = 5, x = Self.input(M, 184 + 8 + 212)
-        let full = Matrix(rows: M, columns: K)
-        for r in 0..<M {
-            for j in 0..<184 { full[r, 16 + j] = x[r, j] }
-            for j in 0..<212 { full[r, 300 + j] = x[r, 192 + j] }
-        }
-        let expected = whole.apply(full, threads: WorkSplitter(threads: 1))
-        let got = shard.apply(x, threads: WorkSplitter(threads: 1))
-        let rows = Array(8..<24) + [nil, nil, nil] + Array(30..<40)
-        for r in 0..<M {
-            for (j, source) in rows.enumerated() { #expect(got[r, j] == (source.map { expected[r, $0] } ?? 0), "row \(r) output \(j)") }
-        }
+        Self.expectShardEqualsWhole(shard, whole, M: 5, inputs: 184 + 8 + 212, K: K, pieces: [(0, 16, 184), (192, 300, 212)])
         let tiles = try [0..<24, 24..<40].map { rows in
             try [0..<256, 256..<512].map { columns in
                 let t = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(name, rows)], columns: [.source(columns)]), format: .native)
