@@ -221,10 +221,10 @@ public final class LinearWeight: @unchecked Sendable {
 
     /// A weight from f32 values (row-major N x K): tests, calibration and random-weight models.
     /// `native` has no file blocks to keep here and means f32.
-    public convenience init(values: [Float], outputs N: Int, inputs K: Int, format: WeightFormat) {
+    public convenience init(values: [Float], outputs N: Int, inputs K: Int, format: WeightFormat, arena: WeightArena? = nil) {
         precondition(values.count == N * K)
         self.init(rows: N, windowInputs: K, inputSegments: [Segment(logical: 0, window: 0, count: K)], inputs: K,
-                  kind: format == .int8 ? .int8 : .f32) { rows, staging, ld in
+                  kind: format == .int8 ? .int8 : .f32, arena: arena) { rows, staging, ld in
             values.withUnsafeBufferPointer { v in
                 for r in rows { (staging + (r - rows.lowerBound) * ld).update(from: v.baseAddress! + r * K, count: K) }
             }

@@ -68,16 +68,18 @@ struct Calibrate: ParsableCommand {
         // half, which the measured rate then includes.
         let attentionRate = 4 * Double(H * Q) * Double(L * (L + 1) / 2) / attentionSeconds   // causal, as the tracer counts
         // Weight streaming: decode-like matvecs over ~200 MB of 8-bit weights (beyond the caches),
-        // in matrices of a small model's shape (1536 x 576), as decode reads them.
+        // in matrices of a small model's shape (1536 x 576), as decode reads them — on huge pages,
+        // side by side, as a device's loaded weights are (WeightArena).
+        let arena = WeightArena()
         let pattern = (0..<(1536 * 576)).map { Float(($0 % 251) - 125) / 200 }
-        let big = (0..<180).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .int8) }
+        let big = (0..<180).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .int8, arena: arena) }
         let v = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
         let bytes = Double(big.reduce(0) { $0 + $1.byteCount })
         func stream(_ t: WorkSplitter) -> Double { bytes / median { time { for b in big { _ = b.apply(v, threads: t) } } } }
         let bw1 = stream(one), bwAll = stream(all)
         // The same for f32 weights (a different kernel: f32 decode reads 3.2x the bytes per
         // weight and does no dequantization, so it streams at its own rate).
-        let bigF32 = (0..<60).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .f32) }
+        let bigF32 = (0..<60).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .f32, arena: arena) }
         let bytesF32 = Double(bigF32.reduce(0) { $0 + $1.byteCount })
         func streamF32(_ t: WorkSplitter) -> Double { bytesF32 / median { time { for b in bigF32 { _ = b.apply(v, threads: t) } } } }
         let fbw1 = streamF32(one), fbwAll = streamF32(all)
@@ -88,7 +90,7 @@ struct Calibrate: ParsableCommand {
         _ = q4.apply(qx, threads: one)
         let nativeRate = 2 * Double(M * 1536 * 576) / median { time { _ = q4.apply(qx, threads: one) } }
         let nativeRateAll = 2 * Double(M * 1536 * 576) / median { time { _ = q4.apply(qx, threads: all) } }
-        let nativeBig = try (0..<180).map { _ in try nativeWeights(rows: 1536, columns: 576) }
+        let nativeBig = try (0..<180).map { _ in try nativeWeights(rows: 1536, columns: 576, arena: arena) }
         let nativeBytes = Double(nativeBig.reduce(0) { $0 + $1.byteCount })
         let qv = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
         func nativeStream(_ t: WorkSplitter) -> Double { nativeBytes / median { time { for b in nativeBig { _ = b.apply(qv, threads: t) } } } }
@@ -181,7 +183,7 @@ struct Calibrate: ParsableCommand {
     }
 
     /// A Q4_1 matrix (rows × columns) with varied blocks, loaded as `native` weights.
-    func nativeWeights(rows: Int, columns: Int) throws -> LinearWeight {
+    func nativeWeights(rows: Int, columns: Int, arena: WeightArena? = nil) throws -> LinearWeight {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(rows * columns / 32 * 20)
         for b in 0..<(rows * columns / 32) {
@@ -193,7 +195,8 @@ struct Calibrate: ParsableCommand {
         var writer = GGUFWriter()
         writer.addTensor(name: "w", dimensions: [columns, rows], type: .q4_1, data: bytes)
         let file = try GGUFFile(bytes: writer.serialized())
-        return try LinearWeight(source: file, spec: ShardSpec(rows: [.tensor("w", 0..<rows)], columns: [.source(0..<columns)]), format: .native)
+        return try LinearWeight(source: file, spec: ShardSpec(rows: [.tensor("w", 0..<rows)], columns: [.source(0..<columns)]), format: .native,
+                                arena: arena)
     }
 
     /// MPI collectives between 2 ranks (the x axis of a 2 × N/2 mesh): seconds per all-gather call

@@ -4,7 +4,8 @@
 # MODEL is meshinfer's --model (a name or a path), P/N the prompt and generated tokens, WEIGHTS
 # meshinfer's formats (e.g. "native int8 f32"); every LLAMA_GGUF is run with llama-bench's
 # defaults at the same thread count. Prints one line per (round, threads, engine, test): the
-# median of that run's repetitions in tokens/s. Needs llama-bench in $LLAMA_BIN
+# median of that run's repetitions in tokens/s (and, for meshinfer after `meshinfer calibrate`,
+# the cost model's predicted tokens/s). Needs llama-bench in $LLAMA_BIN
 # (../shared/tools/install-llama-cpp).
 #   scripts/bench/side.sh smollm2-135m 512 128 "native int8" "$HOME/.cache/meshinfer/SmolLM2-135M-Instruct.Q4_1.gguf" "$LLAMA_DIR/SmolLM2-135M-Instruct.Q8_0.gguf"
 #   scripts/bench/side.sh gemma3-270m 64 32 "native int8 f32" "$HOME/.cache/meshinfer/gemma-3-270m-q4_k_m.gguf"
@@ -22,7 +23,8 @@ for round in $(seq 1 "${ROUNDS:-3}"); do
     done
     for w in $WEIGHTS; do
       "$BIN" bench --model "$MODEL" --weights "$w" --threads "$t" -p "$P" -n "$N" -r 2 2>/dev/null \
-          | awk -v r="$round" -v t="$t" -v w="$w" '/tok\/s/ {print "round " r " t" t " meshinfer:" w " " $1 " " $7}'
+          | awk -v r="$round" -v t="$t" -v w="$w" '/tok\/s/ {p = ""; for (i = 1; i < NF; i++) if ($i == "predicted") p = " predicted " $(i + 1)
+                                                          print "round " r " t" t " meshinfer:" w " " $1 " " $7 p}'
     done
   done
 done
