@@ -18,7 +18,7 @@ swift test -c release -Xswiftc -enable-testing "$@"
 # Sequences made and released by other threads while passes run, under the thread sanitizer
 # (a debug build of its own; the full run only).
 if [ $# -eq 0 ]; then
-    swift test --scratch-path .build-tsan --sanitize=thread --filter SequenceChurnTests
+    swift test --scratch-path .build-tsan --sanitize=thread --filter "SequenceChurnTests|WorkSplitterTests"
     # meshinfer serve end to end with the real openai client (PyPI), on the default model.
     python3 -m venv .build/e2e-venv
     .build/e2e-venv/bin/pip install -q openai

@@ -440,8 +440,9 @@ public final class LinearWeight: @unchecked Sendable {
         // Every kernel stores (does not accumulate into) each output it computes.
         let y = Matrix(uninitializedRows: M, columns: N)
         if M > 0 {
-            // Waking threads costs more than a small matmul gains from them (decode on a small model).
-            let threads = M * N * K >= 2_000_000 ? threads : WorkSplitter(threads: 1)
+            // Handing parts to the pool's spinning workers costs about a microsecond; below this
+            // size a matmul gains less than that from a second core.
+            let threads = M * N * K >= 100_000 ? threads : WorkSplitter(threads: 1)
             switch kind {
             case .f32:
                 let w = storage.assumingMemoryBound(to: Float.self)

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// A row-major f32 matrix that owns its memory: the activations passed between ops.
@@ -77,14 +78,23 @@ public struct WorkSplitter: Sendable {
         if parts <= 1 { if count > 0 { body(0..<count) }; return }
         withoutActuallyEscaping(body) { body in
             // The ranges are disjoint; callers write only their own part of shared buffers.
-            let shared = UncheckedSendable(body)
-            DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let job = PoolJob { p in
                 let lo = units * p / parts * granule
                 let hi = min(count, units * (p + 1) / parts * granule)
-                if lo < hi { shared.value(lo..<hi) }
+                if lo < hi { body(lo..<hi) }
+            }
+            withExtendedLifetime(job) {
+                mi_pool_run(Int32(parts), { ctx, p in Unmanaged<PoolJob>.fromOpaque(ctx!).takeUnretainedValue().run(Int(p)) },
+                            Unmanaged.passUnretained(job).toOpaque())
             }
         }
     }
+}
+
+/// One `parallelFor` call's parts, handed to the C worker pool (CKernels `mi_pool_run`).
+private final class PoolJob {
+    let run: (Int) -> Void
+    init(_ run: @escaping (Int) -> Void) { self.run = run }
 }
 
 /// Hands a value to other threads whose accesses are disjoint or ordered by construction.

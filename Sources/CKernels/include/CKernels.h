@@ -108,6 +108,12 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
  * reuse warm pages instead of faulting in fresh zeroed ones on every allocation. */
 void mi_keep_freed_memory(void);
 
+/* Runs fn(ctx, p) for p in 0..<parts on a pool of worker threads and the caller (which returns
+ * when every part is done). Parts are claimed dynamically. A call while another is running, or
+ * from inside a part, runs its parts on the caller alone. */
+typedef void (*mi_task_fn)(void *ctx, int part);
+void mi_pool_run(int parts, mi_task_fn fn, void *ctx);
+
 /* 2 MiB-aligned memory of at least `bytes` (rounded up to 2 MiB), advised MADV_HUGEPAGE before
  * first touch, so it streams from transparent huge pages where the kernel allows them
  * (`madvise` mode). NULL when out of memory. Free with mi_huge_free. */
