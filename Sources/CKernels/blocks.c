@@ -6,24 +6,9 @@
 
 void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
                            int8_t *q, float *d, float *s, int32_t *sums) {
-    int nb = K / 32;
-    for (int m = 0; m < M; m++) {
-        for (int b = 0; b < nb; b++) {
-            const float *xb = x + (int64_t)m * ldx + b * 32;
-            float amax = 0;
-            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
-            float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-            int sum = 0;
-            for (int i = 0; i < 32; i++) {
-                int v = (int)lrintf(xb[i] * inv);
-                q[(int64_t)m * K + b * 32 + i] = (int8_t)v;
-                sum += v;
-            }
-            d[m * nb + b] = scale;
-            s[m * nb + b] = scale * (float)sum;
-            sums[m * nb + b] = sum;
-        }
-    }
+    // The 8-bit format's activation quantizer with blocks of 32, plus Q4_1's s = d·Σq.
+    mi_quantize_activations(x, ldx, M, K, 32, q, d, sums);
+    for (int i = 0; i < M * (K / 32); i++) s[i] = d[i] * (float)sums[i];
 }
 
 

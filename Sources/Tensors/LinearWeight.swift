@@ -281,7 +281,7 @@ public final class LinearWeight: @unchecked Sendable {
             self.init(kind: kind, outputs: N, inputs: K, windowOutputs: paddedRows, windowInputs: window,
                       inputSegments: merged, outputSegments: [Segment(logical: 0, window: 0, count: N)], arena: arena)
             // Each logical row's window in the file's block format (zero rows and pieces: zero
-            // blocks), written where `rowAt` says; repacked kinds stage a panel's rows, then pack.
+            // blocks), written by `writeRow`; repacked kinds stage a panel's rows, then pack.
             let fileUnit = kind.fileBlockBytes, fileRowBytes = window / u * fileUnit
             var sources: [(BlockRows, Int)?] = []
             for rows in spec.rows {
