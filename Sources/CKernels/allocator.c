@@ -1,4 +1,6 @@
-#include "CKernels.h"
+// Memory: the heap policy, huge-page allocations, and the streaming read that measures what a
+// core can read from them.
+#include "common.h"
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -28,3 +30,26 @@ void *mi_huge_alloc(size_t bytes) {
 }
 
 void mi_huge_free(void *p) { free(p); }
+
+uint64_t mi_stream_read(const void *p, size_t bytes) {
+#if MI_AVX512
+    // Four independent accumulators so loads are not serialized behind one dependency chain.
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    const __m512i *v = (const __m512i *)p;
+    size_t n = bytes / 64, i = 0;
+    for (; i + 4 <= n; i += 4) {
+        a0 = _mm512_xor_si512(a0, _mm512_load_si512(v + i));
+        a1 = _mm512_xor_si512(a1, _mm512_load_si512(v + i + 1));
+        a2 = _mm512_xor_si512(a2, _mm512_load_si512(v + i + 2));
+        a3 = _mm512_xor_si512(a3, _mm512_load_si512(v + i + 3));
+    }
+    for (; i < n; i++) a0 = _mm512_xor_si512(a0, _mm512_load_si512(v + i));
+    __m512i a = _mm512_xor_si512(_mm512_xor_si512(a0, a1), _mm512_xor_si512(a2, a3));
+    return (uint64_t)_mm512_reduce_add_epi64(a);
+#else
+    const uint64_t *w = (const uint64_t *)p;
+    uint64_t x = 0;
+    for (size_t i = 0; i < bytes / 8; i++) x ^= w[i];
+    return x;
+#endif
+}

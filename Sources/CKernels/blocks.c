@@ -203,19 +203,11 @@ void mi_quantize_q8_K(const float *x, int64_t ldx, int M, int K, int8_t *q, floa
     for (int m = 0; m < M; m++) {
         for (int b = 0; b < nb; b++) {
             const float *xb = x + (int64_t)m * ldx + b * 256;
-            float amax = 0;
-            for (int i = 0; i < 256; i++) amax = fmaxf(amax, fabsf(xb[i]));
+            float amax = abs_max(xb, 256);
             float inv = amax > 0 ? 127.0f / amax : 0.0f;
             int8_t *qb = q + (int64_t)m * K + b * 256;
-            for (int g = 0; g < 16; g++) {
-                int sum = 0;
-                for (int i = g * 16; i < g * 16 + 16; i++) {
-                    int v = (int)lrintf(xb[i] * inv);
-                    qb[i] = (int8_t)v;
-                    sum += v;
-                }
-                bsums[((int64_t)m * nb + b) * 16 + g] = sum;
-            }
+            for (int g = 0; g < 16; g++)
+                bsums[((int64_t)m * nb + b) * 16 + g] = round_to_int8(xb + g * 16, 16, inv, qb + g * 16);
             d[(int64_t)m * nb + b] = amax / 127.0f;
         }
     }

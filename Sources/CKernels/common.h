@@ -63,4 +63,43 @@ ALWAYS_INLINE float hsum256(__m256 v) {
                   case 5: FN(5, NR, __VA_ARGS__); break; default: FN(6, NR, __VA_ARGS__); break; }
 #endif
 
+/* Activation quantization's two passes over a block of n floats (the scalar loops define the
+ * result; the AVX-512 path, for n a multiple of 16, is bitwise the same: the same products,
+ * rounded to nearest-even as lrintf does in the default rounding mode). */
+ALWAYS_INLINE float abs_max(const float *x, int n) {
+#if defined(MI_AVX512)
+    if (n % 16 == 0) {
+        __m512 m = _mm512_setzero_ps();
+        for (int i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+        return _mm512_reduce_max_ps(m);
+    }
+#endif
+    float amax = 0;
+    for (int i = 0; i < n; i++) amax = fmaxf(amax, fabsf(x[i]));
+    return amax;
+}
+
+/// q[i] = round(x[i] · inv) (|x · inv| <= 127 by construction); returns Σ q.
+ALWAYS_INLINE int round_to_int8(const float *x, int n, float inv, int8_t *q) {
+#if defined(MI_AVX512)
+    if (n % 16 == 0) {
+        __m512 vinv = _mm512_set1_ps(inv);
+        __m512i sum = _mm512_setzero_si512();
+        for (int i = 0; i < n; i += 16) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv));
+            _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtsepi32_epi8(v));
+            sum = _mm512_add_epi32(sum, v);
+        }
+        return _mm512_reduce_add_epi32(sum);
+    }
+#endif
+    int sum = 0;
+    for (int i = 0; i < n; i++) {
+        int v = (int)lrintf(x[i] * inv);
+        q[i] = (int8_t)v;
+        sum += v;
+    }
+    return sum;
+}
+
 #endif

@@ -42,17 +42,10 @@ void mi_quantize_activations(const float *x, int64_t ldx, int M, int K, int bloc
         const float *row = x + (int64_t)m * ldx;
         for (int b = 0; b < nb; b++) {
             const float *xb = row + b * block;
-            float amax = 0;
-            for (int i = 0; i < block; i++) amax = fmaxf(amax, fabsf(xb[i]));
-            float scale = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0.0f;
-            int sum = 0;
-            for (int i = 0; i < block; i++) {
-                int v = (int)lrintf(xb[i] * inv);
-                q[(int64_t)m * K + b * block + i] = (int8_t)v;
-                sum += v;
-            }
-            scales[m * nb + b] = scale;
-            sums[m * nb + b] = sum;
+            float amax = abs_max(xb, block);
+            float inv = amax > 0 ? 127.0f / amax : 0.0f;
+            scales[m * nb + b] = amax / 127.0f;
+            sums[m * nb + b] = round_to_int8(xb, block, inv, q + (int64_t)m * K + b * block);
         }
     }
 }

@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define MI_PAUSE() _mm_pause()
@@ -70,12 +71,25 @@ static void *worker(void *unused) {
     return NULL;
 }
 
+/// Nanoseconds the calling thread spent handing jobs to the pool and waiting for parts run by
+/// other threads (per thread, since the process started): `bench --profile`'s "thread hand-offs".
+static _Thread_local uint64_t handoff_ns;
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+uint64_t mi_pool_handoff_ns(void) { return handoff_ns; }
+
 void mi_pool_run(int parts, mi_task_fn fn, void *ctx) {
     int expected = 0;
     if (parts <= 1 || parts > 0xFFFF || !atomic_compare_exchange_strong(&pool.busy, &expected, 1)) {
         for (int p = 0; p < parts; p++) fn(ctx, p);   // alone, or another job is running
         return;
     }
+    uint64_t start = now_ns();
     pthread_mutex_lock(&pool.lock);
     int want = parts - 1 < MI_MAX_WORKERS ? parts - 1 : MI_MAX_WORKERS;
     while (pool.workers < want) {
@@ -91,10 +105,13 @@ void mi_pool_run(int parts, mi_task_fn fn, void *ctx) {
     atomic_store_explicit(&pool.ticket, (uint64_t)job << 32 | (uint64_t)parts << 16, memory_order_release);
     if (pool.sleepers > 0) pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
+    uint64_t handed = now_ns();
     run_parts(job);
+    uint64_t ran = now_ns();
     // Every part is claimed; wait for the ones other threads run (spin briefly, then yield).
     for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < parts; spins++) {
         if (spins < MI_SPINS) MI_PAUSE(); else sched_yield();
     }
     atomic_store_explicit(&pool.busy, 0, memory_order_release);
+    handoff_ns += (handed - start) + (now_ns() - ran);
 }

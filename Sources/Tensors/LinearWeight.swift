@@ -133,6 +133,18 @@ public struct ShardSpec: Sendable {
     }
     public var outputs: Int { rows.reduce(0) { $0 + $1.count } }
     public var inputs: Int { columns.reduce(0) { $0 + $1.count } }
+    /// The tensors' kinds without layer number and suffix ("blk.3.ffn_gate.weight" → "ffn_gate"),
+    /// in order, joined by "|".
+    public var label: String {
+        var kinds: [String] = []
+        for t in tensors {
+            var name = Substring(t)
+            if name.hasPrefix("blk."), let dot = name.dropFirst(4).firstIndex(of: ".") { name = name[name.index(after: dot)...] }
+            if name.hasSuffix(".weight") { name = name.dropLast(7) }
+            if !kinds.contains(String(name)) { kinds.append(String(name)) }
+        }
+        return kinds.joined(separator: "|")
+    }
 
     /// The stored columns of a shard in a format of `unit`-input units: each piece becomes the
     /// whole units covering it (nil: zero weights), in order; the segments say where its logical
@@ -187,6 +199,9 @@ public final class LinearWeight: @unchecked Sendable {
     private let arena: WeightArena?
     /// Bytes read from memory by one pass over the weight (what this device stores for it).
     public let byteCount: Int
+    /// What the matrix is, from the tensors it holds ("attn_q|attn_k|attn_v", "ffn_down",
+    /// "output"): names its matmuls in `bench --profile`.
+    public internal(set) var label = ""
 
     /// The matrix the kernels run over: (outputs, inputs) padded to whole panels and units.
     public var storedShape: (outputs: Int, inputs: Int) { (windowOutputs, windowInputs) }
@@ -280,6 +295,7 @@ public final class LinearWeight: @unchecked Sendable {
             let paddedRows = kind.panelRows == 1 ? N : (N + kind.panelRows - 1) / kind.panelRows * kind.panelRows
             self.init(kind: kind, outputs: N, inputs: K, windowOutputs: paddedRows, windowInputs: window,
                       inputSegments: merged, outputSegments: [Segment(logical: 0, window: 0, count: N)], arena: arena)
+            label = spec.label
             // Each logical row's window in the file's block format (zero rows and pieces: zero
             // blocks), written by `writeRow`; repacked kinds stage a panel's rows, then pack.
             let fileUnit = kind.fileBlockBytes, fileRowBytes = window / u * fileUnit
@@ -353,6 +369,7 @@ public final class LinearWeight: @unchecked Sendable {
                 }
             }
         }
+        label = spec.label
     }
 
     // MARK: joining shards (weight-gathered layouts, Pope et al. §3.2.3)
@@ -375,6 +392,7 @@ public final class LinearWeight: @unchecked Sendable {
         let w = LinearWeight(kind: kind, outputs: outputs, inputs: inputs, windowOutputs: windowOutputs, windowInputs: windowInputs,
                              inputSegments: inputSegments, outputSegments: outputSegments)
         w.storage.copyMemory(from: UnsafeRawPointer(words.baseAddress!), byteCount: byteCount)
+        w.label = label
         return w
     }
 
@@ -409,6 +427,7 @@ public final class LinearWeight: @unchecked Sendable {
             windowOutputs: column.reduce(0) { $0 + $1.windowOutputs }, windowInputs: row.reduce(0) { $0 + $1.windowInputs },
             inputSegments: join(row, \.inputSegments, \.inputs, \.windowInputs),
             outputSegments: join(column, \.outputSegments, \.outputs, \.windowOutputs))
+        joined.label = first.label
         var at = joined.storage
         for tileRow in tiles {
             for p in 0..<(tileRow[0].windowOutputs / kind.panelRows) {
@@ -423,8 +442,9 @@ public final class LinearWeight: @unchecked Sendable {
 
     // MARK: the matmul
 
-    /// y (M x N) = x (M x K) · Wᵀ.
-    public func apply(_ x: Matrix, threads: WorkSplitter) -> Matrix {
+    /// y (M x N) = x (M x K) · Wᵀ. With a `profile`, the activations' quantization is timed
+    /// apart from the matmul (class "quantize_activations").
+    public func apply(_ x: Matrix, threads: WorkSplitter, profile: OpProfile? = nil) -> Matrix {
         precondition(x.columns == inputs, "linear: input has \(x.columns) columns, weight expects \(inputs)")
         let M = x.rows, K = windowInputs, N = windowOutputs
         // Inputs spread over the window, zeros where no logical column sits.
@@ -439,6 +459,10 @@ public final class LinearWeight: @unchecked Sendable {
         }
         // Every kernel stores (does not accumulate into) each output it computes.
         let y = Matrix(uninitializedRows: M, columns: N)
+        // Reads M·K floats, writes M·K codes and a few parameters per block.
+        func quantizing(_ body: () -> Void) {
+            if let profile { profile.measure("quantize_activations", bytes: Double(M * K * 5), body) } else { body() }
+        }
         if M > 0 {
             // Handing parts to the pool's spinning workers costs about a microsecond; below this
             // size a matmul gains less than that from a second core.
@@ -454,7 +478,7 @@ public final class LinearWeight: @unchecked Sendable {
                 let xs = UnsafeMutablePointer<Float>.allocate(capacity: M * K / int8Group)
                 let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / int8Group)
                 defer { q.deallocate(); xs.deallocate(); sums.deallocate() }
-                mi_quantize_activations(xw.data, Int64(K), Int32(M), Int32(K), Int32(int8Group), q, xs, sums)
+                quantizing { mi_quantize_activations(xw.data, Int64(K), Int32(M), Int32(K), Int32(int8Group), q, xs, sums) }
                 let w = storage.assumingMemoryBound(to: UInt8.self)
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_int8(q, xs, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
@@ -465,7 +489,7 @@ public final class LinearWeight: @unchecked Sendable {
                 let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
                 let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 32)
                 defer { q.deallocate(); d.deallocate(); s.deallocate(); sums.deallocate() }
-                mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s, sums)
+                quantizing { mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s, sums) }
                 let w = storage.assumingMemoryBound(to: UInt8.self), type = kind.blocks32Type!
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_blocks32(type, q, d, s, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
@@ -475,7 +499,7 @@ public final class LinearWeight: @unchecked Sendable {
                 let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 256)
                 let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 16)
                 defer { q.deallocate(); d.deallocate(); sums.deallocate() }
-                mi_quantize_q8_K(xw.data, Int64(K), Int32(M), Int32(K), q, d, sums)
+                quantizing { mi_quantize_q8_K(xw.data, Int64(K), Int32(M), Int32(K), q, d, sums) }
                 let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), kind = kind
                 threads.parallelFor(N, granule: 16) { r in
                     if kind == .q4_K {

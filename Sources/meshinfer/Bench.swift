@@ -3,19 +3,30 @@ import Foundation
 import Runtime
 import Tensors
 import CostModel
+import CKernels
 import Partitioning
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.")
+        abstract: "Measure prompt processing (ppN) and generation (tgN) speed, like llama-bench.",
+        discussion: """
+            Each row also gives the bytes a step reads per second (weights once per pass, plus the KV \
+            cache attended) against the roofline: this host's streaming rate measured in the same run \
+            (a 1 GiB huge-page buffer read with the row's thread count, best of 5). --profile times \
+            each op class where it runs (device 0 of a mesh).
+            """)
 
     @Option(help: "GGUF model file (default: the cached default model).") var model: String?
     @Option(name: [.customShort("p"), .long], help: "Prompt tokens for the pp test (0 = skip).") var promptTokens: Int = 512
     @Option(name: [.customShort("n"), .long], help: "Generated tokens for the tg test (0 = skip).") var genTokens: Int = 128
+    @Option(name: [.customShort("d"), .long], help: "Tokens already in every sequence's cache before the timed run (untimed prefill), like llama-bench -d.")
+    var depth: Int = 0
     @Option(help: "Comma-separated weight formats.") var weights: String = "native,int8"
     @Option(help: "Comma-separated thread counts.") var threads: String = "1"
     @Option(name: [.customShort("r"), .long], help: "Repetitions (median, min, max reported).") var repetitions: Int = 5
-    @Option(help: "Sequences per batch (tokens/s counts all of them).") var batch: Int = 1
+    @Option(help: "Comma-separated sequences per batch (tokens/s counts all of them).") var batch: String = "1"
+    @Flag(help: "Time every op class of a step (matmul by weight, attention, norms, activation quantization, sampling, thread hand-offs, collectives) beside the bytes it moves and its roofline time.")
+    var profile = false
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var meshOptions: MeshOptions
 
@@ -25,93 +36,120 @@ struct Bench: ParsableCommand {
         try runAcrossRanks(model: options, mesh: meshOptions) { try lead() }
     }
 
+    func list<T>(_ text: String, _ what: String, _ parse: (String) -> T?) throws -> [T] {
+        try text.split(separator: ",").map { s in
+            guard let v = parse(String(s)) else { throw ValidationError("bad \(what) '\(s)'") }
+            return v
+        }
+    }
+
     func lead() throws {
-        let formats = try weights.split(separator: ",").map { s -> WeightFormat in
-            guard let f = WeightFormat(rawValue: String(s)) else { throw ValidationError("unknown weight format '\(s)'") }
-            return f
-        }
-        let threadCounts = try threads.split(separator: ",").map { s -> Int in
-            guard let t = Int(s), t >= 1 else { throw ValidationError("bad thread count '\(s)'") }
-            return t
-        }
+        let formats = try list(weights, "weight format") { WeightFormat(rawValue: $0) }
+        let threadCounts = try list(threads, "thread count") { Int($0).flatMap { $0 >= 1 ? $0 : nil } }
+        let batches = try list(batch, "batch size") { Int($0).flatMap { $0 >= 1 ? $0 : nil } }
         guard repetitions >= 1 else { throw ValidationError("--repetitions must be >= 1") }
-        guard batch >= 1 else { throw ValidationError("--batch must be >= 1") }
+        guard depth >= 0 else { throw ValidationError("--depth must be >= 0") }
+        var roofline = Roofline()
         var rows: [[String: Any]] = []
         for format in formats {
             for t in threadCounts {
-                var modelOptions = ModelOptions()
-                modelOptions.model = model
-                modelOptions.weights = format
-                modelOptions.threads = t
-                let (batch, promptTokens, genTokens) = (batch, promptTokens, genTokens)
-                let session = try Session(model: modelOptions, mesh: meshOptions) { _ in
-                    Workload(batch: batch, promptTokens: max(1, promptTokens), generateTokens: genTokens)
-                }
-                let engine = session.engine
-                let config = engine.config
-                var rng = SplitMix64(seed: 1)
-                let randomTokens = { (n: Int) in (0..<n).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) } }
-                for test in [("pp", promptTokens), ("tg", genTokens)] where test.1 > 0 {
-                    var rates: [Double] = []
-                    var commShare: [Double] = []
-                    _ = try timeRun(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) })   // warm-up
-                    for _ in 0..<repetitions {
-                        try session.meshEngine.resetCounters()
-                        rates.append(try timeRun(engine, test.0, test.1, (0..<batch).map { _ in randomTokens(test.1) }))
-                        if session.meshEngine.wallSeconds > 0 { let m = session.meshEngine;  commShare.append(m.communicationSeconds / m.wallSeconds) }
-                    }
-                    rates.sort()
-                    commShare.sort()
-                    let median = rates[rates.count / 2]
-                    // Work per token: every matrix once (2 FLOPs per weight); bytes: every
-                    // weight once per decode step (per prompt batch for pp).
-                    let flopsPerToken = 2.0 * Double(config.parameterCount)
-                    // The weight bytes every device holds (each shard once, in the format it runs).
-                    let bytesPerStep = Double(try session.meshEngine.weightsByDevice().reduce(0) { $0 + $1.weightBytes })
-                    let steps = test.0 == "tg" ? median / Double(batch) : median / Double(test.1 * batch)
-                    let gbps = bytesPerStep * steps / 1e9
-                    var row: [String: Any] = [
-                        "test": "\(test.0)\(test.1)", "weights": format.rawValue, "threads": t, "batch": batch,
-                        "mesh": session.meshEngine.mesh.description,
-                        "tokens_per_s_median": rounded(median, 2), "tokens_per_s_min": rounded(rates.first!, 2),
-                        "tokens_per_s_max": rounded(rates.last!, 2), "repetitions": repetitions,
-                        "gb_per_s": rounded(gbps, 2), "gflop_per_s": rounded(flopsPerToken * median / 1e9, 2),
-                    ]
-                    var meshText = ""
-                    if !commShare.isEmpty {
-                        let m = session.meshEngine
-                        let share = commShare[commShare.count / 2]
-                        let stepSeconds = 1 / steps
-                        row["layouts"] = ["prefill": "\(m.prefill)", "decode": "\(m.decode)"]
-                        row["step_s"] = rounded(stepSeconds, 6)
-                        row["compute_s"] = rounded(stepSeconds * (1 - share), 6)
-                        row["communication_s"] = rounded(stepSeconds * share, 6)
-                        meshText = String(format: "  mesh %@ %@: step %.2f ms = compute %.2f + communication %.2f",
-                                          m.mesh.description, test.0 == "pp" ? "\(m.prefill)" : "\(m.decode)",
-                                          stepSeconds * 1e3, stepSeconds * (1 - share) * 1e3, stepSeconds * share * 1e3)
-                    }
-                    // The cost model's prediction for the same run, from `meshinfer calibrate`'s numbers.
-                    var predictedText = ""
-                    if let predicted = try predictedRate(session: session, test: test.0, tokens: test.1, format: format, threads: t) {
-                        row["predicted_tokens_per_s"] = rounded(predicted, 2)
-                        row["predicted_error"] = rounded(predicted / median - 1, 4)
-                        predictedText = String(format: "  predicted %.2f tok/s (%+.0f%%)", predicted, (predicted / median - 1) * 100)
-                    }
-                    rows.append(row)
-                    meshText += predictedText
-                    if !json {
-                        print(String(format: "%-8@ %-7@ threads %2d batch %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s  %7.2f GFLOP/s%@",
-                                     "\(test.0)\(test.1)", format.rawValue, t, batch, median, rates.first!, rates.last!, gbps,
-                                     flopsPerToken * median / 1e9, meshText))
-                    }
+                for batch in batches {
+                    rows += try measure(format: format, threads: t, batch: batch, roofline: &roofline)
                 }
             }
         }
         if json { writeJSON(["model": model ?? ModelStore().defaultModelPath, "simd_level": Tensors.simdLevel, "results": rows]) }
     }
 
-    /// Tokens/s the cost model predicts for a pp or tg run, if this host has been calibrated.
-    func predictedRate(session: Session, test: String, tokens: Int, format: WeightFormat, threads t: Int) throws -> Double? {
+    /// The pp and tg rows of one (format, threads, batch).
+    func measure(format: WeightFormat, threads t: Int, batch: Int, roofline: inout Roofline) throws -> [[String: Any]] {
+        var modelOptions = ModelOptions()
+        modelOptions.model = model
+        modelOptions.weights = format
+        modelOptions.threads = t
+        let (promptTokens, genTokens, depth) = (promptTokens, genTokens, depth)
+        let session = try Session(model: modelOptions, mesh: meshOptions) { _ in
+            Workload(batch: batch, promptTokens: max(1, promptTokens, depth), generateTokens: genTokens)
+        }
+        let engine = session.engine, runner = session.meshEngine
+        let config = engine.config
+        var rng = SplitMix64(seed: 1)
+        let randomTokens = { (n: Int) in (0..<n).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) } }
+        // An in-process mesh runs at least one thread per device.
+        let streamRate = roofline.bytesPerSecond(threads: runner is MeshEngine ? max(t, runner.mesh.deviceCount) : t)
+        let weightBytes = Double(try runner.weightsByDevice().reduce(0) { $0 + $1.weightBytes })   // every device's shards
+        var rows: [[String: Any]] = []
+        for test in [("pp", promptTokens), ("tg", genTokens)] where test.1 > 0 {
+            let run = BenchRun(kind: test.0, tokens: test.1, depth: depth, batch: batch)
+            var rates: [Double] = []
+            var commShare: [Double] = []
+            var profiled = ProfileTotals()
+            _ = try run.time(engine, run.inputs(randomTokens), profile: nil)   // warm-up
+            for _ in 0..<repetitions {
+                try runner.resetCounters()
+                let op = profile ? OpProfile() : nil
+                runner.profile = op
+                defer { runner.profile = nil }
+                let (rate, seconds) = try run.time(engine, run.inputs(randomTokens), profile: op)
+                rates.append(rate)
+                if let op { profiled.add(op, wallSeconds: seconds) }
+                if runner.wallSeconds > 0 { commShare.append(runner.communicationSeconds / runner.wallSeconds) }
+            }
+            rates.sort()
+            commShare.sort()
+            let median = rates[rates.count / 2]
+            // Work per token: every matrix once (2 FLOPs per weight). Bytes per pass: every weight
+            // once, plus the KV cache the pass attends.
+            let flopsPerToken = 2.0 * Double(config.parameterCount)
+            let passes = test.0 == "tg" ? median / Double(batch) : median / Double(test.1 * batch)   // passes per second
+            let kvBytes = run.kvBytesPerPass(config)
+            let gbps = (weightBytes + kvBytes) * passes / 1e9
+            var row: [String: Any] = [
+                "test": run.name, "weights": format.rawValue, "threads": t, "batch": batch, "depth": depth,
+                "mesh": runner.mesh.description,
+                "tokens_per_s_median": rounded(median, 2), "tokens_per_s_min": rounded(rates.first!, 2),
+                "tokens_per_s_max": rounded(rates.last!, 2), "repetitions": repetitions,
+                "weight_bytes": Int(weightBytes), "kv_bytes_per_pass": Int(kvBytes),
+                "gb_per_s": rounded(gbps, 2), "gflop_per_s": rounded(flopsPerToken * median / 1e9, 2),
+                "roofline_gb_per_s": rounded(streamRate / 1e9, 2), "roofline_percent": rounded(gbps * 1e9 / streamRate * 100, 1),
+            ]
+            var meshText = ""
+            if !commShare.isEmpty {
+                let share = commShare[commShare.count / 2]
+                let stepSeconds = 1 / passes
+                row["layouts"] = ["prefill": "\(runner.prefill)", "decode": "\(runner.decode)"]
+                row["step_s"] = rounded(stepSeconds, 6)
+                row["compute_s"] = rounded(stepSeconds * (1 - share), 6)
+                row["communication_s"] = rounded(stepSeconds * share, 6)
+                meshText = String(format: "  mesh %@ %@: step %.2f ms = compute %.2f + communication %.2f",
+                                  runner.mesh.description, test.0 == "pp" ? "\(runner.prefill)" : "\(runner.decode)",
+                                  stepSeconds * 1e3, stepSeconds * (1 - share) * 1e3, stepSeconds * share * 1e3)
+            }
+            // The cost model's prediction for the same run, from `meshinfer calibrate`'s numbers.
+            var predictedText = ""
+            if let predicted = try predictedRate(session: session, run: run, format: format, threads: t) {
+                row["predicted_tokens_per_s"] = rounded(predicted, 2)
+                row["predicted_error"] = rounded(predicted / median - 1, 4)
+                predictedText = String(format: "  predicted %.2f tok/s (%+.0f%%)", predicted, (predicted / median - 1) * 100)
+            }
+            let perPass = test.0 == "tg" ? test.1 * repetitions : repetitions
+            if profile {
+                row["profile_per"] = test.0 == "tg" ? "decode_step" : "prefill_pass"
+                row["profile"] = profiled.json(perPass: perPass, streamRate: streamRate)
+            }
+            rows.append(row)
+            if !json {
+                print(String(format: "%-12@ %-7@ threads %2d batch %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s (%.0f%% of %.1f)  %7.2f GFLOP/s%@%@",
+                             run.name, format.rawValue, t, batch, median, rates.first!, rates.last!, gbps, gbps * 1e9 / streamRate * 100,
+                             streamRate / 1e9, flopsPerToken * median / 1e9, meshText, predictedText))
+                if profile { print(profiled.table(perPass: perPass, streamRate: streamRate, per: test.0 == "tg" ? "decode step" : "prefill pass")) }
+            }
+        }
+        return rows
+    }
+
+    /// Tokens/s the cost model predicts for a run, if this host has been calibrated.
+    func predictedRate(session: Session, run: BenchRun, format: WeightFormat, threads t: Int) throws -> Double? {
         guard var host = loadHostCalibration() else { return nil }
         if session.meshEngine is ProcessMeshEngine {
             guard let mpi = host.overMPI else { return nil }   // run `calibrate --transport mpi`
@@ -119,25 +157,131 @@ struct Bench: ParsableCommand {
         }
         let mesh = session.meshEngine.mesh
         let precision = WeightPrecision(format)
-        let layout = test == "pp" ? session.meshEngine.prefill : session.meshEngine.decode
+        let layout = run.kind == "pp" ? session.meshEngine.prefill : session.meshEngine.decode
         return try predictedRunRate(host: host, calibration: host.calibration(for: precision, activeThreads: t),
                                     config: session.engine.config, mesh: mesh, layout: layout, precision: precision,
-                                    threads: t, test: test, tokens: tokens, batch: batch)
+                                    threads: t, test: run.kind, tokens: run.tokens, batch: run.batch, depth: run.depth)
     }
-
 }
 
-/// One pp (a single prefill of n tokens per sequence) or tg (n decode steps) run on fresh
-/// caches; returns tokens per second over all sequences.
-func timeRun(_ engine: any ForwardEngine<MeshSequence>, _ kind: String, _ n: Int, _ tokens: [[Int]]) throws -> Double {
-    let caches = tokens.map { _ in engine.makeCache(limit: n + 1) }
-    let start = Date()
-    if kind == "pp" {
-        _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: $1) })
-    } else {
-        for i in 0..<n { _ = try engine.forward(zip(caches, tokens).map { SequenceInput(cache: $0, tokens: [$1[i]]) }) }
+/// One timed run of `bench`: a prefill of `tokens` per sequence ("pp"), or `tokens` decode
+/// steps ("tg"), on fresh caches already holding `depth` tokens (prefilled untimed).
+struct BenchRun {
+    let kind: String
+    let tokens: Int
+    let depth: Int
+    let batch: Int
+
+    /// llama-bench's names: pp512, tg128, tg128 @ d512.
+    var name: String { "\(kind)\(tokens)" + (depth > 0 ? " @ d\(depth)" : "") }
+
+    /// Each sequence's depth tokens, then its timed tokens.
+    func inputs(_ random: (Int) -> [Int]) -> [[Int]] { (0..<batch).map { _ in random(depth + tokens) } }
+
+    /// Runs it; returns tokens/s over all sequences and the timed seconds. With a profile, each
+    /// decode step's logits are also sampled greedily (timed as "sampling"); the depth prefill
+    /// is not profiled.
+    func time(_ engine: any ForwardEngine<MeshSequence>, _ inputs: [[Int]], profile: OpProfile?) throws -> (Double, Double) {
+        let caches = inputs.map { _ in engine.makeCache(limit: depth + tokens + 1) }
+        if depth > 0 { _ = try engine.forward(zip(caches, inputs).map { SequenceInput(cache: $0, tokens: Array($1.prefix(depth))) }) }
+        profile?.reset()
+        let start = Date()
+        if kind == "pp" {
+            _ = try engine.forward(zip(caches, inputs).map { SequenceInput(cache: $0, tokens: Array($1[depth...])) })
+        } else {
+            for i in depth..<(depth + tokens) {
+                let logits = try engine.forward(zip(caches, inputs).map { SequenceInput(cache: $0, tokens: [$1[i]]) })
+                if let profile {
+                    profile.measure("sampling", bytes: Double(logits.count * engine.config.vocabularySize * 4)) {
+                        for l in logits { _ = topLogits(UnsafeBufferPointer(start: l.row(0), count: l.columns), k: 1) }
+                    }
+                }
+            }
+        }
+        let seconds = Date().timeIntervalSince(start)
+        return (Double(tokens * inputs.count) / seconds, seconds)
     }
-    return Double(n * tokens.count) / Date().timeIntervalSince(start)
+
+    /// Bytes of KV cache (f32 keys and values) one pass must read, over all sequences: each
+    /// sequence's attended positions once per layer — the mean over the run's decode steps, or
+    /// the span the prefill's rows attend together.
+    func kvBytesPerPass(_ config: ModelConfig) -> Double {
+        let passes = kind == "tg" ? (depth..<(depth + tokens)).map { $0..<($0 + 1) } : [depth..<(depth + tokens)]
+        var positions = 0
+        for pass in passes {
+            for l in 0..<config.layers { positions += pass.upperBound - config.firstAttended(layer: l, position: pass.lowerBound) }
+        }
+        let perPosition = Double(2 * config.kvHeads * config.headDimension * 4)
+        return Double(positions) * perPosition * Double(batch) / Double(passes.count)
+    }
+}
+
+/// `bench --profile`'s op-class totals over a row's repetitions, with their wall time (the
+/// remainder, not inside any timed op, is "other": glue between ops, allocation, bookkeeping).
+struct ProfileTotals {
+    var entries: [String: OpProfile.Entry] = [:]
+    var wallSeconds = 0.0
+
+    mutating func add(_ profile: OpProfile, wallSeconds: Double) {
+        for (op, e) in profile.entries {
+            entries[op, default: .init()].seconds += e.seconds
+            entries[op, default: .init()].bytes += e.bytes
+            entries[op, default: .init()].calls += e.calls
+        }
+        self.wallSeconds += wallSeconds
+    }
+
+    /// Per pass, largest first, "other" last.
+    func perPass(_ n: Int) -> [(op: String, seconds: Double, bytes: Double)] {
+        let classes = entries.map { (op: $0.key, seconds: $0.value.seconds / Double(n), bytes: $0.value.bytes / Double(n)) }
+            .sorted { $0.seconds > $1.seconds }
+        let timed = entries.values.reduce(0) { $0 + $1.seconds }
+        return classes + [(op: "other", seconds: max(0, wallSeconds - timed) / Double(n), bytes: 0)]
+    }
+
+    func json(perPass n: Int, streamRate: Double) -> [String: Any] {
+        var out: [String: Any] = [:]
+        for c in perPass(n) {
+            out[c.op] = ["seconds": rounded(c.seconds, 7), "bytes": Int(c.bytes), "roofline_seconds": rounded(c.bytes / streamRate, 7)]
+        }
+        return out
+    }
+
+    func table(perPass n: Int, streamRate: Double, per: String) -> String {
+        let classes = perPass(n)
+        let total = wallSeconds / Double(n)
+        var lines = [String(format: "  profile of one %@ (%.3f ms):  %-34@ %9@ %6@ %10@ %12@", per, total * 1e3, "op class", "ms", "share", "MB", "roofline ms")]
+        for c in classes {
+            lines.append(String(format: "  %@  %-34@ %9.3f %5.1f%% %10.3f %12.3f", String(repeating: " ", count: 25), c.op, c.seconds * 1e3,
+                                c.seconds / total * 100, c.bytes / 1e6, c.bytes / streamRate * 1e3))
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+/// What one core (or the row's threads) can stream from memory, measured once per thread count
+/// in the process: a 1 GiB buffer on huge pages, read whole with the widest loads, best of 5.
+struct Roofline {
+    private var measured: [Int: Double] = [:]
+
+    mutating func bytesPerSecond(threads: Int) -> Double {
+        if let r = measured[threads] { return r }
+        let bytes = 1 << 30, parts = 64
+        guard let buffer = mi_huge_alloc(bytes) else { return .nan }
+        defer { mi_huge_free(buffer) }
+        memset(buffer, 1, bytes)   // fault every page in before timing
+        let splitter = WorkSplitter(threads: threads)
+        var best = 0.0
+        for _ in 0..<5 {
+            let start = DispatchTime.now().uptimeNanoseconds
+            splitter.parallelFor(parts) { range in
+                for p in range { _ = mi_stream_read(buffer + p * (bytes / parts), bytes / parts) }
+            }
+            best = max(best, Double(bytes) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
+        }
+        measured[threads] = best
+        return best
+    }
 }
 
 extension WeightPrecision {
@@ -151,15 +295,15 @@ extension WeightPrecision {
     }
 }
 
-/// Tokens/s the cost model gives this host for one `bench`-style run (`timeRun`): a prefill of
+/// Tokens/s the cost model gives this host for one `bench`-style run (`BenchRun`): a prefill of
 /// `tokens` per sequence ("pp"), or `tokens` decode steps from an empty cache ("tg").
 func predictedRunRate(host: HostCalibration, calibration: Calibration, config: ModelConfig, mesh: Mesh, layout: PhaseLayout,
-                      precision: WeightPrecision, threads: Int, test: String, tokens: Int, batch: Int) throws -> Double {
+                      precision: WeightPrecision, threads: Int, test: String, tokens: Int, batch: Int, depth: Int = 0) throws -> Double {
     let prefill = test == "pp"
     let hardware = host.hardware(weights: precision, threadsPerDevice: max(1, threads / mesh.deviceCount), activeThreads: threads)
     let p = try CostModel(hardware: hardware, calibration: calibration).predict(
         model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh, layout: layout,
         phase: prefill ? .prefill : .decode, batch: batch, inputTokens: prefill ? tokens : 1,
-        generateTokens: prefill ? 1 : tokens, context: prefill ? nil : 0, weights: precision)
+        generateTokens: prefill ? 1 : tokens, context: prefill ? nil : depth, weights: precision)
     return Double(batch * tokens) / p.latencySeconds
 }

@@ -159,8 +159,9 @@ struct Calibrate: ParsableCommand {
                 // measured rate / the model's rate at kernel speed (efficiencies 1): the fraction of
                 // the kernel rates a whole pass achieves.
                 func efficiency(_ test: String, _ n: Int) throws -> Double {
-                    _ = try timeRun(loaded.engine, test, n, [Array(tokens.prefix(n))])
-                    let measured = try (0..<5).map { _ in try timeRun(loaded.engine, test, n, [Array(tokens.prefix(n))]) }.sorted()[2]
+                    let run = BenchRun(kind: test, tokens: n, depth: 0, batch: 1)
+                    _ = try run.time(loaded.engine, [Array(tokens.prefix(n))], profile: nil)
+                    let measured = try (0..<5).map { _ in try run.time(loaded.engine, [Array(tokens.prefix(n))], profile: nil).0 }.sorted()[2]
                     let predicted = try predictedRunRate(host: host, calibration: host.calibration(), config: config, mesh: .single,
                                                          layout: layout, precision: precision, threads: t, test: test, tokens: n, batch: 1)
                     return min(1.5, measured / predicted)

@@ -1,7 +1,9 @@
+import Foundation
 import Collectives
 import CostModel
 import Partitioning
 @testable import Runtime
+import Tensors
 import Testing
 import Transformer
 
@@ -19,6 +21,37 @@ struct TraceTests {
     static let cases: [Case] = [false, true].flatMap { p in
         ["1", "2", "4", "2x2", "2x2x2"].flatMap { m in
             FeedForwardLayout.allCases.flatMap { f in AttentionLayout.allCases.map { Case(parallel: p, mesh: m, ffn: f, attention: $0) } }
+        }
+    }
+
+    /// `bench --profile`'s op classes, on device 0 of meshes of 1 and 2 with both attention
+    /// layouts, against what the execution log counted in the same pass: one matmul per layer
+    /// matrix plus the unembedding, each under its tensors' names; the attention class's bytes
+    /// equal the KV bytes the log saw; every class's time is positive and together within the
+    /// pass's wall time.
+    @Test(arguments: ["1", "2"], AttentionLayout.allCases)
+    func profileAgreesWithTheExecutionLog(meshText: String, attention: AttentionLayout) throws {
+        let config = ModelConfig.gemmaTiny()
+        let mesh = try Mesh(parsing: meshText)
+        let layout = PhaseLayout(.weightStationary1D, attention)
+        let engine = try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: mesh,
+                                    prefill: layout, decode: layout, format: .int8, threads: 1)
+        let caches = (0..<3).map { _ in engine.makeCache() }
+        for (step, n) in [7, 1].enumerated() {
+            let log = ExecutionLog(), profile = OpProfile()
+            engine.executionLogs = (0..<mesh.deviceCount).map { $0 == 0 ? log : ExecutionLog() }
+            engine.profile = profile
+            let start = Date()
+            _ = try engine.forward(caches.enumerated().map { i, c in SequenceInput(cache: c, tokens: (0..<n).map { (i * 5 + $0 + step) % 90 }) })
+            let wall = Date().timeIntervalSince(start)
+            let matmuls = profile.entries.filter { $0.key.hasPrefix("matmul ") }
+            #expect(Set(matmuls.keys) == ["matmul attn_q|attn_k|attn_v", "matmul attn_output", "matmul ffn_gate|ffn_up", "matmul ffn_down",
+                                          "matmul token_embd"], "\(matmuls.keys.sorted())")
+            #expect(matmuls.values.reduce(0) { $0 + $1.calls } == 4 * config.layers + 1)
+            #expect(profile.entries["attention"]?.calls == config.layers)
+            #expect(profile.entries["attention"]?.bytes == log.kvBytes, "\(meshText) \(attention) step \(step)")
+            #expect(profile.entries.values.allSatisfy { $0.seconds > 0 || $0.calls == 0 })
+            #expect(profile.totalSeconds <= wall)
         }
     }
 

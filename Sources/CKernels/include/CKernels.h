@@ -95,6 +95,8 @@ double mi_sum_squares(const float *x, int n);
 void mi_rms_scale(const float *x, const float *w, int n, double sumSquares, int count, float eps, float *out);
 /// out[i] = silu(gate[i]) * up[i]
 void mi_swiglu(const float *gate, const float *up, int n, float *out);
+/// out = gelu_tanh(gate) * up, elementwise (n floats).
+void mi_geglu(const float *gate, const float *up, int n, float *out);
 
 /// Causal attention of one query row against `count` cached positions for all heads.
 /// q: H*Q floats; k, v: cache rows with stride kvStride floats, head g at offset g*Q;
@@ -113,6 +115,14 @@ void mi_keep_freed_memory(void);
  * from inside a part, runs its parts on the caller alone. */
 typedef void (*mi_task_fn)(void *ctx, int part);
 void mi_pool_run(int parts, mi_task_fn fn, void *ctx);
+/* Nanoseconds the calling thread has spent in mi_pool_run handing out a job and waiting for the
+ * parts other threads ran (not running parts itself), since it started. */
+uint64_t mi_pool_handoff_ns(void);
+
+/* Reads `bytes` (a multiple of 64, 64-byte aligned) once with the widest loads the target has and
+ * returns a value depending on every byte: how fast this core can stream memory (the roofline of
+ * a bandwidth-bound pass). */
+uint64_t mi_stream_read(const void *p, size_t bytes);
 
 /* 2 MiB-aligned memory of at least `bytes` (rounded up to 2 MiB), advised MADV_HUGEPAGE before
  * first touch, so it streams from transparent huge pages where the kernel allows them

@@ -67,6 +67,10 @@ extension DeviceProgram {
     /// One collective through the communicator, entered in the execution log with the bytes the
     /// transport itself counted.
     func collective(_ kind: CollectiveKind, _ data: [Float], _ axes: AxisSet, _ site: CollectiveSite) throws -> [Float] {
+        try timed("collectives", bytes: Double(data.count * 4)) { try loggedCollective(kind, data, axes, site) }
+    }
+
+    private func loggedCollective(_ kind: CollectiveKind, _ data: [Float], _ axes: AxisSet, _ site: CollectiveSite) throws -> [Float] {
         guard let log else { return try comm.collective(kind, data, over: axes, site: site) }
         let before = comm.traffic.sentBytes()
         let out = try comm.collective(kind, data, over: axes, site: site)

@@ -30,7 +30,7 @@ struct HeadPrep {
 extension ModelConfig {
     /// The first cached position a query at `position` attends to in `layer` (0 unless the
     /// layer is local: then the sliding window, the query included).
-    func firstAttended(layer: Int, position: Int) -> Int {
+    public func firstAttended(layer: Int, position: Int) -> Int {
         isLocal(layer: layer) ? max(0, position + 1 - slidingWindow!) : 0
     }
 }

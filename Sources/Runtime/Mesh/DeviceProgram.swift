@@ -80,6 +80,8 @@ struct DeviceProgram {
     var overlap = false
     /// Where to record what this pass did (tests of trace == execution), or nil.
     var log: ExecutionLog? = nil
+    /// Where to time this pass's ops per class (`bench --profile`), or nil.
+    var profile: OpProfile? = nil
 
     var ffn: FeedForwardLayout { layout.feedForward }
     var placement: BatchPlacement { BatchPlacement(mesh: mesh, layout: ffn) }
@@ -107,6 +109,10 @@ struct DeviceProgram {
     /// are all-reduced over the axes E is split over (a B·L-element collective), then each
     /// device scales its own columns.
     func norm(_ x: Matrix, _ weight: [Float], axes: AxisSet, _ site: CollectiveSite) throws -> Matrix {
+        try timed("norms", bytes: Double(x.rows * x.columns * 8)) { try normUntimed(x, weight, axes: axes, site) }
+    }
+
+    private func normUntimed(_ x: Matrix, _ weight: [Float], axes: AxisSet, _ site: CollectiveSite) throws -> Matrix {
         var sums = (0..<x.rows).map { Float(mi_sum_squares(x.row($0), Int32(x.columns))) }   // (B·L)
         if mesh.size(axes) > 1 { sums = try collective(.allReduce, sums, axes, site) }
         let chunk = mesh.index(of: rank, within: axes) * x.columns
@@ -123,7 +129,17 @@ struct DeviceProgram {
     /// x · Wᵀ, entered in the execution log with the shapes the kernel runs over.
     func multiply(_ x: Matrix, _ w: LinearWeight) -> Matrix {
         log?.matmul(rows: x.rows, w)
-        return w.apply(x, threads: threads)
+        // Reads the weight once and the input, writes the output.
+        return timed("matmul " + w.label, bytes: Double(w.byteCount + 4 * x.rows * (w.inputs + w.outputs))) {
+            w.apply(x, threads: threads, profile: profile)
+        }
+    }
+
+    /// Runs `body`, charged to op class `op` when this pass is profiled.
+    @inline(__always)
+    func timed<T>(_ op: String, bytes: @autoclosure () -> Double = 0, _ body: () throws -> T) rethrows -> T {
+        guard let profile else { return try body() }
+        return try profile.measure(op, bytes: bytes(), body)
     }
 
     /// Σ xᵢ · Wᵢᵀ (the parallel block's two W_out products, or one).
@@ -151,10 +167,12 @@ struct DeviceProgram {
         var x = Matrix(rows: rows.count, columns: width)
         let startOf = Dictionary(uniqueKeysWithValues: batch.entries.map { ($0.sequence, $0.start) })
         var embedded = [Float](repeating: 0, count: E)
-        for (r, info) in rows.enumerated() where !info.isPadding {
-            let token = tokenOf[info.sequence]![info.position - startOf[info.sequence]!]
-            try embedded.withUnsafeMutableBufferPointer { try weights.embedding.readRows("token_embd.weight", token..<(token + 1), into: $0.baseAddress!) }
-            for c in 0..<width { x[r, c] = embedded[start + c] * config.embeddingScale }
+        try timed("embedding", bytes: Double(rows.count * (E + width) * 4)) {
+            for (r, info) in rows.enumerated() where !info.isPadding {
+                let token = tokenOf[info.sequence]![info.position - startOf[info.sequence]!]
+                try embedded.withUnsafeMutableBufferPointer { try weights.embedding.readRows("token_embd.weight", token..<(token + 1), into: $0.baseAddress!) }
+                for c in 0..<width { x[r, c] = embedded[start + c] * config.embeddingScale }
+            }
         }
         let run = LayerRun(program: self, rows: rows, batch: batch)
         var value = DeviceValue.ready(x)
@@ -173,8 +191,10 @@ struct DeviceProgram {
         hidden = try gatherColumns([hidden], ffn.residualAxes, CollectiveSite(.unembedding, .logitRows))[0]
         hidden = try gatherRows(hidden, ffn.batchAxes, CollectiveSite(.unembedding, .logitRows))
         let normed = Matrix(rows: hidden.rows, columns: E)
-        weights.outputNorm.withUnsafeBufferPointer { w in
-            for r in 0..<hidden.rows { mi_rmsnorm(hidden.row(r), w.baseAddress!, Int32(E), config.normEpsilon, normed.row(r)) }
+        timed("norms", bytes: Double(hidden.rows * E * 8)) {
+            weights.outputNorm.withUnsafeBufferPointer { w in
+                for r in 0..<hidden.rows { mi_rmsnorm(hidden.row(r), w.baseAddress!, Int32(E), config.normEpsilon, normed.row(r)) }
+            }
         }
         let logits = try gatherColumns([multiply(normed, weights.output)], .xyz, CollectiveSite(.unembedding, .logits))[0]
         // Map gathered rows back to sequences: group g's rows are its wanted rows, in order.

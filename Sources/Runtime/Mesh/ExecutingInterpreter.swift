@@ -79,9 +79,14 @@ struct LayerRun: LayerInterpreter {
     }
 
     func allToAll(_ value: DeviceValue, over axes: AxisSet, _ exchange: AttentionExchange, at site: CollectiveSite) throws -> DeviceValue {
+        let value = try force(value)
+        return try program.timed("collectives") { try exchangeRows(value, exchange, site) }
+    }
+
+    private func exchangeRows(_ value: Matrix, _ exchange: AttentionExchange, _ site: CollectiveSite) throws -> DeviceValue {
         switch exchange {
-        case .toBatch: return .ready(try program.toBatch(force(value), self.exchange, site))
-        case .fromBatch: return .ready(try program.fromBatch(force(value), rows: rows, self.exchange, site))
+        case .toBatch: return .ready(try program.toBatch(value, self.exchange, site))
+        case .fromBatch: return .ready(try program.fromBatch(value, rows: rows, self.exchange, site))
         }
     }
 
@@ -111,6 +116,28 @@ struct LayerRun: LayerInterpreter {
     }
 
     func attention(_ qkv: DeviceValue, layer: Int, _ layout: AttentionLayout, headsOver: AxisSet) throws -> DeviceValue {
+        let qkv = DeviceValue.ready(try force(qkv))
+        return try program.timed("attention", bytes: kvBytes(layer: layer, layout)) { try attend(qkv, layer: layer, layout) }
+    }
+
+    /// Bytes of KV cache one layer's attention must read here: each sequence's attended
+    /// positions once (the span its rows attend together), keys and values of the KV heads this
+    /// device attends with (f32).
+    func kvBytes(layer: Int, _ layout: AttentionLayout) -> Double {
+        let Q = config.headDimension
+        let (attending, kvDimension) = switch layout {
+        case .shardedOverHeads: (rows, program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh).count * program.blocks.wholeHeads!.kv * Q)
+        case .shardedOverBatch: (exchange.mine, config.kvHeads * Q)
+        }
+        var spans: [Int: Range<Int>] = [:]   // per sequence
+        for r in attending where !r.isPadding {
+            let span = config.firstAttended(layer: layer, position: r.position)..<(r.position + 1)
+            spans[r.sequence] = spans[r.sequence].map { min($0.lowerBound, span.lowerBound)..<max($0.upperBound, span.upperBound) } ?? span
+        }
+        return Double(spans.values.reduce(0) { $0 + $1.count } * kvDimension * 2 * 4)
+    }
+
+    private func attend(_ qkv: DeviceValue, layer: Int, _ layout: AttentionLayout) throws -> DeviceValue {
         switch layout {
         case .shardedOverHeads:
             return .ready(program.headAttention(layer, try force(qkv), owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows,
@@ -124,6 +151,10 @@ struct LayerRun: LayerInterpreter {
     /// each block's columns are its gate rows, then its up rows.
     func activation(_ gateUp: DeviceValue) throws -> DeviceValue {
         let gu = try force(gateUp)   // (rows, blocks · 2·F/n)
+        return .ready(program.timed("activation", bytes: Double(gu.rows * gu.columns * 6)) { gated(gu) })
+    }
+
+    private func gated(_ gu: Matrix) -> Matrix {
         let fb = config.feedForwardDimension / program.mesh.deviceCount
         let blocksHere = gu.columns / (2 * fb)
         let act = Matrix(uninitializedRows: gu.rows, columns: blocksHere * fb)   // (rows, blocks · F/n)
@@ -132,23 +163,18 @@ struct LayerRun: LayerInterpreter {
                 let gate = gu.row(r) + b * 2 * fb, up = gate + fb, out = act.row(r) + b * fb
                 switch config.activation {
                 case .silu: mi_swiglu(gate, up, Int32(fb), out)
-                case .geluTanh: for i in 0..<fb { out[i] = geluTanh(gate[i]) * up[i] }
+                case .geluTanh: mi_geglu(gate, up, Int32(fb), out)
                 }
             }
         }
-        return .ready(act)
+        return act
     }
 
     func add(_ a: DeviceValue, _ b: DeviceValue) throws -> DeviceValue {
         if case let .products(p) = a, case let .products(q) = b { return .products(p + q) }
-        return .ready(try force(a).adding(force(b)))
+        let (x, y) = (try force(a), try force(b))
+        return .ready(program.timed("residual_add", bytes: Double(x.rows * x.columns * 12)) { x.adding(y) })
     }
-}
-
-/// GELU with the tanh approximation: x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³))).
-@inline(__always)
-func geluTanh(_ x: Float) -> Float {
-    0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
 }
 
 /// What a device's executing interpreter did in one pass, counted where it happened: the

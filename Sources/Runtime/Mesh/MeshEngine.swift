@@ -50,6 +50,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     public var communicationSeconds: Double { lock.withLock { counters.communication } }
     /// When set (tests), each device records what its next passes do here (`ExecutionLog`).
     var executionLogs: [ExecutionLog]?
+    public var profile: OpProfile?
 
     public init(source: TensorSource, config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout,
                 format: WeightFormat, threads: Int, overlap: Bool = false) throws {
@@ -99,13 +100,14 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     public func forward(_ batch: [SequenceInput<MeshSequence>]) throws -> [Matrix] {
         let (meshBatch, sequences, limit) = try MeshBatch.checked(batch, engine: self, config: config)
         let layout = meshBatch.isPrefill ? prefill : decode
-        let (config, mesh, blocks, devices, caches, threads, overlap, logs) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap, executionLogs)
+        let (config, mesh, blocks, devices, caches, threads, overlap, logs, profile) = (config, mesh, blocks, devices, caches, threadsPerDevice, overlap, executionLogs, profile)
         let start = DispatchTime.now().uptimeNanoseconds
         let results = try runOnMesh(mesh) { rank, comm in
             let timed = TimedCommunicator(comm)
             let program = DeviceProgram(config: config, mesh: mesh, rank: rank, layout: layout, blocks: blocks,
                                         weights: devices[rank], caches: caches[rank], comm: timed,
-                                        threads: WorkSplitter(threads: threads), limit: limit, overlap: overlap, log: logs?[rank])
+                                        threads: WorkSplitter(threads: threads), limit: limit, overlap: overlap, log: logs?[rank],
+                                        profile: rank == 0 ? profile : nil)
             return UncheckedSendable((try program.forward(meshBatch), comm.traffic, timed.seconds))
         }
         let wall = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
@@ -162,6 +164,8 @@ public protocol MeshRunner: ForwardEngine where Sequence == MeshSequence {
     /// Wall time of forward passes and the time spent inside collectives since the last reset.
     var wallSeconds: Double { get }
     var communicationSeconds: Double { get }
+    /// When set, device 0 (rank 0 under MPI, the leader) times its ops per class here.
+    var profile: OpProfile? { get set }
     /// Zeroes byte counters and timers (on every device).
     func resetCounters() throws
     /// Every device's byte counters, in rank order.

@@ -43,6 +43,8 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
     private var nextSequence = 0
     private var released: [Int] = []
     private var stopped = false
+    /// When set on the leader, its device times its ops per class here (`bench --profile`).
+    public var profile: OpProfile?
     public private(set) var wallSeconds = 0.0
     public private(set) var communicationSeconds = 0.0
 
@@ -168,7 +170,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         let layout = batch.isPrefill ? prefill : decode
         let timed = TimedCommunicator(comm)
         let program = DeviceProgram(config: config, mesh: mesh, rank: rank, layout: layout, blocks: blocks, weights: weights,
-                                    caches: caches, comm: timed, threads: threads, limit: limit, overlap: overlap)
+                                    caches: caches, comm: timed, threads: threads, limit: limit, overlap: overlap, profile: profile)
         let start = DispatchTime.now().uptimeNanoseconds
         let logits = try program.forward(batch)
         wallSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9

@@ -17,6 +17,11 @@ extension DeviceProgram {
         }
         let axes = use.gatheredOver
         if mesh.size(axes) == 1 { return shard }
+        return try timed("weight_gather", bytes: Double(shard.byteCount * mesh.size(axes) * 2)) { try gathered(shard, use, site) }
+    }
+
+    private func gathered(_ shard: LinearWeight, _ use: WeightUse, _ site: CollectiveSite) throws -> LinearWeight {
+        let axes = use.gatheredOver
         let members = mesh.group(of: rank, over: axes)
         let words = shard.wireWords
         let all = try collective(.allGather, words, axes, site)
