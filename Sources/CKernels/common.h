@@ -102,4 +102,26 @@ ALWAYS_INLINE int round_to_int8(const float *x, int n, float inv, int8_t *q) {
     return sum;
 }
 
+#if defined(MI_AVX512)
+/* e^x for 16 floats, within 2 ulp of expf over the range that matters here: x = n·ln2 + r with
+ * n = round(x·log2 e) and |r| <= ln2/2 (ln2 split in two for an exact r), e^r by its Taylor
+ * polynomial to degree 6 (truncation < 1.3e-7 relative), scaled by 2^n with vscalefps (which
+ * gives 0 or inf beyond the float range, as expf does). */
+ALWAYS_INLINE __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(89.0f)), _mm512_set1_ps(-104.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
 #endif

@@ -172,8 +172,12 @@ struct KernelTests {
         #expect(sums == eK.2)
     }
 
-    @Test func attentionRowMatchesNaiveSoftmax() {
-        let H = 4, KV = 2, Q = 16, count = 5
+    /// Softmax attention of one row against the definition in double precision: head sizes
+    /// of both models (64, 256) and a small one, grouped heads, position counts below, at and
+    /// beyond the 16-position blocks (tails included); within 1e-5 absolute.
+    @Test(arguments: [(4, 2, 16, 5), (9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33)])
+    func attentionRowMatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
+        let (H, KV, Q, count) = shape
         var r = Rng(s: 11)
         let q = (0..<(H * Q)).map { _ in r.next() }
         let k = (0..<(count * KV * Q)).map { _ in r.next() }
@@ -184,12 +188,12 @@ struct KernelTests {
         mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), k, v, Int64(KV * Q), Int32(count), scale, &scratch, &out)
         for h in 0..<H {
             let g = h / (H / KV)
-            let s = (0..<count).map { j in (0..<Q).reduce(Float(0)) { $0 + q[h * Q + $1] * k[j * KV * Q + g * Q + $1] } * scale }
+            let s = (0..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * Double(k[j * KV * Q + g * Q + $1]) } * Double(scale) }
             let e = s.map { Foundation.exp($0 - s.max()!) }
             let p = e.map { $0 / e.reduce(0, +) }
             for d in 0..<Q {
-                let expected = (0..<count).reduce(Float(0)) { $0 + p[$1] * v[$1 * KV * Q + g * Q + d] }
-                #expect(abs(out[h * Q + d] - expected) < 1e-5)
+                let expected = (0..<count).reduce(0.0) { $0 + p[$1] * Double(v[$1 * KV * Q + g * Q + d]) }
+                #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "head \(h) column \(d)")
             }
         }
     }
