@@ -97,6 +97,70 @@ ALWAYS_INLINE void attend_head(const int NQ, const float *qh, const float *k, co
     __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sumv));
     for (int c = 0; c < NQ; c++) _mm512_storeu_ps(oh + 16 * c, _mm512_mul_ps(acc[c], inv));
 }
+/* The G query heads sharing one KV head, Q = 16·NQ with G·NQ <= 16 (the default model: 3
+ * heads of 64): each key and value row is loaded once for all G heads. Per head the same
+ * steps as attend_head — scores 16 positions at a time, softmax, weighted values — so a head's
+ * arithmetic is attend_head's. scratch: G·count floats. */
+ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const float *k, const float *v, int64_t kvStride,
+                                int count, float scale, float *scratch, float *out) {
+    __m512 qv[16];
+    for (int h = 0; h < G; h++)
+        for (int c = 0; c < NQ; c++) qv[h * NQ + c] = _mm512_mul_ps(_mm512_loadu_ps(q + h * 16 * NQ + 16 * c), _mm512_set1_ps(scale));
+    __m512 prod[4][16];
+    float m[4];
+    for (int h = 0; h < G; h++) m[h] = -INFINITY;
+    for (int j = 0; j < count; j += 16) {
+        int n = count - j < 16 ? count - j : 16;
+        for (int p = 0; p < n; p++) {
+            const float *kj = k + (int64_t)(j + p) * kvStride;
+            __m512 kc[16];
+            for (int c = 0; c < NQ; c++) kc[c] = _mm512_loadu_ps(kj + 16 * c);
+            for (int h = 0; h < G; h++) {
+                __m512 acc = _mm512_mul_ps(qv[h * NQ], kc[0]);
+                for (int c = 1; c < NQ; c++) acc = _mm512_fmadd_ps(qv[h * NQ + c], kc[c], acc);
+                prod[h][p] = acc;
+            }
+        }
+        for (int h = 0; h < G; h++) {
+            float *sh = scratch + (int64_t)h * count;
+            if (n == 16) {
+                __m512 sv = sums16(prod[h]);
+                _mm512_storeu_ps(sh + j, sv);
+                float mx = _mm512_reduce_max_ps(sv);
+                m[h] = mx > m[h] ? mx : m[h];
+            } else {
+                for (int p = 0; p < n; p++) {
+                    sh[j + p] = _mm512_reduce_add_ps(prod[h][p]);
+                    m[h] = sh[j + p] > m[h] ? sh[j + p] : m[h];
+                }
+            }
+        }
+    }
+    float inv[4];
+    for (int h = 0; h < G; h++) {
+        float *sh = scratch + (int64_t)h * count;
+        __m512 sumv = _mm512_setzero_ps(), vm = _mm512_set1_ps(m[h]);
+        for (int j = 0; j < count; j += 16) {
+            __mmask16 live = count - j >= 16 ? 0xFFFF : (__mmask16)((1u << (count - j)) - 1);
+            __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, sh + j), vm));
+            _mm512_mask_storeu_ps(sh + j, live, e);
+            sumv = _mm512_add_ps(sumv, _mm512_maskz_mov_ps(live, e));
+        }
+        inv[h] = 1.0f / _mm512_reduce_add_ps(sumv);
+    }
+    __m512 acc[16];
+    for (int i = 0; i < G * NQ; i++) acc[i] = _mm512_setzero_ps();
+    for (int j = 0; j < count; j++) {
+        const float *vj = v + (int64_t)j * kvStride;
+        for (int c = 0; c < NQ; c++) {
+            __m512 vc = _mm512_loadu_ps(vj + 16 * c);
+            for (int h = 0; h < G; h++) acc[h * NQ + c] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[(int64_t)h * count + j]), vc, acc[h * NQ + c]);
+        }
+    }
+    for (int h = 0; h < G; h++)
+        for (int c = 0; c < NQ; c++)
+            _mm512_storeu_ps(out + h * 16 * NQ + 16 * c, _mm512_mul_ps(acc[h * NQ + c], _mm512_set1_ps(inv[h])));
+}
 #endif
 
 /* Softmax attention of one query row (H heads of Q, grouped over KV heads) over `count` cached
@@ -107,6 +171,18 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
                       float scale, float *scratch, float *out) {
     int group = H / KV;
 #if defined(MI_AVX512)
+    if (Q == 64 && group >= 2 && group <= 4) {   // every KV head's queries at once
+        for (int g = 0; g < KV; g++) {
+            const float *qg = q + g * group * Q, *kg = k + g * Q, *vg = v + g * Q;
+            float *og = out + g * group * Q;
+            switch (group) {
+            case 2: attend_group(4, 2, qg, kg, vg, kvStride, count, scale, scratch, og); break;
+            case 3: attend_group(4, 3, qg, kg, vg, kvStride, count, scale, scratch, og); break;
+            default: attend_group(4, 4, qg, kg, vg, kvStride, count, scale, scratch, og); break;
+            }
+        }
+        return;
+    }
     if (Q % 16 == 0 && Q <= 256) {
         for (int h = 0; h < H; h++) {
             const float *kh = k + (h / group) * Q, *vh = v + (h / group) * Q;

@@ -52,7 +52,7 @@ struct Calibrate: ParsableCommand {
         // Causal attention of 512 positions, 9 heads of 64 over 3 KV heads (the default model's shape).
         let L = 512, H = 9, KV = 3, Q = 64
         let qkv = (0..<(L * H * Q)).map { Float($0 % 17) / 17 }, kv = (0..<(L * KV * Q)).map { Float($0 % 13) / 13 }
-        var scratch = [Float](repeating: 0, count: L), out = [Float](repeating: 0, count: H * Q)
+        var scratch = [Float](repeating: 0, count: L * H / KV), out = [Float](repeating: 0, count: H * Q)
         let attentionSeconds = median {
             time {
                 for i in 0..<L {

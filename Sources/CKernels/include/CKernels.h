@@ -100,7 +100,7 @@ void mi_geglu(const float *gate, const float *up, int n, float *out);
 
 /// Causal attention of one query row against `count` cached positions for all heads.
 /// q: H*Q floats; k, v: cache rows with stride kvStride floats, head g at offset g*Q;
-/// query head h reads KV head h / (H / KV). scratch: >= count floats. out: H*Q floats.
+/// query head h reads KV head h / (H / KV). scratch: >= count * (H / KV) floats. out: H*Q floats.
 void mi_attention_row(const float *q, int H, int KV, int Q,
                       const float *k, const float *v, int64_t kvStride, int count,
                       float scale, float *scratch, float *out);

@@ -52,7 +52,7 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
     }
     let scale = 1 / Float(Q).squareRoot()
     threads.parallelFor(qkv.rows) { range in
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (range.map { positions[$0] }.max() ?? 0) + 1))
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (range.map { positions[$0] }.max() ?? 0) + 1) * (H / K))
         defer { scratch.deallocate() }
         for r in range {
             let first = config.firstAttended(layer: layer, position: positions[r])

@@ -31,7 +31,7 @@ extension DeviceProgram {
             }
         }
         threads.parallelFor(rows.count) { range in
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: limit + 1)
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: (limit + 1) * max(1, queries / max(1, kv)))
             defer { scratch.deallocate() }
             for r in range where !rows[r].isPadding {
                 let info = rows[r]
