@@ -1,14 +1,61 @@
 // GGML block formats executed in place: the 32-element formats (Q4_1, Q5_0, Q8_0) repacked 16
 // rows to a panel, and the K-quants (Q4_K, Q6_K) row by row, each against activations
 // quantized as llama.cpp pairs them (Q8 blocks of 32, Q8_K blocks of 256). Layouts and the
-// instructions that carry them are described at each family.
+// instructions that carry them are described at each family. `--weights int8` is Q8_0 too:
+// f32 rows quantized to Q8_0 blocks on load (mi_quantize_q8_0), then repacked and multiplied
+// as a file's Q8_0 blocks are.
 #include "common.h"
+
+// ------------------------------------------------------------------------------------------
+// Quantization: activations (per matmul, symmetric int8 per block of 32 with an f32 scale)
+// and, for `--weights int8`, weights on load (f32 rows to the file format's Q8_0 blocks).
+// ------------------------------------------------------------------------------------------
+void mi_quantize_activations(const float *x, int64_t ldx, int M, int K, int block,
+                             int8_t *q, float *scales, int32_t *sums) {
+    int nb = K / block;
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (int64_t)m * ldx;
+        for (int b = 0; b < nb; b++) {
+            const float *xb = row + b * block;
+            float amax = abs_max(xb, block);
+            float inv = amax > 0 ? 127.0f / amax : 0.0f;
+            scales[m * nb + b] = amax / 127.0f;
+            sums[m * nb + b] = round_to_int8(xb, block, inv, q + (int64_t)m * K + b * block);
+        }
+    }
+}
 
 void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
                            int8_t *q, float *d, float *s, int32_t *sums) {
-    // The 8-bit format's activation quantizer with blocks of 32, plus Q4_1's s = d·Σq.
+    // The activation quantizer with blocks of 32, plus Q4_1's s = d·Σq.
     mi_quantize_activations(x, ldx, M, K, 32, q, d, sums);
     for (int i = 0; i < M * (K / 32); i++) s[i] = d[i] * (float)sums[i];
+}
+
+/* Q8_0 block (34 bytes): f16 d, then 32 int8 q; value = d·q. The scale is rounded to f16
+ * before the codes are computed, so codes and stored scale agree (quantizing with the f32
+ * d and storing its f16 rounding would add the scale's rounding to every value). A block
+ * whose d rounds to 0 (all zeros, or below f16's range) is all zero codes. Scalar: this runs
+ * once, on load. */
+void mi_quantize_q8_0(const float *x, int64_t ldx, int N, int K, uint8_t *out, int64_t rowBytes) {
+    for (int n = 0; n < N; n++) {
+        const float *row = x + (int64_t)n * ldx;
+        for (int b = 0; b < K / 32; b++) {
+            const float *xb = row + b * 32;
+            uint8_t *blk = out + (int64_t)n * rowBytes + (int64_t)b * 34;
+            float amax = 0;
+            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
+            uint16_t dh = float_to_half(amax / 127.0f);
+            if (dh == 0x7C00) dh = 0x7BFF;   // beyond f16 (|x| > 127·65504): the largest scale; codes clamp
+            float d = half_to_float(dh);
+            memcpy(blk, &dh, 2);
+            for (int i = 0; i < 32; i++) {
+                // Clamped in float: the f16 rounding of d may leave |x / d| a little over 127.
+                float v = d > 0 ? fminf(127.0f, fmaxf(-127.0f, roundf(xb[i] / d))) : 0.0f;
+                blk[2 + i] = (uint8_t)(int8_t)v;
+            }
+        }
+    }
 }
 
 

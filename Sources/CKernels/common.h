@@ -16,10 +16,6 @@
 #endif
 #endif
 
-/// Group size of int8 weight scales and activation blocks.
-#define MI_QB 32
-/// Bytes of one packed block: 16 channels x MI_QB codes, then 16 f32 scales and 16 f32 mins.
-#define MI_BLOCK_BYTES (MI_QB * 16 + 128)
 /// Activation rows per pass of the row-at-a-time K-quant kernels.
 #define MI_MT 4
 
@@ -40,6 +36,29 @@ ALWAYS_INLINE float half_to_float(uint16_t h) {
         bits = sign | ((exp + 112) << 23) | (mant << 13);
     }
     float out; memcpy(&out, &bits, 4); return out;
+}
+
+/* f32 -> f16 bits, rounded to nearest, ties to even (as F16C's vcvtps2ph and Swift's
+ * Float16(x) round); beyond f16's range: infinity, below half its smallest subnormal: zero. */
+ALWAYS_INLINE uint16_t float_to_half(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, 4);
+    uint16_t sign = (uint16_t)((bits >> 16) & 0x8000);
+    uint32_t a = bits & 0x7FFFFFFFu;
+    if (a > 0x7F800000u) return sign | 0x7E00;   // NaN
+    int exp = (int)(a >> 23) - 127;              // unbiased exponent (f32 subnormals: -127)
+    if (exp >= 16) return sign | 0x7C00;         // at least 2^16: infinity
+    // The value as a multiple of the f16 unit at its exponent, 2^(exp - 10) for normals
+    // (exp >= -14) and 2^-24 for subnormals: the 24-bit mantissa shifted right by `shift`.
+    uint32_t mant = (a & 0x7FFFFFu) | 0x800000u;
+    int shift = exp >= -14 ? 13 : -1 - exp;
+    if (shift > 24) return sign;                 // under half the smallest subnormal
+    uint32_t q = mant >> shift, rest = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rest > half || (rest == half && (q & 1))) q++;
+    // A normal's q carries its implicit bit (2^10): adding the exponent field minus one on top
+    // gives the f16 bits, and a rounding carry out of the mantissa raises the exponent
+    // (to infinity past 65504). A subnormal's q is its bits (1024: the smallest normal).
+    return sign | (uint16_t)(exp >= -14 ? ((uint32_t)(exp + 14) << 10) + q : q);
 }
 
 ALWAYS_INLINE uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }

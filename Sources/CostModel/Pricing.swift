@@ -41,7 +41,11 @@ public struct Calibration: Sendable, Equatable, Codable {
 /// Bytes per element of each tensor class.
 public enum WeightPrecision: String, Sendable, CaseIterable {
     case bf16, int8, f32, native
-    /// This runtime's 8-bit weights: one f32 scale and minimum per 32 weights.
+    /// This runtime's 8-bit weights (`--weights int8`): GGML Q8_0 blocks, one f16 scale per 32
+    /// weights (34 bytes per 32). The raw value is the name host calibrations are keyed by
+    /// (`allThreadsOPs`, the pass efficiencies); it still describes the format (8 bits, groups
+    /// of 32), so it was kept when the format moved from an f32 scale and minimum per group to
+    /// Q8_0 — a calibration measured before that describes the older kernel: re-run `calibrate`.
     case int8Grouped = "int8-g32"
     /// Bytes per weight element.
     public var bytes: Double {
@@ -50,14 +54,14 @@ public enum WeightPrecision: String, Sendable, CaseIterable {
         case .int8: 1
         case .f32: 4
         case .native: 0.625  // Q4_1: 20 bytes per 32 weights
-        case .int8Grouped: 1.25
+        case .int8Grouped: 34.0 / 32
         }
     }
-    /// Output channels per stored panel (this runtime packs f32 and int8 weights 16 channels to
-    /// a panel; file blocks and the paper's formats are row by row).
+    /// Output channels per stored panel (this runtime packs f32 weights and int8's Q8_0 blocks
+    /// 16 channels to a panel; the paper's formats and `native` are counted row by row).
     public var panelRows: Int { self == .f32 || self == .int8Grouped ? 16 : 1 }
-    /// Inputs per stored unit: this runtime's 8-bit groups and the file's 4-bit blocks are 32
-    /// wide, so a shard's columns are stored as whole units of 32.
+    /// Inputs per stored unit: int8's Q8_0 blocks and the file's 4-bit blocks are 32 wide, so a
+    /// shard's columns are stored as whole units of 32.
     public var unitInputs: Int { self == .int8Grouped || self == .native ? 32 : 1 }
 }
 

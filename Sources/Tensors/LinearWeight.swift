@@ -8,9 +8,11 @@ public enum WeightFormat: String, Sendable, CaseIterable, Codable {
     /// fall back to f32.
     case native
     /// 8-bit weights quantized on load per output channel (Pope et al. §3.6), refined to one
-    /// (scale, min) per channel and group of 32 inputs: a single scale per row adds more error
-    /// than llama.cpp's own formats differ by, since the file's 4-bit blocks vary along a row.
-    /// Activations are quantized to int8 in blocks of 32 so the matmul runs on VNNI.
+    /// scale per channel and group of 32 inputs: each row's values become GGML Q8_0 blocks
+    /// (f16 d = max|x|/127, 32 int8 codes, value = d·q; 34 bytes per 32 weights), stored and
+    /// multiplied as a file's Q8_0 blocks are (`StorageKind.q8_0`). A single scale per row adds
+    /// more error than llama.cpp's own formats differ by, since the file's 4-bit blocks vary
+    /// along a row. Activations are quantized to int8 in blocks of 32 so the matmul runs on VNNI.
     case int8
     /// Dequantized f32.
     case f32
@@ -31,12 +33,13 @@ public enum WeightError: Error, CustomStringConvertible, Equatable {
 
 /// The storage formats a matmul runs from. Each stores the weight as panels of `panelRows`
 /// output channels; a panel is a run of units of `unitInputs` inputs, `unitBytes` bytes each, so
-/// one panel is one contiguous stream (see CKernels.h for the packed layouts).
+/// one panel is one contiguous stream (see CKernels.h for the packed layouts). A kind says how
+/// the bytes are laid out, not where they came from: `.q8_0` holds a file's Q8_0 blocks
+/// (`native`) or blocks quantized on load (`int8`); `LinearWeight.format` says which.
 public enum StorageKind: String, Sendable, Codable {
     case f32        // packed panels of 16 channels, one input per unit
-    case int8       // packed panels of 16 channels, blocks of 32 inputs with (scale, min) per channel
     case q4_1       // the file's Q4_1 blocks, repacked 16 rows to a panel (the same bits)
-    case q8_0       // the file's Q8_0 blocks, repacked 16 rows to a panel
+    case q8_0       // Q8_0 blocks (the file's, or int8's quantized on load), repacked 16 rows to a panel
     case q5_0       // the file's Q5_0 blocks, repacked 16 rows to a panel
     case q4_K       // the file's rows of Q4_K super-blocks (256 inputs), in place
     case q6_K       // the file's rows of Q6_K super-blocks (256 inputs), in place
@@ -52,7 +55,6 @@ public enum StorageKind: String, Sendable, Codable {
     public var unitBytes: Int {
         switch self {
         case .f32: 64
-        case .int8: Int(mi_int8_packed_bytes(16, 32))
         case .q4_1: 16 * GGMLType.q4_1.blockBytes   // 16 rows' blocks, repacked (CKernels.h)
         case .q8_0: 16 * GGMLType.q8_0.blockBytes
         case .q5_0: 16 * GGMLType.q5_0.blockBytes
@@ -71,15 +73,6 @@ public enum StorageKind: String, Sendable, Codable {
         default: nil
         }
     }
-    /// The runtime format this storage runs as.
-    public var format: WeightFormat {
-        switch self {
-        case .f32: .f32
-        case .int8: .int8
-        case .q4_1, .q8_0, .q5_0, .q4_K, .q6_K: .native
-        }
-    }
-
     /// The in-place storage of rows whose blocks come in `types`: one type with a kernel, or
     /// Q5_0 beside Q8_0 (Gemma's q|k|v where v is Q8_0), whose Q5_0 blocks are written as Q8_0
     /// blocks of the same values (q − 16 fits int8, the scale is kept), so the product is exactly
@@ -188,6 +181,9 @@ public final class LinearWeight: @unchecked Sendable {
     public let outputs: Int  // N
     public let inputs: Int   // K
     public let kind: StorageKind
+    /// The format this weight was loaded in, as reported (`--weights`; native falls back to f32
+    /// for types without an in-place kernel). Not derived from `kind`: int8 is stored as Q8_0.
+    public let format: WeightFormat
     let windowOutputs: Int   // a multiple of kind.panelRows
     let windowInputs: Int    // a multiple of kind.unitInputs
     /// Where logical input columns sit in the window (columns not listed have zero weights).
@@ -206,16 +202,15 @@ public final class LinearWeight: @unchecked Sendable {
     /// The matrix the kernels run over: (outputs, inputs) padded to whole panels and units.
     public var storedShape: (outputs: Int, inputs: Int) { (windowOutputs, windowInputs) }
 
-    /// The format actually used (native falls back to f32 for types without an in-place kernel).
-    public var format: WeightFormat { kind.format }
     var panelBytes: Int { windowInputs / kind.unitInputs * kind.unitBytes }
     var inputsAreWindow: Bool { inputSegments == [Segment(logical: 0, window: 0, count: inputs)] && windowInputs == inputs }
     var outputsAreWindow: Bool { outputSegments == [Segment(logical: 0, window: 0, count: outputs)] }
 
-    private init(kind: StorageKind, outputs: Int, inputs: Int, windowOutputs: Int, windowInputs: Int,
+    private init(kind: StorageKind, format: WeightFormat, outputs: Int, inputs: Int, windowOutputs: Int, windowInputs: Int,
                  inputSegments: [Segment], outputSegments: [Segment], arena: WeightArena? = nil) {
         precondition(windowOutputs % kind.panelRows == 0 && windowInputs % kind.unitInputs == 0)
         self.kind = kind
+        self.format = format
         self.outputs = outputs
         self.inputs = inputs
         self.windowOutputs = windowOutputs
@@ -239,43 +234,56 @@ public final class LinearWeight: @unchecked Sendable {
     public convenience init(values: [Float], outputs N: Int, inputs K: Int, format: WeightFormat, arena: WeightArena? = nil) {
         precondition(values.count == N * K)
         self.init(rows: N, windowInputs: K, inputSegments: [Segment(logical: 0, window: 0, count: K)], inputs: K,
-                  kind: format == .int8 ? .int8 : .f32, arena: arena) { rows, staging, ld in
+                  quantized: format == .int8, arena: arena) { rows, staging, ld in
             values.withUnsafeBufferPointer { v in
                 for r in rows { (staging + (r - rows.lowerBound) * ld).update(from: v.baseAddress! + r * K, count: K) }
             }
         }
     }
 
-    /// Packs an f32 window of `rows` × `windowInputs`, padding inputs to the kind's unit and rows
-    /// to a panel. `fill(rows, buffer, ld)` writes the given rows into a zeroed buffer; it is
-    /// called for a few panels at a time, so no f32 copy of a large matrix is ever whole.
-    private convenience init(rows: Int, windowInputs: Int, inputSegments: [Segment], inputs: Int, kind: StorageKind,
+    /// Packs an f32 window of `rows` × `windowInputs` as f32 panels, or (`quantized`, int8) as
+    /// Q8_0 blocks quantized from it, padding inputs to the kind's unit and rows to a panel (zero
+    /// weights: a zero block's scale is 0). `fill(rows, buffer, ld)` writes the given rows into a
+    /// zeroed buffer; it is called for a few panels at a time, so no f32 copy of a large matrix
+    /// is ever whole.
+    private convenience init(rows: Int, windowInputs: Int, inputSegments: [Segment], inputs: Int, quantized: Bool,
                              arena: WeightArena? = nil, fill: (Range<Int>, UnsafeMutablePointer<Float>, Int) throws -> Void) rethrows {
+        let kind: StorageKind = quantized ? .q8_0 : .f32
         let paddedInputs = (windowInputs + kind.unitInputs - 1) / kind.unitInputs * kind.unitInputs
         let paddedRows = max(16, (rows + 15) / 16 * 16)
-        self.init(kind: kind, outputs: rows, inputs: inputs, windowOutputs: paddedRows, windowInputs: paddedInputs,
-                  inputSegments: inputSegments, outputSegments: [Segment(logical: 0, window: 0, count: rows)], arena: arena)
+        self.init(kind: kind, format: quantized ? .int8 : .f32, outputs: rows, inputs: inputs, windowOutputs: paddedRows,
+                  windowInputs: paddedInputs, inputSegments: inputSegments,
+                  outputSegments: [Segment(logical: 0, window: 0, count: rows)], arena: arena)
         let chunk = max(16, (1 << 20) / max(1, paddedInputs) / 16 * 16)   // rows per staging chunk (~4 MiB)
         let staging = UnsafeMutablePointer<Float>.allocate(capacity: chunk * paddedInputs)   // (chunk, paddedInputs)
         defer { staging.deallocate() }
+        // int8: one panel's rows as Q8_0 blocks, the file's layout, before the repacking.
+        let blocksPerRow = paddedInputs / 32, rowBytes = blocksPerRow * GGMLType.q8_0.blockBytes
+        let blocks = quantized ? UnsafeMutablePointer<UInt8>.allocate(capacity: 16 * rowBytes) : nil
+        defer { blocks?.deallocate() }
         for first in stride(from: 0, to: paddedRows, by: chunk) {
             let count = min(chunk, paddedRows - first)
             staging.initialize(repeating: 0, count: count * paddedInputs)
             if first < rows { try fill(first..<min(rows, first + count), staging, paddedInputs) }
-            let panel = storage + first / kind.panelRows * panelBytes
-            if kind == .int8 {
-                mi_pack_int8(staging, Int64(paddedInputs), Int32(count), Int32(paddedInputs), panel.assumingMemoryBound(to: UInt8.self))
+            if let blocks {
+                for p in 0..<(count / 16) {
+                    mi_quantize_q8_0(staging + p * 16 * paddedInputs, Int64(paddedInputs), 16, Int32(paddedInputs), blocks, Int64(rowBytes))
+                    mi_pack_blocks32(Int32(MI_Q8_0), blocks, Int64(rowBytes), Int32(blocksPerRow),
+                                     (storage + (first / 16 + p) * panelBytes).assumingMemoryBound(to: UInt8.self))
+                }
             } else {
-                mi_pack_f32(staging, Int64(paddedInputs), Int32(count), Int32(paddedInputs), panel.assumingMemoryBound(to: Float.self))
+                mi_pack_f32(staging, Int64(paddedInputs), Int32(count), Int32(paddedInputs),
+                            (storage + first / 16 * panelBytes).assumingMemoryBound(to: Float.self))
             }
         }
     }
 
     /// Loads the elements `spec` names from `source` in `format`: a file's Q4_1, Q5_0, Q8_0, Q4_K or
     /// Q6_K blocks are copied as they are (when every row of the spec comes in the same such
-    /// type, or Q5_0 beside Q8_0: see `StorageKind.inPlace`), int8 is quantized on load,
-    /// everything else is dequantized to f32. With an `arena`, the stored bytes are carved from it
-    /// (a device's weights side by side on huge pages).
+    /// type, or Q5_0 beside Q8_0: see `StorageKind.inPlace`), int8 is quantized on load to Q8_0
+    /// blocks (from the f32 values of whatever the file holds, so every device's shard of a
+    /// matrix is Q8_0, whatever rows it holds), everything else is dequantized to f32. With an
+    /// `arena`, the stored bytes are carved from it (a device's weights side by side on huge pages).
     public convenience init(source: any TensorSource, spec: ShardSpec, format: WeightFormat, arena: WeightArena? = nil) throws {
         guard spec.outputs > 0 else { throw WeightError.emptyWeight }
         let names = Set(spec.tensors)
@@ -285,7 +293,7 @@ public final class LinearWeight: @unchecked Sendable {
         }
         let blockKind = format == .native && blocks.count == names.count ? StorageKind.inPlace(Set(blocks.values.map(\.type))) : nil
         let inPlace = blockKind != nil
-        let kind: StorageKind = blockKind ?? (format == .int8 ? .int8 : .f32)
+        let kind: StorageKind = blockKind ?? (format == .int8 ? .q8_0 : .f32)
 
         let (covers, merged, window) = ShardSpec.window(spec.columns, unit: kind.unitInputs)
         let u = kind.unitInputs
@@ -293,7 +301,7 @@ public final class LinearWeight: @unchecked Sendable {
 
         if inPlace {
             let paddedRows = kind.panelRows == 1 ? N : (N + kind.panelRows - 1) / kind.panelRows * kind.panelRows
-            self.init(kind: kind, outputs: N, inputs: K, windowOutputs: paddedRows, windowInputs: window,
+            self.init(kind: kind, format: .native, outputs: N, inputs: K, windowOutputs: paddedRows, windowInputs: window,
                       inputSegments: merged, outputSegments: [Segment(logical: 0, window: 0, count: N)], arena: arena)
             label = spec.label
             // Each logical row's window in the file's block format (zero rows and pieces: zero
@@ -347,7 +355,8 @@ public final class LinearWeight: @unchecked Sendable {
                 throw WeightError.incompatibleTiles("columns \(c) of \(name), which has \(width)")
             }
         }
-        try self.init(rows: N, windowInputs: window, inputSegments: merged, inputs: K, kind: kind, arena: arena) { wanted, staging, ld in
+        try self.init(rows: N, windowInputs: window, inputSegments: merged, inputs: K, quantized: format == .int8,
+                      arena: arena) { wanted, staging, ld in
             var at = 0   // the spec's first row of the current piece
             for rows in spec.rows {
                 defer { at += rows.count }
@@ -389,8 +398,8 @@ public final class LinearWeight: @unchecked Sendable {
     /// columns, padding head slots, may sit elsewhere than this shard's).
     public func sameShape(wireWords words: UnsafeBufferPointer<Float>, inputSegments: [Segment]) -> LinearWeight {
         precondition(words.count * 4 >= byteCount)
-        let w = LinearWeight(kind: kind, outputs: outputs, inputs: inputs, windowOutputs: windowOutputs, windowInputs: windowInputs,
-                             inputSegments: inputSegments, outputSegments: outputSegments)
+        let w = LinearWeight(kind: kind, format: format, outputs: outputs, inputs: inputs, windowOutputs: windowOutputs,
+                             windowInputs: windowInputs, inputSegments: inputSegments, outputSegments: outputSegments)
         w.storage.copyMemory(from: UnsafeRawPointer(words.baseAddress!), byteCount: byteCount)
         w.label = label
         return w
@@ -398,14 +407,15 @@ public final class LinearWeight: @unchecked Sendable {
 
     /// The matrix whose tile (i, j) is `tiles[i][j]`: tiles of a row share their output rows,
     /// tiles of a column their input columns. Stored bytes are copied panel by panel, never
-    /// converted (a gathered int8 or Q4_1 weight is bitwise its members' shards).
+    /// converted (a gathered int8 or Q4_1 weight is bitwise its members' shards). Tiles must
+    /// agree in format as well as kind (a file's Q8_0 and int8's are both `.q8_0`).
     public static func joining(_ tiles: [[LinearWeight]]) throws -> LinearWeight {
         guard let first = tiles.first?.first else { throw WeightError.emptyWeight }
-        let kind = first.kind
+        let kind = first.kind, format = first.format
         for (i, row) in tiles.enumerated() {
             guard row.count == tiles[0].count else { throw WeightError.incompatibleTiles("ragged grid") }
             for (j, t) in row.enumerated() {
-                guard t.kind == kind, t.windowOutputs == row[0].windowOutputs, t.outputs == row[0].outputs,
+                guard t.kind == kind, t.format == format, t.windowOutputs == row[0].windowOutputs, t.outputs == row[0].outputs,
                       t.outputSegments == row[0].outputSegments, t.windowInputs == tiles[0][j].windowInputs,
                       t.inputs == tiles[0][j].inputs, t.inputSegments == tiles[0][j].inputSegments
                 else { throw WeightError.incompatibleTiles("tile (\(i), \(j)) differs in format or shape from its row or column") }
@@ -423,7 +433,7 @@ public final class LinearWeight: @unchecked Sendable {
         }
         let column = tiles.map { $0[0] }, row = tiles[0]
         let joined = LinearWeight(
-            kind: kind, outputs: column.reduce(0) { $0 + $1.outputs }, inputs: row.reduce(0) { $0 + $1.inputs },
+            kind: kind, format: format, outputs: column.reduce(0) { $0 + $1.outputs }, inputs: row.reduce(0) { $0 + $1.inputs },
             windowOutputs: column.reduce(0) { $0 + $1.windowOutputs }, windowInputs: row.reduce(0) { $0 + $1.windowInputs },
             inputSegments: join(row, \.inputSegments, \.inputs, \.windowInputs),
             outputSegments: join(column, \.outputSegments, \.outputs, \.windowOutputs))
@@ -472,16 +482,6 @@ public final class LinearWeight: @unchecked Sendable {
                 let w = storage.assumingMemoryBound(to: Float.self)
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_f32(xw.data, Int64(K), Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
-                }
-            case .int8:
-                let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
-                let xs = UnsafeMutablePointer<Float>.allocate(capacity: M * K / int8Group)
-                let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / int8Group)
-                defer { q.deallocate(); xs.deallocate(); sums.deallocate() }
-                quantizing { mi_quantize_activations(xw.data, Int64(K), Int32(M), Int32(K), Int32(int8Group), q, xs, sums) }
-                let w = storage.assumingMemoryBound(to: UInt8.self)
-                threads.parallelFor(N, granule: 32) { r in
-                    mi_gemm_int8(q, xs, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
             case .q4_1, .q8_0, .q5_0:
                 let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
@@ -543,6 +543,3 @@ func allocateWeights(_ bytes: Int) -> UnsafeMutableRawPointer {
 
 /// Which SIMD path the kernels were built with: 2 = AVX-512 VNNI, 1 = AVX-512F, 0 = scalar.
 public var simdLevel: Int { Int(mi_simd_level()) }
-
-/// Inputs per int8 weight scale and per activation block.
-public let int8Group = Int(mi_int8_group())

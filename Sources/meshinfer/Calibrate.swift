@@ -67,12 +67,13 @@ struct Calibrate: ParsableCommand {
         // over the full L × L square as an accelerator computes it. This runtime skips the masked
         // half, which the measured rate then includes.
         let attentionRate = 4 * Double(H * Q) * Double(L * (L + 1) / 2) / attentionSeconds   // causal, as the tracer counts
-        // Weight streaming: decode-like matvecs over ~200 MB of 8-bit weights (beyond the caches),
-        // in matrices of a small model's shape (1536 x 576), as decode reads them — on huge pages,
-        // side by side, as a device's loaded weights are (WeightArena).
+        // Weight streaming: decode-like matvecs over ~200 MB of 8-bit weights (beyond the caches;
+        // int8 is Q8_0 blocks, 1.06 bytes per weight), in matrices of a small model's shape
+        // (1536 x 576), as decode reads them — on huge pages, side by side, as a device's loaded
+        // weights are (WeightArena).
         let arena = WeightArena()
         let pattern = (0..<(1536 * 576)).map { Float(($0 % 251) - 125) / 200 }
-        let big = (0..<180).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .int8, arena: arena) }
+        let big = (0..<212).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .int8, arena: arena) }
         let v = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
         let bytes = Double(big.reduce(0) { $0 + $1.byteCount })
         func stream(_ t: WorkSplitter) -> Double { bytes / median { time { for b in big { _ = b.apply(v, threads: t) } } } }

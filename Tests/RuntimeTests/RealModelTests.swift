@@ -153,8 +153,8 @@ struct RealModelMeshFormatTests {
     let reference = Reference.shared!
 
     /// Each device holds each matrix once, in the format it runs: on one device, native is the
-    /// file's own block bytes (summed from the file's tensor directory), int8 1.25 bytes and f32
-    /// 4 bytes per weight; on two devices each holds about half.
+    /// file's own block bytes (summed from the file's tensor directory), int8 34 bytes per 32
+    /// weights (Q8_0 blocks) and f32 4 bytes per weight; on two devices each holds about half.
     @Test(arguments: [WeightFormat.native, .int8, .f32])
     func residentWeightBytesAreTheExecutionFormat(_ format: WeightFormat) throws {
         let model = try ModelCache.shared.model(format)
@@ -169,7 +169,7 @@ struct RealModelMeshFormatTests {
                 names += ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"].map { "blk.\(l).\($0).weight" }
             }
             expected = try names.reduce(0) { $0 + (try model.file.tensor($1)).byteCount }
-        case .int8: expected = c.parameterCount * 5 / 4
+        case .int8: expected = c.parameterCount * 34 / 32
         case .f32: expected = c.parameterCount * 4
         }
         #expect(single[0].weightBytes == expected)

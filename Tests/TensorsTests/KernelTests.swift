@@ -39,8 +39,8 @@ struct KernelTests {
         for i in 0..<(M * N) { #expect(abs(y.data[i] - expected[i]) < 1e-4 * Float(K).squareRoot()) }
     }
 
-    /// 8-bit: per-(channel, group) affine weight codes and per-block int8 activations. Each
-    /// operand's rounding error is at most half a step (range/255 for weights in [-1, 1],
+    /// 8-bit: per-(channel, group) Q8_0 weight blocks and per-block int8 activations. Each
+    /// operand's rounding error is at most half a step (max|w|/127 for weights in [-1, 1],
     /// 1/127 for activations), so |Δ| ≤ K·(1/255 + 1/254)... checked at a quarter of that
     /// worst case since the errors are independent and cancel.
     @Test(arguments: [(1, 16, 64), (5, 48, 128), (8, 100, 576)])
@@ -60,44 +60,164 @@ struct KernelTests {
         #expect(worst > 0, "8-bit must differ from f32 somewhere (else the path is not quantized)")
     }
 
-    /// The exact sum the kernel computes, re-derived from the packed block (codes, then f32
-    /// scales and mins): per group, scale·s_x·Σ u·q + min·s_x·Σ q.
-    @Test func int8MatchesScalarArithmeticOnPackedCodes() {
-        let M = 2, N = 32, K = 128, G = int8Group, groups = K / G
-        let blockBytes = G * 16 + 128
-        var r = Rng(s: 3)
-        let x = (0..<(M * K)).map { _ in r.next() }
-        let w = (0..<(N * K)).map { _ in r.next() }
-        var packed = [UInt8](repeating: 0, count: Int(mi_int8_packed_bytes(Int32(N), Int32(K))))
-        #expect(packed.count == N * K + N * groups * 8)
-        mi_pack_int8(w, Int64(K), Int32(N), Int32(K), &packed)
-        var q = [Int8](repeating: 0, count: M * K)
-        var xs = [Float](repeating: 0, count: M * groups)
-        var sums = [Int32](repeating: 0, count: M * groups)
-        mi_quantize_activations(x, Int64(K), Int32(M), Int32(K), Int32(G), &q, &xs, &sums)
-        var y = [Float](repeating: 0, count: M * N)
-        mi_gemm_int8(q, xs, sums, Int32(M), Int32(K), packed, 0, Int32(N), &y, Int64(N))
-        func float(_ at: Int) -> Double { Double(packed[at..<(at + 4)].withUnsafeBytes { $0.loadUnaligned(as: Float.self) }) }
+    /// One Q8_0 block of 32 values, quantized here as the format defines it: d = max|x|/127
+    /// rounded to f16 first, q = x/d (that d) rounded half away from zero, clamped to ±127; an
+    /// all-zero block (or one whose d rounds to 0) has d = 0 and zero codes.
+    static func naiveQ8_0(_ x: ArraySlice<Float>) -> (d: Float16, q: [Int8]) {
+        let amax = x.reduce(Float(0)) { max($0, abs($1)) }
+        let d = Float16(amax / 127)
+        let q = x.map { v -> Int8 in
+            guard d > 0 else { return 0 }
+            return Int8(min(127, max(-127, (v / Float(d)).rounded())))
+        }
+        return (d, q)
+    }
+
+    /// Activations as the kernels quantize them (symmetric per 32, nearest-even codes): the
+    /// codes and each block's f32 scale.
+    static func naiveActivations(_ x: ArraySlice<Float>) -> (d: Float, q: [Int8]) {
+        let amax = x.reduce(Float(0)) { max($0, abs($1)) }
+        let inv = amax > 0 ? 127 / amax : 0
+        return (amax / 127, x.map { Int8(($0 * inv).rounded(.toNearestOrEven)) })
+    }
+
+    /// Σ over 32-blocks of d_w·d_x·(integer dot of the codes), for weight rows `w` and
+    /// activation rows `x` of `K` (a multiple of 32) given as naive Q8_0 and activation blocks;
+    /// also Σ of the blocks' magnitudes, for a rounding tolerance.
+    static func naiveBlockProduct(_ x: [Float], _ w: [Float], M: Int, N: Int, K: Int) -> (y: [Double], scale: [Double]) {
+        let wq = (0..<N).map { n in stride(from: 0, to: K, by: 32).map { naiveQ8_0(w[(n * K + $0)..<(n * K + $0 + 32)]) } }
+        let xq = (0..<M).map { m in stride(from: 0, to: K, by: 32).map { naiveActivations(x[(m * K + $0)..<(m * K + $0 + 32)]) } }
+        var y = [Double](repeating: 0, count: M * N), scale = y
         for m in 0..<M {
             for n in 0..<N {
-                var acc = 0.0
-                for b in 0..<groups {
-                    let block = ((n / 16) * groups + b) * blockBytes
-                    let scale = float(block + G * 16 + (n % 16) * 4), minimum = float(block + G * 16 + 64 + (n % 16) * 4)
-                    var s = 0, qs = 0
-                    for kk in 0..<G {
-                        let u = Int(packed[block + ((kk / 4) * 16 + n % 16) * 4 + kk % 4])
-                        s += u * Int(q[m * K + b * G + kk])
-                        qs += Int(q[m * K + b * G + kk])
-                        // The code reproduces the weight within half a step.
-                        #expect(abs(scale * Double(u) + minimum - Double(w[n * K + b * G + kk])) <= scale * 0.5 + 2e-3)
-                    }
-                    #expect(qs == Int(sums[m * groups + b]))
-                    acc += Double(s) * scale * Double(xs[m * groups + b]) + minimum * Double(xs[m * groups + b]) * Double(qs)
+                for (a, b) in zip(xq[m], wq[n]) {
+                    let dot = zip(a.q, b.q).reduce(0) { $0 + Int($1.0) * Int($1.1) }
+                    let term = Double(a.d) * Double(Float(b.d)) * Double(dot)
+                    y[m * N + n] += term
+                    scale[m * N + n] += abs(term)
                 }
-                #expect(abs(Double(y[m * N + n]) - acc) < 1e-4 * max(1, abs(acc)))
             }
         }
+        return (y, scale)
+    }
+
+    /// The load-time quantizer against the definition, byte for byte: blocks whose scales span
+    /// f16's normal and subnormal range (d rounding to nearest even, ties included), all-zero
+    /// and underflowing blocks, and codes exactly halfway between two integers.
+    @Test func q8_0QuantizerMatchesTheDefinition() {
+        var r = Rng(s: 5)
+        var blocks: [[Float]] = []
+        for i in 0..<400 {   // random values at scales 2^-30 ... 2^20
+            let scale = Float(pow(2.0, Double(i % 51 - 30))) * (1 + abs(r.next()))
+            blocks.append((0..<32).map { _ in r.next() * scale })
+        }
+        blocks.append([Float](repeating: 0, count: 32))
+        blocks.append((0..<32).map { Float($0 % 3 - 1) * 1e-9 })   // d underflows f16: zero codes
+        // Codes at exact halves: d = 2^-7 (exact in f16), max 127·d, values (k + 1/2)·d.
+        let halves: [Float] = (0..<31).map { k -> Float in Float(k - 15) / 128 + 1.0 / 256 }
+        blocks.append([Float(127.0 / 128)] + halves)
+        // max|x|/127 exactly halfway between two f16 values (normal and subnormal, even and odd
+        // lower neighbour): d must round to the even one, and the codes follow that d.
+        for bits: UInt16 in [0x3C00, 0x3C01, 0x2001, 0x2002, 0x0001, 0x0002, 0x0155, 0x03FF] {
+            let lo = Float(Float16(bitPattern: bits)), hi = Float(Float16(bitPattern: bits + 1))
+            let amax = (lo + hi) / 2 * 127
+            #expect(amax / 127 == (lo + hi) / 2, "the tie is exact in f32")
+            blocks.append([amax, -amax / 3] + (0..<30).map { _ in r.next() * amax })
+        }
+        let K = 32 * 5, N = (blocks.count + 4) / 5
+        blocks += Array(repeating: [Float](repeating: 0.25, count: 32), count: N * 5 - blocks.count)
+        let x = blocks.flatMap { $0 }
+        let rowBytes = (K / 32) * 34 + 7   // rows 7 bytes further apart than their blocks
+        var out = [UInt8](repeating: 0xAA, count: N * rowBytes)
+        mi_quantize_q8_0(x, Int64(K), Int32(N), Int32(K), &out, Int64(rowBytes))
+        for n in 0..<N {
+            for b in 0..<(K / 32) {
+                let at = n * rowBytes + b * 34
+                let (d, q) = Self.naiveQ8_0(x[(n * K + b * 32)..<(n * K + b * 32 + 32)])
+                let stored = UInt16(out[at]) | UInt16(out[at + 1]) << 8
+                #expect(stored == d.bitPattern, "row \(n) block \(b): d \(Float16(bitPattern: stored)) expected \(d)")
+                #expect(out[(at + 2)..<(at + 34)].map { Int8(bitPattern: $0) } == q, "row \(n) block \(b)")
+            }
+            #expect(out[(n * rowBytes + 170)..<((n + 1) * rowBytes)].allSatisfy { $0 == 0xAA }, "nothing written between rows")
+        }
+    }
+
+    /// int8 weights (Q8_0 quantized on load, repacked, the blocks32 kernel) against the naive
+    /// block product of the same quantization: N not a multiple of 16 (zero rows pad the last
+    /// panel), K not a multiple of 32 (zero columns pad the last block), 1 to 13 activation
+    /// rows; only float summation order differs.
+    @Test(arguments: [(1, 37, 100), (2, 37, 100), (9, 37, 100), (4, 16, 64), (13, 50, 576)])
+    func int8MatchesNaiveBlockProduct(_ shape: (Int, Int, Int)) {
+        let (M, N, K) = shape
+        let Kp = (K + 31) / 32 * 32
+        var r = Rng(s: 13)
+        let x = (0..<(M * K)).map { _ in r.next() * 3 }
+        let w = (0..<(N * K)).map { i in r.next() * Float(1 + i % 7) / 7 }
+        let weight = LinearWeight(values: w, outputs: N, inputs: K, format: .int8)
+        #expect(weight.kind == .q8_0 && weight.format == .int8)
+        #expect(weight.storedShape == ((N + 15) / 16 * 16, Kp) && weight.byteCount == (N + 15) / 16 * 16 * Kp / 32 * 34)
+        let y = weight.apply(Matrix(rows: M, columns: K, values: x), threads: WorkSplitter(threads: 2))
+        func pad(_ v: [Float], _ rows: Int) -> [Float] { (0..<rows).flatMap { v[($0 * K)..<($0 * K + K)] + [Float](repeating: 0, count: Kp - K) } }
+        let (expected, scale) = Self.naiveBlockProduct(pad(x, M), pad(w, N), M: M, N: N, K: Kp)
+        for i in 0..<(M * N) {
+            #expect(abs(Double(y.data[i]) - expected[i]) <= 1e-5 * scale[i] + 1e-6, "output \(i): \(y.data[i]) vs \(expected[i])")
+        }
+    }
+
+    /// A shard of an f32 tensor loaded as int8 (rows with zero rows between; columns starting
+    /// and ending inside 32-input blocks, then zero columns: 72 logical inputs) equals the naive
+    /// block product over its stored window: the covering blocks of the source row (columns it
+    /// does not own fed zeros) and a zero block; zero rows give exact zeros.
+    @Test(arguments: [1, 6])
+    func int8ShardMatchesNaiveOverItsWindow(_ M: Int) throws {
+        let (N, K) = (37, 96)
+        var r = Rng(s: 17)
+        let values = (0..<(N * K)).map { _ in r.next() }
+        let spec = ShardSpec(rows: [.tensor("w", 3..<20), .zeros(5), .tensor("w", 30..<37)], columns: [.source(8..<70), .zeros(10)])
+        let shard = try LinearWeight(source: try ShardTests.file(values, N, K), spec: spec, format: .int8)
+        #expect(shard.kind == .q8_0 && shard.format == .int8 && shard.inputs == 72 && shard.storedShape == (32, 128))
+        let x = (0..<(M * 72)).map { _ in r.next() }
+        let y = shard.apply(Matrix(rows: M, columns: 72, values: x), threads: WorkSplitter(threads: 1))
+        // The window: source columns 0..<96 (whole blocks), then 32 zero columns.
+        let sources: [Int?] = Array(3..<20) + [nil, nil, nil, nil, nil] + Array(30..<37)
+        var wWindow: [Float] = []
+        for row in sources {
+            wWindow += row.map { Array(values[($0 * K)..<($0 * K + K)]) } ?? [Float](repeating: 0, count: K)
+            wWindow += [Float](repeating: 0, count: 32)
+        }
+        var xWindow: [Float] = []
+        for m in 0..<M {
+            xWindow += [Float](repeating: 0, count: 8)
+            xWindow += x[(m * 72)..<(m * 72 + 62)]
+            xWindow += [Float](repeating: 0, count: 128 - 70)
+        }
+        let (expected, scale) = Self.naiveBlockProduct(xWindow, wWindow, M: M, N: sources.count, K: 128)
+        for m in 0..<M {
+            for (j, row) in sources.enumerated() {
+                let i = m * sources.count + j
+                if row == nil { #expect(y.data[i] == 0) }
+                #expect(abs(Double(y.data[i]) - expected[i]) <= 1e-5 * scale[i] + 1e-6, "row \(m) output \(j)")
+            }
+        }
+    }
+
+    /// A row's outputs do not depend on how many rows are multiplied with it (the kernel's tile
+    /// shapes change with M: decode's 1-2 rows × 4 panels, 4 rows × 2 panels), bitwise, on one
+    /// thread and two.
+    @Test(arguments: [1, 2])
+    func int8RowsAreBatchInvariant(_ threads: Int) {
+        let (N, K, rows) = (100, 576, 9)
+        var r = Rng(s: 23)
+        let w = (0..<(N * K)).map { _ in r.next() }
+        let x = (0..<(rows * K)).map { _ in r.next() }
+        let weight = LinearWeight(values: w, outputs: N, inputs: K, format: .int8)
+        let all = weight.apply(Matrix(rows: rows, columns: K, values: x), threads: WorkSplitter(threads: threads))
+        for M in 1..<rows {
+            let some = weight.apply(Matrix(rows: M, columns: K, values: Array(x[..<(M * K)])), threads: WorkSplitter(threads: threads))
+            for m in 0..<M { #expect(some.rowArray(m) == all.rowArray(m), "\(M) rows: row \(m)") }
+        }
+        let last = weight.apply(Matrix(rows: 1, columns: K, values: Array(x[((rows - 1) * K)...])), threads: WorkSplitter(threads: threads))
+        #expect(last.rowArray(0) == all.rowArray(rows - 1))
     }
 
     @Test func rmsnormAndSwiglu() {

@@ -69,7 +69,7 @@ struct ShardTests {
     }
     static let cases = [
         Case(tensor: "q4_1", format: .native, kind: .q4_1), Case(tensor: "q8_0", format: .native, kind: .q8_0),
-        Case(tensor: "q4_1", format: .int8, kind: .int8), Case(tensor: "f32", format: .int8, kind: .int8),
+        Case(tensor: "q4_1", format: .int8, kind: .q8_0), Case(tensor: "f32", format: .int8, kind: .q8_0),
         Case(tensor: "q8_0", format: .f32, kind: .f32), Case(tensor: "f32", format: .native, kind: .f32),
     ]
 
@@ -87,6 +87,7 @@ struct ShardTests {
                              columns: [.source(16..<80), .zeros(8), .source(96..<128)])
         let shard = try LinearWeight(source: Self.file, spec: spec, format: c.format)
         #expect(shard.kind == c.kind && whole.kind == c.kind)
+        #expect(shard.format == whole.format && shard.format == (c.kind == .f32 ? .f32 : c.format))
         #expect(shard.outputs == 29 && shard.inputs == 104)
         Self.expectShardEqualsWhole(shard, whole, M: 3, inputs: 104, K: Self.K, pieces: [(0, 16, 64), (72, 96, 32)])
     }
@@ -122,7 +123,7 @@ struct ShardTests {
             }
         }
         let joined = try LinearWeight.joining(tiles)
-        #expect(joined.kind == c.kind && joined.outputs == Self.N && joined.inputs == Self.K)
+        #expect(joined.kind == c.kind && joined.format == whole.format && joined.outputs == Self.N && joined.inputs == Self.K)
         let x = Self.input(5, Self.K)
         #expect(joined.apply(x, threads: WorkSplitter(threads: 2)).values == whole.apply(x, threads: WorkSplitter(threads: 2)).values)
     }
@@ -132,16 +133,22 @@ struct ShardTests {
         let a = try LinearWeight(source: Self.file, spec: spec, format: .f32)
         let b = try LinearWeight(source: Self.file, spec: spec, format: .int8)
         #expect(throws: WeightError.self) { try LinearWeight.joining([[a, b]]) }
+        // A file's Q8_0 blocks and int8's quantized ones share a storage kind, not a format.
+        let q8 = ShardSpec(rows: [.tensor("q8_0", 0..<16)], columns: [.source(0..<64)])
+        let native = try LinearWeight(source: Self.file, spec: q8, format: .native)
+        let int8 = try LinearWeight(source: Self.file, spec: q8, format: .int8)
+        #expect(native.kind == .q8_0 && int8.kind == .q8_0 && native.format == .native && int8.format == .int8)
+        #expect(throws: WeightError.self) { try LinearWeight.joining([[native, int8]]) }
         #expect(throws: WeightError.emptyWeight) { try LinearWeight(source: Self.file, spec: ShardSpec(rows: [], columns: [.source(0..<64)]), format: .f32) }
     }
 
-    /// Stored bytes per weight: f32 4, int8 1.25 (a 32-input group's codes plus an f32 scale and
-    /// minimum), native the file's own blocks (Q4_1 20 and Q8_0 34 bytes per 32).
+    /// Stored bytes per weight: f32 4, native the file's own blocks (Q4_1 20 and Q8_0 34 bytes
+    /// per 32), int8 Q8_0 blocks (34 bytes per 32: 32 codes and an f16 scale).
     @Test(arguments: cases)
     func storedBytesAreTheFormats(_ c: Case) throws {
         let w = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(c.tensor, 0..<32)], columns: [.source(0..<Self.K)]),
                                  format: c.format)
-        let perWeight: Double = switch c.kind { case .f32: 4; case .int8: 1.25; case .q4_1: 20.0 / 32; case .q8_0: 34.0 / 32; case .q5_0: 22.0 / 32
+        let perWeight: Double = switch c.kind { case .f32: 4; case .q4_1: 20.0 / 32; case .q8_0: 34.0 / 32; case .q5_0: 22.0 / 32
                                      case .q4_K: 144.0 / 256; case .q6_K: 210.0 / 256 }
         #expect(Double(w.byteCount) == perWeight * 32 * Double(Self.K))
     }

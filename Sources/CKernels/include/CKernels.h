@@ -14,50 +14,41 @@ extern "C" {
 int mi_simd_level(void);
 
 // ---------------------------------------------------------------------------------------------
-// Packed weight layout shared by the f32 and 8-bit GEMMs ("lane = output channel"):
-// a weight W of N output channels x K inputs is stored in panels of 16 output channels.
-//   f32 : panel p holds K groups of 16 floats          -> w[(p*K + k)*16 + lane]
-//   int8: panel p holds K/G blocks of G = mi_int8_group() inputs; a block is G/4 groups of
-//         16 x 4 unsigned codes (byte ((k/4)*16 + lane)*4 + k%4), then 16 f32 scales and 16
-//         f32 mins, so w ≈ scale·u + min per (channel, block). Codes are unsigned because VNNI
-//         multiplies u8 x s8; the activations are the signed operand. Everything a panel needs
-//         is one contiguous stream (decode reads it once, at memory bandwidth).
-// N must be a multiple of 16 and K a multiple of G (callers pad).
+// Packed f32 weights ("lane = output channel"): a weight W of N output channels x K inputs is
+// stored in panels of 16 output channels; panel p holds K groups of 16 floats
+// -> w[(p*K + k)*16 + lane]. Everything a panel needs is one contiguous stream (decode reads it
+// once, at memory bandwidth). N must be a multiple of 16 (callers pad).
 // ---------------------------------------------------------------------------------------------
-
-/// Inputs per weight (scale, min) and per activation block in the 8-bit path.
-int mi_int8_group(void);
 
 /// Packs rows [0, N) of a row-major f32 matrix (N x K, leading dimension ldw) into f32 panels.
 void mi_pack_f32(const float *w, int64_t ldw, int N, int K, float *packed);
-
-/// Quantizes a row-major f32 matrix to 8 bits per output channel (Pope et al. §3.6), with a
-/// scale and minimum per channel and group of G inputs (affine, so the file's Q4_1 blocks map
-/// almost exactly), and packs codes and parameters as panels of mi_int8_packed_bytes(N, K) bytes.
-void mi_pack_int8(const float *w, int64_t ldw, int N, int K, uint8_t *packed);
-int64_t mi_int8_packed_bytes(int N, int K);
-
-/// Quantizes M activation rows (K floats each) symmetrically to int8 in blocks of `block`.
-/// q: M x K; scales: M x (K/block); sums: M x (K/block), the sum of q over each block.
-void mi_quantize_activations(const float *x, int64_t ldx, int M, int K, int block,
-                             int8_t *q, float *scales, int32_t *sums);
 
 /// y[m, n0..n1) = x[m, :] . W[n, :] for f32 panels; n0, n1 multiples of 16.
 void mi_gemm_f32(const float *x, int64_t ldx, int M, int K, const float *packed,
                  int n0, int n1, float *y, int64_t ldy);
 
-/// Same for 8-bit panels (N channels in all), activations from mi_quantize_activations(block = G).
-void mi_gemm_int8(const int8_t *q, const float *xscales, const int32_t *xsums, int M, int K,
-                  const uint8_t *packed, int n0, int n1, float *y, int64_t ldy);
-
 // ---------------------------------------------------------------------------------------------
 // GGML block formats, executed in place (no dequantization). The 32-element formats are
-// repacked 16 rows to a panel on load, the same bits regrouped (layouts in kernels.c); their
+// repacked 16 rows to a panel on load, the same bits regrouped (layouts in blocks.c); their
 // activations are quantized with mi_quantize_q8_blocks (block 32: scale d, s = d * sum(q) for
-// Q4_1's minimum, and the integer sum(q) for the others' code offsets).
+// Q4_1's minimum, and the integer sum(q) for the others' code offsets). `--weights int8`
+// quantizes f32 rows to Q8_0 blocks on load (mi_quantize_q8_0) and runs them the same way.
 // ---------------------------------------------------------------------------------------------
 void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
                            int8_t *q, float *d, float *s, int32_t *sums);
+
+/// Quantizes M activation rows (K floats each) symmetrically to int8 in blocks of `block`
+/// (scale = max|x| / 127, q = x / scale rounded to nearest even).
+/// q: M x K; scales: M x (K/block); sums: M x (K/block), the sum of q over each block.
+void mi_quantize_activations(const float *x, int64_t ldx, int M, int K, int block,
+                             int8_t *q, float *scales, int32_t *sums);
+
+/// Quantizes rows [0, N) of a row-major f32 matrix (N x K, leading dimension ldx; K a multiple
+/// of 32) to GGML Q8_0 blocks, as a file stores them: per 32 inputs 34 bytes, f16 d then 32
+/// int8 q, with d = max|x| / 127 rounded to f16 first and q = x / d (that rounded d) rounded
+/// half away from zero and clamped to ±127, so value = d·q; an all-zero block has d = 0.
+/// Row n's blocks start at out + n * rowBytes.
+void mi_quantize_q8_0(const float *x, int64_t ldx, int N, int K, uint8_t *out, int64_t rowBytes);
 
 enum { MI_Q4_1 = 1, MI_Q5_0 = 2, MI_Q8_0 = 3 };
 /// Bytes of one panel of 16 rows and one 32-input block: Q4_1 320, Q5_0 352, Q8_0 544.

@@ -4,8 +4,8 @@ import Transformer
 
 extension DeviceProgram {
     /// The matrix this device multiplies by: its stored shard, or in weight-gathered layouts
-    /// (§3.2.3) the shards of its weight-gather group all-gathered as stored (int8 codes, file
-    /// blocks or f32 panels) and joined. W_in-role shards (rows F_yz, columns E_x) tile rows by
+    /// (§3.2.3) the shards of its weight-gather group all-gathered as stored (blocks, the file's
+    /// or int8's Q8_0, or f32 panels) and joined. W_in-role shards (rows F_yz, columns E_x) tile rows by
     /// i_yz and columns by i_x; W_out-role shards the other way round.
     func weight(_ use: WeightUse, _ site: CollectiveSite) throws -> LinearWeight {
         let layer = weights.layers(oneDimensional: use.storage == .oneDimensional)[use.layer]
