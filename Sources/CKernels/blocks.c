@@ -149,14 +149,18 @@ ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, con
     const int scales = type == MI_Q4_1 ? 256 : type == MI_Q5_0 ? 320 : 512;
     const int offset = type == MI_Q4_1 ? 0 : type == MI_Q5_0 ? 16 : 128;
     const int nblk = K / 32;
-    __m512 accf[4][4];
+    __m512 accf[4][8];
     for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) accf[m][j] = _mm512_setzero_ps();
     for (int b = 0; b < nblk; b++) {
-        __m512i acci[4][4];
+        __m512i acci[4][8];
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acci[m][j] = _mm512_setzero_si512();
         const uint8_t *wb = wp + (int64_t)b * unit;
+        // Decode streams NR panels at once; the hardware prefetcher alone keeps too few of
+        // their lines in flight (measured: Q4_1 22 -> 31 GB/s, Q8_0 21 -> 23.5 with this hint
+        // 16 KiB ahead into L2, one line per panel per block).
+        if (MR <= 2) for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(wb + j * panel + 16384), _MM_HINT_T1);
         for (int g = 0; g < 4; g++) {
-            __m512i lo[4], hi[4];
+            __m512i lo[8], hi[8];
             for (int j = 0; j < NR; j++) unit_codes(type, wb + j * panel, g, &lo[j], &hi[j]);
             for (int m = 0; m < MR; m++) {
                 const int8_t *xb = q + (int64_t)m * K + b * 32;
@@ -193,8 +197,9 @@ ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d
     const int64_t panel = (int64_t)nblk * unit;
 #if defined(MI_VNNI)
     for (int n = n0; n < n1;) {
-        // Decode: four panels' streams in flight; more rows: 4 x 2 reuses each unpacked tile.
-        int nr = (M <= 2 && n1 - n >= 64) ? 4 : (n1 - n >= 32) ? 2 : 1;
+        // Decode: eight panels' streams in flight (four for two rows); more rows: 4 x 2 reuses
+        // each unpacked tile. Each output's arithmetic is the same whatever the tile.
+        int nr = (M == 1 && n1 - n >= 128) ? 8 : (M <= 2 && n1 - n >= 64) ? 4 : (n1 - n >= 32) ? 2 : 1;
         const uint8_t *wp = w + (int64_t)(n / 16) * panel;
         for (int m = 0; m < M; m += 4) {
             int mr = M - m < 4 ? M - m : 4;
@@ -202,7 +207,8 @@ ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d
             const float *dm = d + m * nblk, *sm = s + m * nblk;
             const int32_t *um = sums + m * nblk;
             float *ym = y + m * ldy + n;
-            if (nr == 4) { if (mr == 1) TILE_B32(1, 4); else TILE_B32(2, 4); }
+            if (nr == 8) TILE_B32(1, 8);
+            else if (nr == 4) { if (mr == 1) TILE_B32(1, 4); else TILE_B32(2, 4); }
             else if (nr == 2) { switch (mr) { case 1: TILE_B32(1, 2); break; case 2: TILE_B32(2, 2); break; case 3: TILE_B32(3, 2); break; default: TILE_B32(4, 2); } }
             else { switch (mr) { case 1: TILE_B32(1, 1); break; case 2: TILE_B32(2, 1); break; case 3: TILE_B32(3, 1); break; default: TILE_B32(4, 1); } }
         }
