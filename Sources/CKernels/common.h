@@ -17,7 +17,7 @@
 #endif
 
 /// Activation rows per pass of the row-at-a-time K-quant kernels.
-#define MI_MT 4
+#define MI_MT 8
 
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
