@@ -161,6 +161,19 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// (a 2-device mesh of 1 thread each: the 2-thread value). Missing: 1.
     public var passComputeEfficiency: [String: Double]?
     public var passMemoryEfficiency: [String: Double]?
+    /// The same two tables measured on each model file `calibrate` found (file name → tables):
+    /// a model whose block formats run other kernels (Gemma's K-quants) reaches another fraction
+    /// of the Q4_1 kernel's rate. A model without its own entry uses the tables above.
+    public var modelPassEfficiency: [String: PassEfficiency]?
+
+    public struct PassEfficiency: Sendable, Codable, Equatable {
+        public var compute: [String: Double]
+        public var memory: [String: Double]
+        public init(compute: [String: Double], memory: [String: Double]) {
+            self.compute = compute
+            self.memory = memory
+        }
+    }
 
     /// Every collective kind measured on its own between 2 devices (`CollectiveKind.rawValue`
     /// → rate), in-process and over MPI; they override the all-gather pair above per kind.
@@ -228,14 +241,16 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// efficiencies for `weights`, when measured), the measured per-call latency, and no overlap
     /// of collectives or weight gathers with anything
     /// (in-process "communication" is copying on the cores the matmuls use).
-    public func calibration(for weights: WeightPrecision? = nil, activeThreads: Int = 1) -> Calibration {
+    /// `model` (a model file's name) picks the efficiencies measured on that file, if any.
+    public func calibration(for weights: WeightPrecision? = nil, activeThreads: Int = 1, model: String? = nil) -> Calibration {
         func pick(_ table: [String: Double]?) -> Double {
             guard let weights, let table else { return 1 }
             return table[Self.passKey(weights, threads: activeThreads > 1 ? threads : 1)] ?? table[weights.rawValue] ?? 1
         }
+        let own = model.flatMap { modelPassEfficiency?[$0] }
         var c = Calibration()
-        c.computeEfficiency = pick(passComputeEfficiency)
-        c.memoryEfficiency = pick(passMemoryEfficiency)
+        c.computeEfficiency = pick(own?.compute ?? passComputeEfficiency)
+        c.memoryEfficiency = pick(own?.memory ?? passMemoryEfficiency)
         c.interconnectEfficiency = 1
         c.collectiveLatency = collectiveLatency
         c.overlap = 0

@@ -158,7 +158,9 @@ struct Bench: ParsableCommand {
         let mesh = session.meshEngine.mesh
         let precision = WeightPrecision(format)
         let layout = run.kind == "pp" ? session.meshEngine.prefill : session.meshEngine.decode
-        return try predictedRunRate(host: host, calibration: host.calibration(for: precision, activeThreads: t),
+        // The whole-pass efficiencies measured on this model file, if `calibrate` found it.
+        let file = (try? ModelStore().resolve(model)).map { URL(fileURLWithPath: $0).lastPathComponent }
+        return try predictedRunRate(host: host, calibration: host.calibration(for: precision, activeThreads: t, model: file),
                                     config: session.engine.config, mesh: mesh, layout: layout, precision: precision,
                                     threads: t, test: run.kind, tokens: run.tokens, batch: run.batch, depth: run.depth)
     }

@@ -139,14 +139,32 @@ struct Calibrate: ParsableCommand {
     }
 
     /// Whole-pass efficiencies on the model file (default: the cached default model; skipped if
-    /// absent): for each weight format, on one device with one thread and with all threads, a
-    /// 256-token prefill and 32 decode steps, each the median of 5, against the cost model's time
-    /// at the kernel rates.
+    /// absent), and on every other catalog model in the cache (per file): for each weight
+    /// format, on one device with one thread and with all threads, a 256-token prefill and 32
+    /// decode steps, each the median of 5, against the cost model's time at the kernel rates.
     func measurePassEfficiencies(_ host: inout HostCalibration) throws {
         guard let path = try? ModelStore().resolve(model) else {
             print("no model file: whole-pass efficiencies not measured (run `meshinfer pull`)")
             return
         }
+        let store = ModelStore()
+        let others = ModelStore.catalog.map { store.directory + "/" + $0.fileName }
+            .filter { $0 != path && FileManager.default.fileExists(atPath: $0) }
+        var perModel: [String: HostCalibration.PassEfficiency] = [:]
+        for file in [path] + others {
+            let measured = try passEfficiencies(file, host)
+            perModel[URL(fileURLWithPath: file).lastPathComponent] = measured
+            if file == path {
+                host.passComputeEfficiency = measured.compute
+                host.passMemoryEfficiency = measured.memory
+            }
+            print("whole-pass efficiency of \(URL(fileURLWithPath: file).lastPathComponent) (prefill / decode): " + measured.compute.keys.sorted().map {
+                String(format: "%@ %.2f / %.2f", $0, measured.compute[$0]!, measured.memory[$0]!) }.joined(separator: ", "))
+        }
+        host.modelPassEfficiency = perModel
+    }
+
+    func passEfficiencies(_ path: String, _ host: HostCalibration) throws -> HostCalibration.PassEfficiency {
         let threads = ProcessInfo.processInfo.activeProcessorCount
         var compute: [String: Double] = [:], memory: [String: Double] = [:]
         for t in Set([1, threads]).sorted() {
@@ -172,10 +190,7 @@ struct Calibrate: ParsableCommand {
                 memory[key] = try efficiency("tg", 32)
             }
         }
-        host.passComputeEfficiency = compute
-        host.passMemoryEfficiency = memory
-        print("whole-pass efficiency (prefill / decode): " + compute.keys.sorted().map {
-            String(format: "%@ %.2f / %.2f", $0, compute[$0]!, memory[$0]!) }.joined(separator: ", "))
+        return .init(compute: compute, memory: memory)
     }
 
     static func describe(_ rates: [String: CollectiveRate]) -> String {

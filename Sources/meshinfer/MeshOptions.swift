@@ -251,6 +251,7 @@ extension Session {
         // Threads per device as the engines split them: in-process over the mesh, MPI per host.
         let perDevice = max(1, model.threads / (options.transport == .mpi ? MPIWorld.ranksOnThisHost : mesh.deviceCount))
         return CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: perDevice, activeThreads: model.threads),
-                         calibration: host.calibration(for: precision, activeThreads: model.threads))
+                         calibration: host.calibration(for: precision, activeThreads: model.threads,
+                                                       model: (try? ModelStore().resolve(model.model)).map { URL(fileURLWithPath: $0).lastPathComponent }))
     }
 }
