@@ -137,9 +137,9 @@ struct DeviceProgram {
 
     /// Runs `body`, charged to op class `op` when this pass is profiled.
     @inline(__always)
-    func timed<T>(_ op: String, bytes: @autoclosure () -> Double = 0, _ body: () throws -> T) rethrows -> T {
-        guard let profile else { return try body() }
-        return try profile.measure(op, bytes: bytes(), body)
+    func timed<T>(_ op: @autoclosure () -> String, bytes: @autoclosure () -> Double = 0, _ body: () throws -> T) rethrows -> T {
+        guard let profile else { return try body() }   // the name and bytes are not even built
+        return try profile.measure(op(), bytes: bytes(), body)
     }
 
     /// Σ xᵢ · Wᵢᵀ (the parallel block's two W_out products, or one).
