@@ -45,62 +45,11 @@ ALWAYS_INLINE __m512 sums16(const __m512 *a) {
     return _mm512_permutexvar_ps(order, w);
 }
 
-/* One head of one row, Q = 16·NQ: scores 16 positions at a time (each position's products
- * summed in a vector, 16 of them reduced together), softmax with the vector exp, then the
- * weighted values accumulated in NQ registers and scaled once. */
-ALWAYS_INLINE void attend_head(const int NQ, const float *qh, const float *k, const float *v, int64_t kvStride, int count,
-                               float scale, float *scratch, float *oh) {
-    __m512 qv[16];
-    for (int c = 0; c < NQ; c++) qv[c] = _mm512_mul_ps(_mm512_loadu_ps(qh + 16 * c), _mm512_set1_ps(scale));
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    int j = 0;
-    for (; j + 16 <= count; j += 16) {
-        __m512 prod[16];
-        for (int p = 0; p < 16; p++) {
-            const float *kj = k + (int64_t)(j + p) * kvStride;
-            __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
-            for (int c = 1; c < NQ; c++) acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj + 16 * c), acc);
-            prod[p] = acc;
-        }
-        __m512 s = sums16(prod);
-        _mm512_storeu_ps(scratch + j, s);
-        mx = _mm512_max_ps(mx, s);
-    }
-    float m = _mm512_reduce_max_ps(mx);
-    for (; j < count; j++) {
-        const float *kj = k + (int64_t)j * kvStride;
-        __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kj));
-        for (int c = 1; c < NQ; c++) acc = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kj + 16 * c), acc);
-        scratch[j] = _mm512_reduce_add_ps(acc);
-        m = scratch[j] > m ? scratch[j] : m;
-    }
-    __m512 sumv = _mm512_setzero_ps(), vm = _mm512_set1_ps(m);
-    j = 0;
-    for (; j + 16 <= count; j += 16) {
-        __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(scratch + j), vm));
-        _mm512_storeu_ps(scratch + j, e);
-        sumv = _mm512_add_ps(sumv, e);
-    }
-    if (j < count) {
-        __mmask16 tail = (__mmask16)((1u << (count - j)) - 1);
-        __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scratch + j), vm));
-        _mm512_mask_storeu_ps(scratch + j, tail, e);
-        sumv = _mm512_add_ps(sumv, _mm512_maskz_mov_ps(tail, e));
-    }
-    __m512 acc[16];
-    for (int c = 0; c < NQ; c++) acc[c] = _mm512_setzero_ps();
-    for (j = 0; j < count; j++) {
-        __m512 p = _mm512_set1_ps(scratch[j]);
-        const float *vj = v + (int64_t)j * kvStride;
-        for (int c = 0; c < NQ; c++) acc[c] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vj + 16 * c), acc[c]);
-    }
-    __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sumv));
-    for (int c = 0; c < NQ; c++) _mm512_storeu_ps(oh + 16 * c, _mm512_mul_ps(acc[c], inv));
-}
-/* The G query heads sharing one KV head, Q = 16·NQ with G·NQ <= 16 (the default model: 3
- * heads of 64): each key and value row is loaded once for all G heads. Per head the same
- * steps as attend_head — scores 16 positions at a time, softmax, weighted values — so a head's
- * arithmetic is attend_head's. scratch: G·count floats. */
+/* The G query heads sharing one KV head (G = 1: one head), Q = 16·NQ with G·NQ <= 16 (the
+ * default model: 3 heads of 64): each key and value row is loaded once for all G heads. Per
+ * head: scores 16 positions at a time (each position's products summed in a vector, 16 of them
+ * reduced together), softmax with the vector exp, then the weighted values accumulated in NQ
+ * registers and scaled once; a head's arithmetic does not depend on G. scratch: G·count floats. */
 ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const float *k, const float *v, int64_t kvStride,
                                 int count, float scale, float *scratch, float *out) {
     __m512 qv[16];
@@ -165,33 +114,24 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const
 
 /* Softmax attention of one query row (H heads of Q, grouped over KV heads) over `count` cached
  * positions. The scalar path below is the reference arithmetic; with AVX-512 and Q a multiple
- * of 16 up to 256, attend_head computes the same function in another order (and a 2-ulp exp). */
+ * of 16 up to 256, attend_group computes the same function in another order (and a 2-ulp exp). */
 void mi_attention_row(const float *q, int H, int KV, int Q,
                       const float *k, const float *v, int64_t kvStride, int count,
                       float scale, float *scratch, float *out) {
     int group = H / KV;
 #if defined(MI_AVX512)
-    if (Q == 64 && group >= 2 && group <= 4) {   // every KV head's queries at once
-        for (int g = 0; g < KV; g++) {
-            const float *qg = q + g * group * Q, *kg = k + g * Q, *vg = v + g * Q;
-            float *og = out + g * group * Q;
-            switch (group) {
-            case 2: attend_group(4, 2, qg, kg, vg, kvStride, count, scale, scratch, og); break;
-            case 3: attend_group(4, 3, qg, kg, vg, kvStride, count, scale, scratch, og); break;
-            default: attend_group(4, 4, qg, kg, vg, kvStride, count, scale, scratch, og); break;
-            }
-        }
-        return;
-    }
     if (Q % 16 == 0 && Q <= 256) {
-        for (int h = 0; h < H; h++) {
-            const float *kh = k + (h / group) * Q, *vh = v + (h / group) * Q;
-            switch (Q / 16) {
-            case 4: attend_head(4, q + h * Q, kh, vh, kvStride, count, scale, scratch, out + h * Q); break;
-            case 8: attend_head(8, q + h * Q, kh, vh, kvStride, count, scale, scratch, out + h * Q); break;
-            case 16: attend_head(16, q + h * Q, kh, vh, kvStride, count, scale, scratch, out + h * Q); break;
-            default: attend_head(Q / 16, q + h * Q, kh, vh, kvStride, count, scale, scratch, out + h * Q);
-            }
+        // Heads of 64 attend their KV head's group together (2–4 heads); others one at a time.
+        const int NQ = Q / 16, G = NQ == 4 && group >= 2 && group <= 4 ? group : 1;
+        for (int h = 0; h < H; h += G) {
+            const float *qh = q + h * Q, *kh = k + (h / group) * Q, *vh = v + (h / group) * Q;
+            float *oh = out + h * Q;
+#define ATTEND(NQ_, G_) attend_group(NQ_, G_, qh, kh, vh, kvStride, count, scale, scratch, oh)
+            if (NQ == 4) { switch (G) { case 2: ATTEND(4, 2); break; case 3: ATTEND(4, 3); break; case 4: ATTEND(4, 4); break; default: ATTEND(4, 1); } }
+            else if (NQ == 8) ATTEND(8, 1);
+            else if (NQ == 16) ATTEND(16, 1);
+            else ATTEND(NQ, 1);
+#undef ATTEND
         }
         return;
     }
