@@ -25,21 +25,19 @@ struct TraceTests {
     }
 
     /// `bench --profile`'s op classes, on device 0 of meshes of 1 and 2 with both attention
-    /// layouts, against what the execution log counted in the same pass: one matmul per layer
-    /// matrix plus the unembedding, each under its tensors' names; the attention class's bytes
-    /// equal the KV bytes the log saw; every class's time is positive and together within the
-    /// pass's wall time.
+    /// layouts: one matmul per layer matrix plus the unembedding, each under its tensors' names;
+    /// the attention class's bytes equal the KV bytes the tracer prices for device 0 (its own
+    /// formula); every class's time is positive and together within the pass's wall time.
     @Test(arguments: ["1", "2"], AttentionLayout.allCases)
-    func profileAgreesWithTheExecutionLog(meshText: String, attention: AttentionLayout) throws {
+    func profileAgreesWithTheTrace(meshText: String, attention: AttentionLayout) throws {
         let config = ModelConfig.gemmaTiny()
         let mesh = try Mesh(parsing: meshText)
         let layout = PhaseLayout(.weightStationary1D, attention)
         let engine = try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: mesh,
                                     prefill: layout, decode: layout, format: .int8, threads: 1)
         let caches = (0..<3).map { _ in engine.makeCache() }
-        for (step, n) in [7, 1].enumerated() {
-            let log = ExecutionLog(), profile = OpProfile()
-            engine.executionLogs = (0..<mesh.deviceCount).map { $0 == 0 ? log : ExecutionLog() }
+        for (step, (n, context)) in [(7, 7), (1, 8)].enumerated() {
+            let profile = OpProfile()
             engine.profile = profile
             let start = Date()
             _ = try engine.forward(caches.enumerated().map { i, c in SequenceInput(cache: c, tokens: (0..<n).map { (i * 5 + $0 + step) % 90 }) })
@@ -49,7 +47,10 @@ struct TraceTests {
                                           "matmul token_embd"], "\(matmuls.keys.sorted())")
             #expect(matmuls.values.reduce(0) { $0 + $1.calls } == 4 * config.layers + 1)
             #expect(profile.entries["attention"]?.calls == config.layers)
-            #expect(profile.entries["attention"]?.bytes == log.kvBytes, "\(meshText) \(attention) step \(step)")
+            let trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
+                                           batch: TracedBatch(sequences: 3, newTokens: n, context: context),
+                                           panelRows: WeightPrecision.int8Grouped.panelRows, unitInputs: WeightPrecision.int8Grouped.unitInputs)
+            #expect(profile.entries["attention"]?.bytes == trace.kvElements * 4, "\(meshText) \(attention) step \(step)")
             #expect(profile.entries.values.allSatisfy { $0.seconds > 0 || $0.calls == 0 })
             #expect(profile.totalSeconds <= wall)
         }

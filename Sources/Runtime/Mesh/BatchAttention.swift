@@ -114,17 +114,22 @@ extension DeviceProgram {
     }
 
     /// Enters one layer's attention in the execution log: Q·Kᵀ and P·V over each row's causal
-    /// positions, and one read of each attended sequence's cached keys and values.
+    /// positions, and one read of each attended sequence's cached keys and values; the same
+    /// KV bytes go to the profile's attention class.
     func logAttention(_ layer: Int, _ rows: [RowInfo], queryHeads: Int, kvHeads: Int) {
-        guard let log else { return }
+        guard log != nil || profile != nil else { return }
         let Q = Double(config.headDimension)
         var spans: [Int: (first: Int, end: Int)] = [:]   // sequence → cached positions read
+        var flops = 0.0
         for r in rows where !r.isPadding {
             let first = config.firstAttended(layer: layer, position: r.position)
-            log.attentionFLOPs += 4 * Double(r.position + 1 - first) * Double(queryHeads) * Q
+            flops += 4 * Double(r.position + 1 - first) * Double(queryHeads) * Q
             let s = spans[r.sequence] ?? (first, r.position + 1)
             spans[r.sequence] = (min(s.first, first), max(s.end, r.position + 1))
         }
-        log.kvBytes += spans.values.reduce(0.0) { $0 + 2 * Double($1.end - $1.first) * Double(kvHeads) * Q * 4 }
+        let kvBytes = spans.values.reduce(0.0) { $0 + 2 * Double($1.end - $1.first) * Double(kvHeads) * Q * 4 }
+        log?.attentionFLOPs += flops
+        log?.kvBytes += kvBytes
+        profile?.add("attention", seconds: 0, bytes: kvBytes, calls: 0)
     }
 }

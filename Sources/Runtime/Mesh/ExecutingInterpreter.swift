@@ -115,36 +115,19 @@ struct LayerRun: LayerInterpreter {
         return .ready(try program.norm(force(x), w, axes: axes, site))
     }
 
+    /// Timed as "attention"; its KV bytes are entered where the attention is counted
+    /// (`logAttention`).
     func attention(_ qkv: DeviceValue, layer: Int, _ layout: AttentionLayout, headsOver: AxisSet) throws -> DeviceValue {
-        let qkv = DeviceValue.ready(try force(qkv))
-        return try program.timed("attention", bytes: kvBytes(layer: layer, layout)) { try attend(qkv, layer: layer, layout) }
-    }
-
-    /// Bytes of KV cache one layer's attention must read here: each sequence's attended
-    /// positions once (the span its rows attend together), keys and values of the KV heads this
-    /// device attends with (f32).
-    func kvBytes(layer: Int, _ layout: AttentionLayout) -> Double {
-        let Q = config.headDimension
-        let (attending, kvDimension) = switch layout {
-        case .shardedOverHeads: (rows, program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh).count * program.blocks.wholeHeads!.kv * Q)
-        case .shardedOverBatch: (exchange.mine, config.kvHeads * Q)
-        }
-        var spans: [Int: Range<Int>] = [:]   // per sequence
-        for r in attending where !r.isPadding {
-            let span = config.firstAttended(layer: layer, position: r.position)..<(r.position + 1)
-            spans[r.sequence] = spans[r.sequence].map { min($0.lowerBound, span.lowerBound)..<max($0.upperBound, span.upperBound) } ?? span
-        }
-        return Double(spans.values.reduce(0) { $0 + $1.count } * kvDimension * 2 * 4)
-    }
-
-    private func attend(_ qkv: DeviceValue, layer: Int, _ layout: AttentionLayout) throws -> DeviceValue {
-        switch layout {
-        case .shardedOverHeads:
-            return .ready(program.headAttention(layer, try force(qkv), owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows,
-                                                prep: program.headPrep(layer: layer, rope: rope)))
-        case .shardedOverBatch:
-            return .ready(program.batchAttention(layer, try force(qkv), exchange))
-        }
+        let qkv = try force(qkv)
+        return .ready(program.timed("attention") {
+            switch layout {
+            case .shardedOverHeads:
+                program.headAttention(layer, qkv, owned: program.ffn.ownedBlocks(rank: program.rank, mesh: program.mesh), rows: rows,
+                                      prep: program.headPrep(layer: layer, rope: rope))
+            case .shardedOverBatch:
+                program.batchAttention(layer, qkv, exchange)
+            }
+        })
     }
 
     /// The gated activation per hidden block (SwiGLU, or GeGLU with tanh-approximated GELU):
