@@ -43,9 +43,7 @@ void mi_quantize_q8_0(const float *x, int64_t ldx, int N, int K, uint8_t *out, i
         for (int b = 0; b < K / 32; b++) {
             const float *xb = row + b * 32;
             uint8_t *blk = out + (int64_t)n * rowBytes + (int64_t)b * 34;
-            float amax = 0;
-            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(xb[i]));
-            uint16_t dh = float_to_half(amax / 127.0f);
+            uint16_t dh = float_to_half(abs_max(xb, 32) / 127.0f);
             if (dh == 0x7C00) dh = 0x7BFF;   // beyond f16 (|x| > 127·65504): the largest scale; codes clamp
             float d = half_to_float(dh);
             memcpy(blk, &dh, 2);
