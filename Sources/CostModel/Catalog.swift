@@ -185,6 +185,33 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var mpiCollectiveLatency: Double?
     public var mpiCollectiveBandwidth: Double?
     public var mpiRanks: Int?
+    /// Where those MPI measurements ran (nil in files written before it was recorded).
+    public var mpiCluster: Cluster?
+
+    /// The ranks `calibrate --transport mpi` ran on: how many hosts (distinct host names), how
+    /// many physical machines (distinct boot ids) and threads per rank. Hosts that are network
+    /// namespaces of one machine (`scripts/hosts.sh`) share its cores and memory bandwidth:
+    /// `sharesMachine`, and the cost model prices their devices so.
+    public struct Cluster: Sendable, Codable, Equatable {
+        public var ranks: Int
+        public var hosts: Int
+        public var machines: Int
+        public var threadsPerRank: Int
+        public init(ranks: Int, hosts: Int, machines: Int, threadsPerRank: Int) {
+            self.ranks = ranks
+            self.hosts = hosts
+            self.machines = machines
+            self.threadsPerRank = threadsPerRank
+        }
+        /// Every rank ran on this one machine (namespaces or processes), sharing its cores.
+        public var sharesMachine: Bool { machines == 1 }
+        /// Threads busy on one machine when `devices` devices (one per rank, one rank per host
+        /// in a cluster of several hosts) run at once.
+        public func activeThreads(devices: Int) -> Int {
+            let perMachine = sharesMachine ? devices : (devices + machines - 1) / machines
+            return max(1, perMachine) * threadsPerRank
+        }
+    }
 
     /// The key of a whole-pass efficiency: the precision, and the thread count unless 1.
     public static func passKey(_ weights: WeightPrecision, threads: Int) -> String {
@@ -214,14 +241,17 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     }
 
     /// The host as one "chip" per device of a mesh, each device running `threadsPerDevice`
-    /// threads, with `activeThreads` threads in use in all.
+    /// threads, with `activeThreads` threads in use in all. More threads than the host's
+    /// `threads` cores (ranks of namespace hosts sharing one machine) share the cores: each
+    /// thread gets cores/activeThreads of one.
     public func hardware(weights: WeightPrecision, threadsPerDevice: Int, activeThreads: Int) -> Hardware {
         let native = weights == .native && nativeOPsPerThread != nil
         var perThread = native ? nativeOPsPerThread! : weights == .int8Grouped ? int8OPsPerThread : f32FLOPsPerThread
         if activeThreads > 1, let all = allThreadsOPs?[native ? "native" : weights == .int8Grouped ? "int8-g32" : "f32"] {
             perThread = all / Double(max(1, threads))
         }
-        let peak = perThread * Double(threadsPerDevice)
+        let coreShare = min(1, Double(max(1, threads)) / Double(max(1, activeThreads)))
+        let peak = perThread * Double(threadsPerDevice) * coreShare
         let f32 = weights == .f32 && f32BandwidthOneThread != nil
         let bw = native ? (activeThreads > 1 ? nativeBandwidthAllThreads! : nativeBandwidthOneThread!)
             : f32 ? (activeThreads > 1 ? f32BandwidthAllThreads! : f32BandwidthOneThread!)
@@ -229,12 +259,25 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         let devices = max(1, activeThreads / max(1, threadsPerDevice))
         var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
-        h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) }
+        h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) * coreShare }
         if let rates = collectiveRates {
             h.collectiveRates = Dictionary(uniqueKeysWithValues: rates.compactMap { key, rate in
                 CollectiveKind(rawValue: key).map { ($0, rate) } })
         }
         return h
+    }
+
+    /// One device per rank of the cluster MPI was calibrated on (`mpiCluster`), `devices` of
+    /// them at once: each runs the cluster's threads per rank; devices on one machine share its
+    /// cores and memory bandwidth. Nil without a recorded cluster.
+    /// `threadsPerRank` overrides the recorded threads per rank (a run that uses other ones).
+    public func clusterHardware(weights: WeightPrecision, devices: Int, threadsPerRank: Int? = nil,
+                                model: String? = nil) -> (Hardware, Calibration)? {
+        guard var cluster = mpiCluster, let mpi = overMPI else { return nil }
+        if let threadsPerRank { cluster.threadsPerRank = threadsPerRank }
+        let active = cluster.activeThreads(devices: devices)
+        return (mpi.hardware(weights: weights, threadsPerDevice: cluster.threadsPerRank, activeThreads: active),
+                mpi.calibration(for: weights, activeThreads: active, model: model))
     }
 
     /// Measured numbers are achieved rates: kernel efficiencies 1 (times the whole-pass

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Collectives
 import Foundation
 import Runtime
 import Tensors
@@ -151,18 +152,29 @@ struct Bench: ParsableCommand {
     /// Tokens/s the cost model predicts for a run, if this host has been calibrated.
     func predictedRate(session: Session, run: BenchRun, format: WeightFormat, threads t: Int) throws -> Double? {
         guard var host = loadHostCalibration() else { return nil }
-        if session.meshEngine is ProcessMeshEngine {
-            guard let mpi = host.overMPI else { return nil }   // run `calibrate --transport mpi`
-            host = mpi
-        }
         let mesh = session.meshEngine.mesh
         let precision = WeightPrecision(format)
         let layout = run.kind == "pp" ? session.meshEngine.prefill : session.meshEngine.decode
         // The whole-pass efficiencies measured on this model file, if `calibrate` found it.
         let file = (try? ModelStore().resolve(model)).map { URL(fileURLWithPath: $0).lastPathComponent }
-        return try predictedRunRate(host: host, calibration: host.calibration(for: precision, activeThreads: t, model: file),
-                                    config: session.engine.config, mesh: mesh, layout: layout, precision: precision,
-                                    threads: t, test: run.kind, tokens: run.tokens, batch: run.batch, depth: run.depth)
+        var hardware = host.hardware(weights: precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
+        var calibration = host.calibration(for: precision, activeThreads: t, model: file)
+        if session.meshEngine is ProcessMeshEngine {
+            // One device per rank, each with this host's threads shared by its ranks; on a
+            // calibrated cluster priced as it ran (hosts sharing a machine share its cores).
+            let perRank = max(1, t / MPIWorld.ranksOnThisHost)
+            if let cluster = host.clusterHardware(weights: precision, devices: mesh.deviceCount, threadsPerRank: perRank, model: file) {
+                (hardware, calibration) = cluster
+            } else {
+                guard let mpi = host.overMPI else { return nil }   // run `calibrate --transport mpi`
+                host = mpi
+                hardware = host.hardware(weights: precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
+                calibration = host.calibration(for: precision, activeThreads: t, model: file)
+            }
+        }
+        return try predictedRunRate(hardware: hardware, calibration: calibration, config: session.engine.config, mesh: mesh,
+                                    layout: layout, precision: precision, test: run.kind, tokens: run.tokens, batch: run.batch,
+                                    depth: run.depth)
     }
 }
 
@@ -299,10 +311,9 @@ extension WeightPrecision {
 
 /// Tokens/s the cost model gives this host for one `bench`-style run (`BenchRun`): a prefill of
 /// `tokens` per sequence ("pp"), or `tokens` decode steps from an empty cache ("tg").
-func predictedRunRate(host: HostCalibration, calibration: Calibration, config: ModelConfig, mesh: Mesh, layout: PhaseLayout,
-                      precision: WeightPrecision, threads: Int, test: String, tokens: Int, batch: Int, depth: Int = 0) throws -> Double {
+func predictedRunRate(hardware: Hardware, calibration: Calibration, config: ModelConfig, mesh: Mesh, layout: PhaseLayout,
+                      precision: WeightPrecision, test: String, tokens: Int, batch: Int, depth: Int = 0) throws -> Double {
     let prefill = test == "pp"
-    let hardware = host.hardware(weights: precision, threadsPerDevice: max(1, threads / mesh.deviceCount), activeThreads: threads)
     let p = try CostModel(hardware: hardware, calibration: calibration).predict(
         model: ModelSpec(config: config, nominalParameters: Double(config.parameterCount)), mesh: mesh, layout: layout,
         phase: prefill ? .prefill : .decode, batch: batch, inputTokens: prefill ? tokens : 1,

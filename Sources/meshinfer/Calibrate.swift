@@ -8,16 +8,38 @@ import Runtime
 import Tensors
 import CKernels
 
-/// Where `calibrate` stores this host's measurements (read by `predict --hardware cpu`, `bench`
-/// and the default layout choice): `MESHINFER_CALIBRATION`, else the model cache's
-/// cpu-calibration.json.
+/// The file `--calibration FILE` named (set when the command line is validated).
+nonisolated(unsafe) private var calibrationFile: String?
+
+/// Where `calibrate` stores this host's measurements (read by `predict --hardware cpu`, `plan`,
+/// `bench` and the default layout choice): `--calibration FILE`, else `MESHINFER_CALIBRATION`,
+/// else the model cache's cpu-calibration.json.
 func hostCalibrationPath() -> String {
-    ProcessInfo.processInfo.environment["MESHINFER_CALIBRATION"] ?? ModelStore().directory + "/cpu-calibration.json"
+    calibrationFile ?? ProcessInfo.processInfo.environment["MESHINFER_CALIBRATION"] ?? ModelStore().directory + "/cpu-calibration.json"
 }
 
 func loadHostCalibration() -> HostCalibration? {
     guard let data = FileManager.default.contents(atPath: hostCalibrationPath()) else { return nil }
     return try? JSONDecoder().decode(HostCalibration.self, from: data)
+}
+
+/// `--calibration FILE`: the measurements to price with, one file per machine or cluster and
+/// link rate (`calibrate --output FILE`, then `mpirun … calibrate --transport mpi --output FILE`
+/// on the cluster). A named file must exist and hold a calibration.
+struct CalibrationOption: ParsableArguments {
+    @Option(help: "Calibration file to price with (default: this host's, from `meshinfer calibrate`); e.g. one per cluster and link rate.")
+    var calibration: String?
+
+    func validate() throws {
+        guard let calibration else { return }
+        guard let data = FileManager.default.contents(atPath: calibration) else {
+            throw ValidationError("--calibration \(calibration): no such file (write one with `meshinfer calibrate --output \(calibration)`)")
+        }
+        do { _ = try JSONDecoder().decode(HostCalibration.self, from: data) } catch {
+            throw ValidationError("--calibration \(calibration) is not a calibration file: \(error)")
+        }
+        calibrationFile = calibration
+    }
 }
 
 struct Calibrate: ParsableCommand {
@@ -29,6 +51,8 @@ struct Calibrate: ParsableCommand {
     @Option(help: "Output file (default: the model cache's cpu-calibration.json).") var output: String?
     @Option(help: "GGUF model whose whole forward pass is timed for the pass efficiencies (default: the cached default model).")
     var model: String?
+    @Option(help: "With --transport mpi: threads each rank will run (recorded for pricing; default: this host's cores / ranks on it).")
+    var threads: Int?
 
     func run() throws {
         if transport == .mpi { return try calibrateMPI() }
@@ -122,6 +146,7 @@ struct Calibrate: ParsableCommand {
             result.mpiCollectiveBandwidth = old.mpiCollectiveBandwidth
             result.mpiRanks = old.mpiRanks
             result.mpiCollectiveRates = old.mpiCollectiveRates
+            result.mpiCluster = old.mpiCluster
         }
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         let encoder = JSONEncoder()
@@ -181,8 +206,9 @@ struct Calibrate: ParsableCommand {
                     let run = BenchRun(kind: test, tokens: n, depth: 0, batch: 1)
                     _ = try run.time(loaded.engine, [Array(tokens.prefix(n))], profile: nil)
                     let measured = try (0..<5).map { _ in try run.time(loaded.engine, [Array(tokens.prefix(n))], profile: nil).0 }.sorted()[2]
-                    let predicted = try predictedRunRate(host: host, calibration: host.calibration(), config: config, mesh: .single,
-                                                         layout: layout, precision: precision, threads: t, test: test, tokens: n, batch: 1)
+                    let predicted = try predictedRunRate(hardware: host.hardware(weights: precision, threadsPerDevice: t, activeThreads: t),
+                                                         calibration: host.calibration(), config: config, mesh: .single,
+                                                         layout: layout, precision: precision, test: test, tokens: n, batch: 1)
                     return min(1.5, measured / predicted)
                 }
                 let key = HostCalibration.passKey(precision, threads: t)
@@ -217,17 +243,28 @@ struct Calibrate: ParsableCommand {
     }
 
     /// MPI collectives between 2 ranks (the x axis of a 2 × N/2 mesh): seconds per all-gather call
-    /// and bytes/s, merged into the saved host measurements by rank 0.
+    /// and bytes/s, and the cluster the ranks ran on (hosts, machines, threads per rank), merged
+    /// by rank 0 into the host measurements: `--output FILE` if it exists, else this host's file
+    /// (written to `--output`, else back to this host's file).
     func calibrateMPI() throws {
         let size = MPIWorld.launchedSize ?? 1
         guard size >= 2, size % 2 == 0 else {
             throw ValidationError("calibrate --transport mpi needs an even number of ranks, at least 2: mpirun -np 2 meshinfer calibrate --transport mpi")
         }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         let options = try MeshOptions.parse(["--transport", "mpi", "--mesh", "2x\(size / 2)"])
         let world = try options.startMPI()
         defer { world.finalize() }
+        // Who ran where: a host per distinct host name, a machine per distinct boot id (network
+        // namespaces of one machine share it, and share its cores).
+        let threadsPerRank = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / MPIWorld.ranksOnThisHost)
+        let bootID = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8)) ?? world.processorName
+        let identities = try world.allGather(Array("\(world.processorName)\n\(bootID.trimmingCharacters(in: .whitespacesAndNewlines))".utf8))
+            .map { String(decoding: $0, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map(String.init) }
+        let cluster = HostCalibration.Cluster(ranks: size, hosts: Set(identities.map { $0[0] }).count,
+                                              machines: Set(identities.map { $0.last! }).count, threadsPerRank: threadsPerRank)
         let comm = try MPICommunicator(world: world, mesh: Mesh(x: 2, y: size / 2), timeout: 60)
-        let rates = try collectiveRates { kind, count, calls in
+        let rates = try collectiveRates(sizes: [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20]) { kind, count, calls in
             let data = [Float](repeating: 1, count: count)
             var runs: [Double] = []
             for _ in 0..<3 {
@@ -242,18 +279,22 @@ struct Calibrate: ParsableCommand {
         let bandwidth = rates[CollectiveKind.allGather.rawValue]!.bandwidth
         guard world.rank == 0 else { return }
         let path = output ?? hostCalibrationPath()
-        guard let data = FileManager.default.contents(atPath: path),
+        let base = output.flatMap { FileManager.default.fileExists(atPath: $0) ? $0 : nil } ?? hostCalibrationPath()
+        guard let data = FileManager.default.contents(atPath: base),
               var host = try? JSONDecoder().decode(HostCalibration.self, from: data) else {
-            throw ValidationError("no host measurements at \(path): run `meshinfer calibrate` (without mpirun) first")
+            throw ValidationError("no host measurements at \(base): run `meshinfer calibrate` (without mpirun) first")
         }
         host.mpiCollectiveLatency = small
         host.mpiCollectiveBandwidth = bandwidth
         host.mpiRanks = size
         host.mpiCollectiveRates = rates
+        host.mpiCluster = cluster
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(host).write(to: URL(fileURLWithPath: path))
-        print("MPI collectives (\(size) ranks, \(world.libraryVersion.split(separator: ",").first.map(String.init) ?? "MPI")): "
+        print("MPI collectives (\(size) ranks on \(cluster.hosts) host(s), \(cluster.machines) machine(s)"
+            + (cluster.sharesMachine && cluster.hosts > 1 ? ", sharing this machine's \(host.threads) cores" : "")
+            + ", \(threadsPerRank) thread(s) per rank; \(world.libraryVersion.split(separator: ",").first.map(String.init) ?? "MPI")): "
             + Self.describe(rates) + "; saved to \(path)")
     }
 
@@ -275,13 +316,24 @@ struct Calibrate: ParsableCommand {
 
     /// Latency (a 2-element call) and bandwidth (bytes sent by a 2^20-element call beyond that
     /// latency) of every collective kind, from a timer of (kind, count, calls) → seconds per call.
-    func collectiveRates(_ seconds: (CollectiveKind, Int, Int) throws -> Double) throws -> [String: CollectiveRate] {
+    /// With `sizes` (element counts), the bandwidth is fitted over all of them instead: the
+    /// 1/bandwidth that minimises the relative error of latency + bytes/bandwidth at each size.
+    /// Over TCP a link's achieved rate depends on the message size (a 4 MB message reaches
+    /// ~60% of the rate 64 KB–1 MB messages reach on a shaped 1 Gbit/s link), and a run's
+    /// messages span that range (decode's few KB to weight gathers of MBs).
+    func collectiveRates(sizes: [Int] = [1 << 20], _ seconds: (CollectiveKind, Int, Int) throws -> Double) throws -> [String: CollectiveRate] {
         var rates: [String: CollectiveRate] = [:]
         for kind in CollectiveKind.allCases {
-            let count = 1 << 20
-            let small = try seconds(kind, 2, 1000), large = try seconds(kind, count, 10)
-            let bytes = Double(collectiveBytes(kind, count: count, groupSize: 2))
-            rates[kind.rawValue] = CollectiveRate(latency: small, bandwidth: bytes / max(1e-9, large - small))
+            let small = try seconds(kind, 2, 1000)
+            var num = 0.0, den = 0.0
+            for count in sizes {
+                // Enough calls to move ~40 MB of the largest messages, at least 10.
+                let t = try seconds(kind, count, max(10, min(1000, (10 << 20) / count)))
+                let bytes = Double(collectiveBytes(kind, count: count, groupSize: 2))
+                num += bytes * (t - small) / (t * t)
+                den += bytes * bytes / (t * t)
+            }
+            rates[kind.rawValue] = CollectiveRate(latency: small, bandwidth: den / max(1e-30, num))
         }
         return rates
     }

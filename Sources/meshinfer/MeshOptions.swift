@@ -28,6 +28,7 @@ struct MeshOptions: ParsableArguments {
     @Option(help: "Seconds a collective waits for its peers before the run fails (mpi transport).")
     var collectiveTimeout: Double = 30
     @Flag(help: "Print which layouts were chosen and why (to stderr).") var verbose = false
+    @OptionGroup var calibrationFile: CalibrationOption
 
     /// `samePhases` (serve): one feed-forward layout for both phases unless both are named.
     func constraints(samePhases: Bool = false) -> LayoutConstraints {
@@ -245,13 +246,19 @@ extension Session {
     /// measurements), or nil when `meshinfer calibrate` has not run.
     static func hostCostModel(_ options: MeshOptions, model: ModelOptions, mesh: Mesh) -> CostModel? {
         var host = loadHostCalibration()
-        if options.transport == .mpi { host = host?.overMPI }
-        guard let host else { return nil }
         let precision = WeightPrecision(model.weights)
+        let file = (try? ModelStore().resolve(model.model)).map { URL(fileURLWithPath: $0).lastPathComponent }
         // Threads per device as the engines split them: in-process over the mesh, MPI per host.
         let perDevice = max(1, model.threads / (options.transport == .mpi ? MPIWorld.ranksOnThisHost : mesh.deviceCount))
+        if options.transport == .mpi {
+            if let (hardware, calibration) = host?.clusterHardware(weights: precision, devices: mesh.deviceCount,
+                                                                   threadsPerRank: perDevice, model: file) {
+                return CostModel(hardware: hardware, calibration: calibration)
+            }
+            host = host?.overMPI
+        }
+        guard let host else { return nil }
         return CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: perDevice, activeThreads: model.threads),
-                         calibration: host.calibration(for: precision, activeThreads: model.threads,
-                                                       model: (try? ModelStore().resolve(model.model)).map { URL(fileURLWithPath: $0).lastPathComponent }))
+                         calibration: host.calibration(for: precision, activeThreads: model.threads, model: file))
     }
 }

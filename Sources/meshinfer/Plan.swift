@@ -8,21 +8,29 @@ struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Search chips, batch, topology, layouts and weight formats; print the cost/latency Pareto frontier and a choice.")
 
-    @Option(help: "palm-8b, palm-62b, palm-540b, palm-540b-multihead, mt-nlg-530b, or gguf:PATH.") var model: String
-    @Option(help: "tpu-v4, a100-80g, h100-sxm, h200.") var hardware: String
-    @Option(help: "prefill or decode.") var phase: Phase
+    @Option(help: "palm-8b, palm-62b, palm-540b, palm-540b-multihead, mt-nlg-530b, or gguf:PATH (or a pulled model's name with --hardware cpu).") var model: String
+    @Option(help: "tpu-v4, a100-80g, h100-sxm, h200, or cpu (this host or the cluster in --calibration, after `meshinfer calibrate`).") var hardware: String
+    @Option(help: "prefill or decode (with --hardware cpu default: both).") var phase: Phase?
     @Option(help: "Tokens already cached before decode (default: --input-tokens).") var context: Int?
-    @Option(help: "Prompt tokens per sequence.") var inputTokens: Int = 2048
+    @Option(help: "Prompt tokens per sequence (default 2048; with --hardware cpu 128).") var inputTokens: Int?
     @Option(help: "Generated tokens per sequence.") var generateTokens: Int = 64
     @Option(help: "Latency target in ms (per token for decode, for the whole prefill otherwise).") var latencyTargetMs: Double?
+    @Option(help: "With --hardware cpu: a throughput target in tokens/s (the fewest hosts that reach it).") var throughputTarget: Double?
     @Option(help: "Largest chip count to consider.") var maxChips: Int = 256
-    @Option(help: "Comma-separated weight formats to consider.") var weights: String = "bf16,int8"
+    @Option(help: "Comma-separated weight formats to consider (default bf16,int8; with --hardware cpu native).") var weights: String?
+    @Option(help: "With --hardware cpu: comma-separated batch sizes to consider (default 1,2,4,8,16,32).") var batch: String?
     @Flag(help: "Also search X- and XY-weight-gathered feed-forward layouts (never measured by the paper; the model is optimistic about them).")
     var allLayouts = false
     @Flag(help: "Print JSON.") var json = false
     @Option(help: "Draw the frontier (cost vs latency, like the paper's Figure 1) as SVG.") var plot: String?
+    @OptionGroup var calibrationFile: CalibrationOption
 
     func run() throws {
+        if hardware == "cpu" { return try planCPU() }
+        guard let phase else { throw ValidationError("--phase prefill or decode is required (only --hardware cpu plans both)") }
+        guard throughputTarget == nil, batch == nil else { throw ValidationError("--throughput-target and --batch are for --hardware cpu") }
+        let inputTokens = self.inputTokens ?? 2048
+        let weights = self.weights ?? "bf16,int8"
         let spec = try resolveModelSpec(model)
         guard let hw = Hardware.named(hardware) else { throw ValidationError("unknown --hardware '\(hardware)'") }
         let formats = try weights.split(separator: ",").map { s -> WeightPrecision in
@@ -76,7 +84,7 @@ struct Plan: ParsableCommand {
         }
         var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" font-family=\"sans-serif\" font-size=\"11\">\n"
         out += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-        out += "<text x=\"\(Int(w / 2))\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">\(model) \(phase.rawValue) on \(hardware): cost vs latency</text>\n"
+        out += "<text x=\"\(Int(w / 2))\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">\(model) \(phase?.rawValue ?? "") on \(hardware): cost vs latency</text>\n"
         out += "<text x=\"\(Int(w / 2))\" y=\"\(Int(h - 15))\" text-anchor=\"middle\">\(phase == .decode ? "ms per token" : "seconds") (log)</text>\n"
         out += "<text x=\"15\" y=\"\(Int(h / 2))\" transform=\"rotate(-90 15 \(Int(h / 2)))\" text-anchor=\"middle\">chip-ms per token (log)</text>\n"
         for c in all { let (x, y) = px(c); out += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"1.5\" fill=\"#bbb\"/>\n", x, y) }

@@ -47,8 +47,9 @@ struct Predict: ParsableCommand {
 
     @Option(help: "Per-axis interconnect bandwidth X,Y,Z in GB/s (e.g. 12.5,50,50 when x crosses hosts); a collective moves at its slowest axis.")
     var axisBandwidth: String?
-    @Option(help: "With --hardware cpu: price collectives as measured on this transport (inprocess or mpi).")
+    @Option(help: "With --hardware cpu: price collectives as measured on this transport (inprocess or mpi; with a cluster calibrated by `calibrate --transport mpi`, one device per host of it).")
     var transport: Transport = .inprocess
+    @OptionGroup var calibrationFile: CalibrationOption
 
     func run() throws {
         var spec = try resolveModelSpec(model)
@@ -57,17 +58,25 @@ struct Predict: ParsableCommand {
         var calibration = self.calibration
         var hw: Hardware
         if hardware == "cpu" {
-            guard var host = loadHostCalibration() else {
+            guard let host = loadHostCalibration() else {
                 throw ValidationError("--hardware cpu needs this host's measurements: run `meshinfer calibrate` first")
             }
+            // The whole-pass efficiencies measured on this model file, if `calibrate` found it.
+            let file = model.hasPrefix("gguf:") ? URL(fileURLWithPath: String(model.dropFirst(5))).lastPathComponent : nil
             if transport == .mpi {
                 guard let mpi = host.overMPI else {
                     throw ValidationError("--transport mpi needs MPI measurements: run `mpirun -np 2 meshinfer calibrate --transport mpi` first")
                 }
-                host = mpi
+                if let cluster = host.clusterHardware(weights: weights, devices: chips, model: file) {
+                    (hw, calibration) = cluster   // one device per rank, as the cluster ran them
+                } else {
+                    hw = mpi.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
+                    calibration = mpi.calibration(for: weights, activeThreads: host.threads, model: file)
+                }
+            } else {
+                hw = host.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
+                calibration = host.calibration(for: weights, activeThreads: host.threads, model: file)
             }
-            hw = host.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
-            calibration = host.calibration(for: weights, activeThreads: host.threads)
         } else {
             guard let h = Hardware.named(hardware) else {
                 throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200, cpu)")

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Predicted vs measured across namespace hosts (issue 14): for 2 and 4 hosts at each link rate,
+# calibrate the cluster's collectives (`calibrate --transport mpi`, one file per cluster and
+# rate), then for each model and layout `bench` pp128 and tg32 (medians of 3) across the hosts,
+# priced with that file, and `plan --hardware cpu` on it. Needs root (scripts/hosts.sh).
+#
+#   scripts/bench/hosts_grid.sh OUTDIR [BIN]
+#   env: HOSTS="2 4"  RATES="10gbit 1gbit 100mbit"  LAYOUTS="ws1d ws2d wg-xyz"  ATTENTION="heads batch"
+#        MODELS="smollm2-135m gemma3-270m"  BUDGET=20 (seconds: a run predicted longer is cut short)
+#
+# Attention over heads runs 1 sequence; over the batch, one sequence per host (a batch smaller
+# than the devices it is split over is padding). A tg32 or pp128 run the calibration predicts
+# to take longer than BUDGET seconds is measured once with fewer tokens (tg4, or pp128 -r 1)
+# and marked so: weight-gathered decode at 100 Mbit/s moves all weights per token.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${1:?usage: hosts_grid.sh OUTDIR [BIN]}"
+BIN="$(realpath "${2:-.build/release/meshinfer}")"
+HOSTS="${HOSTS:-2 4}"; RATES="${RATES:-10gbit 1gbit 100mbit}"; LAYOUTS="${LAYOUTS:-ws1d ws2d wg-xyz}"
+ATTENTION="${ATTENTION:-heads batch}"; MODELS="${MODELS:-smollm2-135m gemma3-270m}"; BUDGET="${BUDGET:-20}"
+mkdir -p "$OUT"
+trap 'scripts/hosts.sh down >/dev/null 2>&1 || true' EXIT
+start=$(date +%s)
+record() {   # model hosts rate layout attention batch test note predict-json bench-json
+    python3 - "$@" >> "$OUT/grid.jsonl" <<'EOF'
+import json, sys
+model, hosts, rate, layout, attention, batch, test, note, predicted, measured = sys.argv[1:]
+p = json.loads(predicted)
+try:
+    row = json.loads(measured)["results"][0]
+except Exception:
+    row = {"error": measured[-300:]}
+tokens = int(test[2:])
+per_run = p["latency_s"] * (1 if test.startswith("pp") else tokens / 32)
+out = {"model": model, "hosts": int(hosts), "rate": rate, "layout": layout, "attention": attention, "batch": int(batch),
+       "test": test, "predict_tokens_per_s": int(batch) * tokens / per_run,
+       "bench_predicted_tokens_per_s": row.get("predicted_tokens_per_s"), "measured_tokens_per_s": row.get("tokens_per_s_median"),
+       "note": note, "error": row.get("error")}
+if out["measured_tokens_per_s"]:
+    out["predicted_error"] = out["predict_tokens_per_s"] / out["measured_tokens_per_s"] - 1
+print(json.dumps(out))
+print(f"{model:13} {hosts} hosts {rate:8} {layout:6} {attention:5} {test:5} predicted {out['predict_tokens_per_s']:8.1f}  measured {out['measured_tokens_per_s'] or float('nan'):8.1f}  {100 * out.get('predicted_error', float('nan')):+5.0f}%  {note}", file=sys.stderr)
+EOF
+}
+model_file() {
+    local file="$HOME/.cache/meshinfer/$( [ "$1" = gemma3-270m ] && echo gemma-3-270m-q4_k_m.gguf || echo SmolLM2-135M-Instruct.Q4_1.gguf)"
+    [ -f "$file" ] || { echo "hosts_grid.sh: $file is missing (meshinfer pull $1)" >&2; exit 1; }
+    echo "$file"
+}
+# No partitioning: one host (1 core, in its namespace) and the whole machine as one process
+# (all cores); the first priced with a cluster file (one device of it), the second with the
+# machine's own calibration.
+scripts/hosts.sh down >/dev/null
+scripts/hosts.sh up 2 >/dev/null
+scripts/hosts.sh mpirun "$BIN" calibrate --transport mpi --threads 1 --output "$OUT/cal-2hosts-unshaped.json" | tail -1
+for model in $MODELS; do
+    file=$(model_file "$model")
+    for test in pp tg; do
+        tokens=$([ "$test" = pp ] && echo 128 || echo 32); phase=$([ "$test" = pp ] && echo prefill || echo decode)
+        flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
+        pargs=(--model "gguf:$file" --chips 1 --phase "$phase" --batch 1 --input-tokens "$([ "$test" = pp ] && echo 128 || echo 1)"
+               --generate-tokens 32 --context 0 --ffn-layout ws1d --attention heads --weights native --json)
+        record "$model" 1 - none heads 1 "$test$tokens" "one host, 1 core" \
+            "$("$BIN" predict --hardware cpu --transport mpi --calibration "$OUT/cal-2hosts-unshaped.json" "${pargs[@]}")" \
+            "$(scripts/hosts.sh exec 1 "$BIN" bench --model "$file" --weights native --threads 1 "${flags[@]}" -r 3 --json)"
+        record "$model" 1 - none heads 1 "$test$tokens" "this machine, one process, $(nproc) threads" \
+            "$("$BIN" predict --hardware cpu "${pargs[@]}")" \
+            "$("$BIN" bench --model "$file" --weights native --threads "$(nproc)" "${flags[@]}" -r 3 --json)"
+    done
+done
+for h in $HOSTS; do
+    mesh=$([ "$h" = 4 ] && echo 2x2 || echo "$h")
+    for rate in $RATES; do
+        scripts/hosts.sh down >/dev/null
+        scripts/hosts.sh up "$h" --rate "$rate" >/dev/null
+        cal="$OUT/cal-${h}hosts-$rate.json"
+        scripts/hosts.sh mpirun "$BIN" calibrate --transport mpi --threads 1 --output "$cal" | tail -1
+        for model in $MODELS; do
+            file=$(model_file "$model")
+            "$BIN" plan --hardware cpu --calibration "$cal" --model "gguf:$file" --json > "$OUT/plan-$model-${h}hosts-$rate.json"
+            for layout in $LAYOUTS; do
+                for attention in $ATTENTION; do
+                    batch=$([ "$attention" = batch ] && echo "$h" || echo 1)
+                    args=(--model "$file" --weights native --threads 1 --batch "$batch" --transport mpi --mesh "$mesh"
+                          --prefill-layout "$layout" --decode-layout "$layout" --attention "$attention" --calibration "$cal" --json)
+                    for test in pp tg; do
+                        tokens=$([ "$test" = pp ] && echo 128 || echo 32); reps=3
+                        phase=$([ "$test" = pp ] && echo prefill || echo decode)
+                        predicted=$("$BIN" predict --hardware cpu --transport mpi --calibration "$cal" --model "gguf:$file" \
+                            --chips "$h" --topology "$([ "$h" = 4 ] && echo 2x2x1 || echo 2x1x1)" --phase "$phase" --batch "$batch" \
+                            --input-tokens "$([ "$test" = pp ] && echo 128 || echo 1)" --generate-tokens 32 --context 0 \
+                            --ffn-layout "$layout" --attention "$attention" --weights native --json)
+                        seconds=$(echo "$predicted" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_s"])')
+                        note=""
+                        if python3 -c "import sys; sys.exit(0 if $seconds > $BUDGET else 1)"; then
+                            if [ "$test" = tg ]; then tokens=4; fi
+                            reps=1; note="cut: predicted $(printf %.0f "$seconds") s per run"
+                        fi
+                        flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
+                        measured=$(timeout 900 scripts/hosts.sh mpirun "$BIN" bench "${args[@]}" "${flags[@]}" -r "$reps" 2>"$OUT/last.err" | tail -1 || true)
+                        record "$model" "$h" "$rate" "$layout" "$attention" "$batch" "$test$tokens" "$note" "$predicted" "$measured"
+                    done
+                done
+            done
+        done
+        echo "$(( ($(date +%s) - start) / 60 )) min: $h hosts at $rate done" >&2
+    done
+done
