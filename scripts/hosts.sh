@@ -6,7 +6,7 @@
 #   scripts/hosts.sh up N [--rate RATE] [--subnet A.B.C.0/24]   make hosts 1..N (as root)
 #   scripts/hosts.sh down                                       remove everything (idempotent)
 #   scripts/hosts.sh status                                     the hosts, rate and link counters
-#   scripts/hosts.sh mpirun [-np K] ARGS...                     mpirun across the hosts, TCP only
+#   scripts/hosts.sh mpirun [-np K] ARGS...                     mpirun across the hosts, TCP only (-np first)
 #   scripts/hosts.sh exec I COMMAND...                          run a command on host I (on its cores)
 #   scripts/hosts.sh pids                                       processes left in the hosts
 #
@@ -21,10 +21,10 @@
 # token bucket (tbf) on both directions of every host's link: the bridge port's egress
 # (traffic to the host) and eth0's (from it).
 #
-# Each namespace retransmits unanswered TCP data 4 times (net.ipv4.tcp_retries2, a
+# Each namespace retransmits unanswered TCP data 3 times (net.ipv4.tcp_retries2, a
 # per-namespace setting; Linux's default 15 waits ~15 minutes): when a link goes down while
 # the launcher has a message in flight (an abort, a rank's exit), mpirun and the cut-off
-# host's daemon notice within ~6 s and end the job instead of waiting. The launcher's TCP
+# host's daemon notice within ~3 s and end the job instead of waiting. The launcher's TCP
 # keepalive (see run_mpirun) covers idle connections. On real hosts set both the same way.
 set -euo pipefail
 
@@ -106,7 +106,7 @@ up() {
         ip netns exec "$ns" ip link set lo up
         ip netns exec "$ns" ip addr add "$p.$([ "$i" = 0 ] && echo 253 || echo "$i")/24" dev eth0
         ip netns exec "$ns" ip link set eth0 up
-        ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_retries2=4
+        ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_retries2=3
         [ "$i" = 0 ] && continue
         if [ -n "$rate" ]; then
             shape "mi-h$i" "" "$rate"
@@ -161,8 +161,10 @@ status() {
 # ob1 with the tcp and self transports (Debian's Open MPI would otherwise pick UCX, and the
 # namespaces share /dev/shm), both MPI's and the launcher's TCP on the /24 alone, and the
 # launcher entering a host's namespace instead of ssh (scripts/netns-agent.sh). The launcher's
-# TCP keepalive (1 s idle, 1 s apart, 3 misses) lets mpirun and each host's daemon notice a
-# link that went down within a few seconds instead of TCP's minutes. Each host's processes run
+# TCP keepalive (7 s idle, then 3 probes 1 s apart) lets mpirun and each host's daemon notice a
+# link that went down within ~10 s instead of TCP's hours; it is longer than the collective
+# timeouts the tests use (5 s), so a rank mid-collective reports the lost peer itself first
+# (and `serve` answers 503) before the launcher ends the job. Each host's processes run
 # on that host's cores (`up` divides this machine's among the hosts; the agent applies it) and
 # Open MPI does not bind them itself: every host's daemon would bind its rank to the first
 # core, so all ranks would share core 0.
@@ -170,12 +172,12 @@ run_mpirun() {
     require_up
     local subnet; subnet="$(cat "$STATE/subnet")"
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    local np=(); [[ " $* " == *" -np "* || " $* " == *" -n "* ]] || np=(-np "$(cat "$STATE/hosts")")
+    local np=(); [[ "${1:-}" == -np || "${1:-}" == -n ]] || np=(-np "$(cat "$STATE/hosts")")
     exec ip netns exec mi-head mpirun --hostfile "$STATE/hostfile" "${np[@]}" \
         --bind-to none --mca pml ob1 --mca btl tcp,self \
         --mca btl_tcp_if_include "$subnet" --mca oob_tcp_if_include "$subnet" \
         --mca plm_rsh_agent "$HERE/netns-agent.sh" \
-        --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
+        --mca oob_tcp_keepalive_time 7 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
         "$@"
 }
 

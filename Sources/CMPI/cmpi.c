@@ -20,6 +20,12 @@ static MPI_Comm comms[MAX_COMMS];
 static int comm_count = 0;
 static int initialized_here = 0;
 
+/* Set when a collective timed out. Its request cannot be cancelled and still points at the
+ * caller's buffers, which the caller frees: MPI must not progress again (it could write into
+ * them). So every later call fails at once without entering MPI, and the caller stops the job
+ * with mi_abort — after it has told its clients (serve answers 503 meanwhile). */
+static int poisoned = 0;
+
 int mi_compiled_with_mpi(void) { return 1; }
 
 const char *mi_library_version(void) {
@@ -69,6 +75,7 @@ int mi_is_initialized(void) {
 
 int mi_finalize(void) {
     if (!mi_is_initialized()) return MI_OK;
+    if (poisoned) { MPI_Abort(MPI_COMM_WORLD, 1); return MI_ERROR; }   /* finalizing would wait for the stuck request */
     int rc = MPI_Finalize();
     return rc == MPI_SUCCESS ? MI_OK : fail("MPI_Finalize", rc);
 }
@@ -87,6 +94,10 @@ int mi_processor_name(char *out, int capacity) {
 }
 
 static int comm_of(int handle, MPI_Comm *comm) {
+    if (poisoned) {
+        snprintf(last_error, sizeof last_error, "a collective timed out earlier: the job is being stopped");
+        return MI_ERROR;
+    }
     if (handle < 0 || handle >= comm_count) {
         snprintf(last_error, sizeof last_error, "invalid communicator handle %d", handle);
         return MI_ERROR;
@@ -109,7 +120,8 @@ int mi_split(int color, int key, int *handle) {
     return MI_OK;
 }
 
-/* Polls a request until it completes; past the deadline it aborts the job (see below). Spins for `spin_seconds` (a peer
+/* Polls a request until it completes; past the deadline it poisons MPI (above) and returns
+ * MI_TIMEOUT. Spins for `spin_seconds` (a peer
  * that is about to arrive costs no sleep), then naps 10 µs between polls: a napping rank gives
  * its core to whatever else runs (other ranks when they outnumber the cores, or a busy host),
  * and the kernel wakes it promptly because sleepers keep their scheduling credit. (Yielding
@@ -135,14 +147,12 @@ static int wait_for(MPI_Request *request, double timeout, const char *what) {
         if ((++polls & 15) != 0) continue;
         double waited = MPI_Wtime() - start;
         if (timeout > 0 && waited > timeout) {
-            /* The request cannot be cancelled and still points at the caller's buffers: no rank
-             * can go on safely, so the whole job stops here. */
             int rank = -1;
             MPI_Comm_rank(MPI_COMM_WORLD, &rank);
             snprintf(last_error, sizeof last_error, "%s: a peer did not arrive within %.0f s", what, timeout);
             fprintf(stderr, "meshinfer rank %d: %s; aborting the MPI job\n", rank, last_error);
             fflush(stderr);
-            MPI_Abort(MPI_COMM_WORLD, 1);
+            poisoned = 1;
             return MI_TIMEOUT;
         }
         if (waited > spin_seconds) {

@@ -41,6 +41,11 @@ public struct Hardware: Sendable, Equatable {
     public var activationBytes = 2.0
     /// FLOP/s of attention's Q·Kᵀ and P·V (nil: the matmul peak, as on accelerators).
     public var attentionFLOPs: Double?
+    /// Whether this runtime's unembedding gathers (logit rows in, every device's logits out
+    /// for sampling) are priced. Not for the paper's hardware: it samples from sharded logits
+    /// on device (§3.6). On this host they are real traffic — over a slow link a 262k-word
+    /// vocabulary's logits are most of a decode step's bytes.
+    public var pricesUnembedding = false
 
     public init(name: String, peakFLOPs: Double, memoryBytes: Double, memoryBandwidth: Double,
                 interconnectBandwidth: Double, torusLinks: Bool = false, activationBytes: Double = 2) {
@@ -260,6 +265,7 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
         h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) * coreShare }
+        h.pricesUnembedding = true
         if let rates = collectiveRates {
             h.collectiveRates = Dictionary(uniqueKeysWithValues: rates.compactMap { key, rate in
                 CollectiveKind(rawValue: key).map { ($0, rate) } })

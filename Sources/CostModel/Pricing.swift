@@ -206,8 +206,9 @@ struct PassTotals {
         compute = t.matmulFLOPs / hardware.peakFLOPs + t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs)
         memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.activationBytes) / hardware.memoryBandwidth
         // The unembedding's gathers (logit rows in, logits out to every device for sampling) are
-        // this runtime's, not the layouts': the paper samples from sharded logits on device (§3.6).
-        for col in t.collectives where col.site.part != .unembedding {
+        // this runtime's, not the layouts': the paper samples from sharded logits on device
+        // (§3.6). Priced only for this host (`pricesUnembedding`).
+        for col in t.collectives where col.site.part != .unembedding || hardware.pricesUnembedding {
             let isWeights = col.site.payload == .weights
             let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
             let spanned = col.axes.axes.filter { tc.mesh.size($0) > 1 }

@@ -182,6 +182,8 @@ public struct OpenAIServer: Sendable {
                     case let .text(t, p): text += t; probs += p
                     case let .done(r, n): reason = r; completionTokens += n
                     case let .failed(message): throw OpenAIError(status: 500, message: message, type: "server_error", param: nil, code: nil)
+                    case let .unavailable(message):
+                        throw OpenAIError(status: 503, message: message, type: "unavailable_error", param: nil, code: nil)
                     }
                 }
                 var choice: [String: Any] = ["index": s.index, "finish_reason": reason, "logprobs": settings.logprobs == nil ? NSNull() : logprobsJSON(probs)]
@@ -230,6 +232,8 @@ public struct OpenAIServer: Sendable {
                         try await send(chunk(index, [:], text: "", finish: reason, probs: []))
                     case let .event(_, .failed(message)):
                         try await send(["error": ["message": message, "type": "server_error", "param": NSNull(), "code": NSNull()]])
+                    case let .event(_, .unavailable(message)):
+                        try await send(["error": ["message": message, "type": "unavailable_error", "param": NSNull(), "code": NSNull()]])
                     }
                     lastWrite = Date()
                 }

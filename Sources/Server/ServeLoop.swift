@@ -24,6 +24,8 @@ public enum JobEvent: Sendable {
     /// The sequence ended: "stop", "length", or "abort" (cancelled, or the server stopping).
     case done(finishReason: String, completionTokens: Int)
     case failed(String)
+    /// The server cannot go on (the device mesh failed: a rank is gone): 503.
+    case unavailable(String)
 }
 
 /// The serving loop: the continuous-batching `Scheduler` (a pure state machine) driven on one
@@ -272,7 +274,7 @@ public final class ServeLoop: @unchecked Sendable {
             switch result {
             case let .failure(error) where !(error is EngineError):
                 // The mesh is broken: nothing can run any more.
-                for r in jobs.values { r.continuation.yield(.failed("the device mesh failed: \(error)")) }
+                for r in jobs.values { r.continuation.yield(.unavailable("the device mesh failed: \(error)")) }
                 stopping = true
                 for id in Array(jobs.keys) { apply(scheduler.handle(.cancelled(id))) }
                 apply(scheduler.handle(.stepFinished(finished: [])))

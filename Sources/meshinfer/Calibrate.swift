@@ -264,7 +264,7 @@ struct Calibrate: ParsableCommand {
         let cluster = HostCalibration.Cluster(ranks: size, hosts: Set(identities.map { $0[0] }).count,
                                               machines: Set(identities.map { $0.last! }).count, threadsPerRank: threadsPerRank)
         let comm = try MPICommunicator(world: world, mesh: Mesh(x: 2, y: size / 2), timeout: 60)
-        let rates = try collectiveRates(sizes: [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20]) { kind, count, calls in
+        let rates = try collectiveRates(sizes: [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20], minimumCalls: 3) { kind, count, calls in
             let data = [Float](repeating: 1, count: count)
             var runs: [Double] = []
             for _ in 0..<3 {
@@ -321,14 +321,16 @@ struct Calibrate: ParsableCommand {
     /// Over TCP a link's achieved rate depends on the message size (a 4 MB message reaches
     /// ~60% of the rate 64 KB–1 MB messages reach on a shaped 1 Gbit/s link), and a run's
     /// messages span that range (decode's few KB to weight gathers of MBs).
-    func collectiveRates(sizes: [Int] = [1 << 20], _ seconds: (CollectiveKind, Int, Int) throws -> Double) throws -> [String: CollectiveRate] {
+    func collectiveRates(sizes: [Int] = [1 << 20], minimumCalls: Int = 10,
+                         _ seconds: (CollectiveKind, Int, Int) throws -> Double) throws -> [String: CollectiveRate] {
         var rates: [String: CollectiveRate] = [:]
         for kind in CollectiveKind.allCases {
             let small = try seconds(kind, 2, 1000)
             var num = 0.0, den = 0.0
             for count in sizes {
-                // Enough calls to move ~40 MB of the largest messages, at least 10.
-                let t = try seconds(kind, count, max(10, min(1000, (10 << 20) / count)))
+                // Calls enough to move ~8 MB of floats (at least `minimumCalls`): a second
+                // per size on a 100 Mbit/s link.
+                let t = try seconds(kind, count, max(minimumCalls, min(1000, (2 << 20) / count)))
                 let bytes = Double(collectiveBytes(kind, count: count, groupSize: 2))
                 num += bytes * (t - small) / (t * t)
                 den += bytes * bytes / (t * t)

@@ -49,39 +49,47 @@ extension Plan {
 
         var report: [[String: Any]] = []
         for phase in phases {
-            var all: [CPUCandidate] = []
-            func add(hosts: Int, label: String, hardware: Hardware, calibration: Calibration) {
+            var all: [CPUCandidate] = [], machine: [CPUCandidate] = []
+            func add(hosts: Int, label: String, hardware: Hardware, calibration: Calibration, to list: inout [CPUCandidate]) {
                 let planner = Planner(model: spec, costModel: CostModel(hardware: hardware, calibration: calibration), phase: phase,
                                       inputTokens: inputTokens, generateTokens: generateTokens, context: context,
                                       layouts: allLayouts ? FeedForwardLayout.allCases : Planner.measuredLayouts)
                 for c in planner.candidates(chips: [hosts], batches: batches, weights: formats) {
                     let seconds = phase == .decode ? c.latency / 1e3 : c.latency
-                    all.append(CPUCandidate(hosts: hosts, label: label, candidate: c,
-                                            tokensPerSecond: Double(c.batch * (phase == .decode ? 1 : inputTokens)) / seconds))
+                    list.append(CPUCandidate(hosts: hosts, label: label, candidate: c,
+                                             tokensPerSecond: Double(c.batch * (phase == .decode ? 1 : inputTokens)) / seconds))
                 }
             }
             for n in hostCounts {
                 let label = n == 1 ? "one host, no partitioning" : "\(n) hosts"
                 for w in formats {
                     if cluster != nil, let (hw, cal) = host.clusterHardware(weights: w, devices: n, model: file) {
-                        add(hosts: n, label: label, hardware: hw, calibration: cal)
+                        add(hosts: n, label: label, hardware: hw, calibration: cal, to: &all)
                     } else if n == 1 {
                         add(hosts: 1, label: "this host, one process", hardware: host.hardware(weights: w, threadsPerDevice: host.threads, activeThreads: host.threads),
-                            calibration: host.calibration(for: w, activeThreads: host.threads, model: file))
+                            calibration: host.calibration(for: w, activeThreads: host.threads, model: file), to: &all)
                     }
                 }
             }
             if let cluster, cluster.sharesMachine, cluster.hosts > 1, cluster.threadsPerRank < host.threads {
                 // The hosts are namespaces of this machine: one process with all its cores is a
-                // configuration they cannot beat by splitting the same cores.
+                // configuration they cannot beat by splitting the same cores. Said beside the
+                // recommendation for the hosts, which is what the cluster would do on hosts of its own.
                 for w in formats {
-                    add(hosts: 1, label: "this machine as one process (\(host.threads) threads, no partitioning)",
+                    add(hosts: 1, label: "this machine as one process (\(host.threads) threads)",
                         hardware: host.hardware(weights: w, threadsPerDevice: host.threads, activeThreads: host.threads),
-                        calibration: host.calibration(for: w, activeThreads: host.threads, model: file))
+                        calibration: host.calibration(for: w, activeThreads: host.threads, model: file), to: &machine)
                 }
             }
             guard !all.isEmpty else { throw ValidationError("no configuration of \(spec.config.name) fits") }
             let (chosen, why) = choose(all, phase: phase)
+            let whole = machine.filter { $0.candidate.batch == chosen.candidate.batch }
+                .min { $0.candidate.latency < $1.candidate.latency }
+            let aside = whole.map { m in
+                String(format: "These hosts share one machine: as one process with all its %d threads it would take %@ (%.0f tokens/s), %@ the recommendation.",
+                       host.threads, phase == .decode ? String(format: "%.2f ms per token", m.candidate.latency) : String(format: "%.1f ms", m.candidate.latency * 1e3),
+                       m.tokensPerSecond, m.candidate.latency < chosen.candidate.latency ? "faster than" : "not faster than")
+            }
             // The fastest candidate per configuration label at the chosen batch: what partitioning buys or costs.
             var best: [String: CPUCandidate] = [:]
             for c in all where c.candidate.batch == chosen.candidate.batch {
@@ -91,12 +99,14 @@ extension Plan {
             let compared = best.values.sorted { ($0.hosts, $0.label) < ($1.hosts, $1.label) }
             let verdict = self.verdict(chosen, compared: compared, phase: phase, link: cluster.flatMap { _ in host.overMPI })
             if json {
-                report.append(["phase": phase.rawValue, "chosen": object(chosen, phase: phase), "reason": why + " " + verdict,
-                               "best_per_configuration": compared.map { object($0, phase: phase) }, "candidates": all.count])
+                var entry: [String: Any] = ["phase": phase.rawValue, "chosen": object(chosen, phase: phase), "reason": why + " " + verdict,
+                                            "best_per_configuration": compared.map { object($0, phase: phase) }, "candidates": all.count]
+                if let whole, let aside { entry["machine_as_one_process"] = object(whole, phase: phase); entry["note"] = aside }
+                report.append(entry)
             } else {
                 print("\(phase.rawValue), \(spec.config.name), \(phase == .decode ? "per generated token" : "\(inputTokens)-token prompts"), batch \(chosen.candidate.batch):")
-                for c in compared { print("  " + line(c, phase: phase)) }
-                print("  recommended: \(c(chosen)). \(why) \(verdict)")
+                for c in compared + (whole.map { [$0] } ?? []) { print("  " + line(c, phase: phase)) }
+                print("  recommended: \(c(chosen)). \(why) \(verdict)" + (aside.map { " " + $0 } ?? ""))
             }
         }
         if json {
@@ -147,7 +157,7 @@ extension Plan {
         guard let single, let split else { return "" }
         let p = split.candidate.prediction, q = single.candidate.prediction
         let scale = phase == .decode ? 1e3 / Double(generateTokens) : 1e3   // seconds -> ms per token / per prefill
-        let linkText = link.map { String(format: " (measured link: %.0f µs per collective, %.2f GB/s)", $0.collectiveLatency * 1e6, $0.collectiveBandwidth / 1e9) } ?? ""
+        let linkText = link.map { String(format: " (measured link: %.0f µs per collective, %.0f MB/s)", $0.collectiveLatency * 1e6, $0.collectiveBandwidth / 1e6) } ?? ""
         // The larger of compute and streaming: what a device spends besides collectives.
         let work = { (p: Prediction) in max(p.computeSeconds, p.memorySeconds) * scale }
         if chosen.hosts == 1 {
@@ -166,7 +176,7 @@ extension Plan {
     func line(_ c: CPUCandidate, phase: Phase) -> String {
         let p = c.candidate.prediction
         let scale = phase == .decode ? 1e3 / Double(generateTokens) : 1e3
-        return String(format: "%-58@ %-14@ %9.2f ms%@  %8.1f tok/s  (compute %.2f, memory %.2f, collectives %.2f ms)",
+        return String(format: "%-36@ %-14@ %9.2f ms%@  %8.1f tok/s  (compute %.2f, memory %.2f, collectives %.2f ms)",
                       c.label, "\(c.candidate.layout.feedForward.rawValue)+\(c.candidate.layout.attention.rawValue)",
                       phase == .decode ? c.candidate.latency : c.candidate.latency * 1e3, phase == .decode ? "/token" : "      ",
                       c.tokensPerSecond, p.computeSeconds * scale, p.memorySeconds * scale, p.communicationSeconds * scale)

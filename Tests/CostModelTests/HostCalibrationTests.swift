@@ -37,3 +37,50 @@ struct HostCalibrationTests {
         #expect(old.calibration(for: .native, activeThreads: 1, model: "gemma.gguf").computeEfficiency == 0.8)
     }
 }
+
+/// A cluster recorded by `calibrate --transport mpi` prices one device per rank: hosts that
+/// are namespaces of one machine share its cores and memory bandwidth; separate machines do not.
+struct ClusterPricingTests {
+    static func host(machines: Int, hosts: Int = 4) -> HostCalibration {
+        var h = HostCalibrationTests.host
+        h.allThreadsOPs = ["f32": 100e9, "int8-g32": 200e9]
+        h.mpiCollectiveLatency = 50e-6
+        h.mpiCollectiveBandwidth = 0.1e9
+        h.mpiCollectiveRates = ["all_gather": .init(latency: 50e-6, bandwidth: 0.1e9)]
+        h.mpiCluster = .init(ranks: hosts, hosts: hosts, machines: machines, threadsPerRank: 1)
+        return h
+    }
+
+    @Test func namespaceHostsShareTheMachinesCores() throws {
+        let shared = Self.host(machines: 1)   // 4 namespace hosts of one 2-core machine, 1 thread each
+        let (one, _) = try #require(shared.clusterHardware(weights: .f32, devices: 1))
+        let (two, _) = try #require(shared.clusterHardware(weights: .f32, devices: 2))
+        let (four, _) = try #require(shared.clusterHardware(weights: .f32, devices: 4))
+        #expect(one.peakFLOPs == 60e9)                  // one thread alone: its solo rate
+        #expect(two.peakFLOPs == 50e9)                  // both cores busy: the all-threads rate per core
+        #expect(four.peakFLOPs == 25e9)                 // 4 threads on 2 cores: half a core each
+        #expect(four.memoryBandwidth == 16e9 / 4 && two.memoryBandwidth == 16e9 / 2 && one.memoryBandwidth == 12e9)
+        #expect(four.interconnectBandwidth == 0.1e9)    // the MPI measurements, not the in-process ones
+        #expect(four.collectiveRates?[.allGather]?.latency == 50e-6)
+    }
+
+    @Test func separateMachinesDoNotShare() throws {
+        let real = Self.host(machines: 4)
+        let (one, _) = try #require(real.clusterHardware(weights: .f32, devices: 1))
+        let (four, _) = try #require(real.clusterHardware(weights: .f32, devices: 4))
+        #expect(four.peakFLOPs == one.peakFLOPs && four.memoryBandwidth == one.memoryBandwidth)
+        // A run with more threads per rank than recorded is priced with them.
+        let (wide, _) = try #require(real.clusterHardware(weights: .f32, devices: 4, threadsPerRank: 2))
+        #expect(wide.peakFLOPs == 100e9)
+    }
+
+    @Test func noClusterNoClusterPricing() throws {
+        var h = Self.host(machines: 1)
+        h.mpiCluster = nil
+        #expect(h.clusterHardware(weights: .f32, devices: 2) == nil)
+        var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(Self.host(machines: 1))) as! [String: Any]
+        object["mpiCluster"] = nil   // a file written before clusters were recorded
+        let old = try JSONDecoder().decode(HostCalibration.self, from: JSONSerialization.data(withJSONObject: object))
+        #expect(old.mpiCluster == nil && old.overMPI != nil)
+    }
+}

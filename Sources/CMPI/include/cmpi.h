@@ -15,7 +15,7 @@
  * cancelled and still points at the caller's buffers. Return codes: */
 enum {
     MI_OK = 0,
-    MI_TIMEOUT = 1,      /* a peer did not arrive in time (only if MPI_Abort returns) */
+    MI_TIMEOUT = 1,      /* a peer did not arrive in time: MPI is unusable from now on; stop the job (mi_abort) */
     MI_ERROR = 2,        /* MPI reported an error (message in mi_last_error) */
     MI_UNAVAILABLE = 3,  /* this build has no MPI */
 };

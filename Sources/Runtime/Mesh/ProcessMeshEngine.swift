@@ -109,7 +109,12 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         let (meshBatch, sequences, limit) = try MeshBatch.checked(batch, engine: self, config: config)
         try lead(.forward(meshBatch, limit: limit, released: takeReleased()))
         let logits: [Matrix]
-        do { logits = try run(meshBatch, limit: limit) } catch {
+        do { logits = try run(meshBatch, limit: limit) } catch let error as CollectiveError {
+            // A peer is gone or stuck: the caller ends what it serves (serve answers 503, ends
+            // its streams), then stops the job (`runAcrossRanks` aborts on a CollectiveError).
+            // The transport has stopped entering MPI; the other ranks time out or are killed.
+            throw error
+        } catch {
             // The followers are mid-pass, waiting in collectives this rank will never join.
             comm.abort(reason: "rank 0 failed during a forward pass: \(error)")
             throw error
