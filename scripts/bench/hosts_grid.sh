@@ -93,7 +93,8 @@ for h in $HOSTS; do
                         seconds=$(echo "$predicted" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_s"])')
                         note=""
                         if python3 -c "import sys; sys.exit(0 if $seconds > $BUDGET else 1)"; then
-                            if [ "$test" = tg ]; then tokens=4; fi
+                            # As many decode steps as fit in the budget (at least 1), measured once.
+                            if [ "$test" = tg ]; then tokens=$(python3 -c "print(max(1, int($BUDGET / ($seconds / 32))))"); fi
                             reps=1; note="cut: predicted $(printf %.0f "$seconds") s per run"
                         fi
                         flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
