@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Markdown tables from scripts/bench/hosts_grid.sh's OUTDIR: predicted vs measured per cell, the
-error statistics, and what `plan --hardware cpu` recommends on each cluster file.
+"""Markdown from scripts/bench/hosts_grid.sh's OUTDIR: predicted / measured tokens/s per cell (one
+row per model, hosts, link and attention layout; a column per feed-forward layout), the error
+statistics, and what `plan --hardware cpu` recommends on each cluster file.
 Usage: hosts_table.py OUTDIR [ROWS] (ROWS: grid.jsonl, or hosts_reprice.py's output)"""
 import glob, json, os, statistics, sys
 
@@ -8,32 +9,46 @@ out = sys.argv[1]
 rows = [json.loads(l) for l in open(os.path.join(out, sys.argv[2] if len(sys.argv) > 2 else "grid.jsonl"))]
 
 
-def fmt(v):
-    return "—" if v is None else f"{v:.1f}"
+def cell(r):
+    if not r or r.get("measured_tokens_per_s") is None:
+        return "—" if not r else f"failed: {str(r.get('error'))[:60]}"
+    cut = "*" if r["note"].startswith("cut") else ""
+    digits = 0 if r["predict_tokens_per_s"] >= 10 else 2
+    return (f"{r['predict_tokens_per_s']:.{digits}f} / {r['measured_tokens_per_s']:.{digits}f}{cut} "
+            f"({100 * r['predicted_error']:+.0f}%)")
 
 
-print("| model | hosts | link | layout + attention | batch | test | predicted tok/s | measured tok/s | error |")
-print("|---|---|---|---|---|---|---|---|---|")
-for r in rows:
-    err = r.get("predicted_error")
-    layout = r["note"] if r["layout"] == "none" else f"{r['layout']}+{r['attention']}"
-    cut = " (cut short)" if r["note"].startswith("cut") else ""
-    print(f"| {r['model']} | {r['hosts']} | {r['rate']} | {layout} | {r['batch']} | {r['test']}{cut} | {fmt(r['predict_tokens_per_s'])} | "
-          f"{fmt(r['measured_tokens_per_s'])} | {'—' if err is None else f'{100 * err:+.0f}%'} |")
+index = {(r["model"], r["hosts"], r["rate"], r["layout"], r["attention"], r["test"][:2]): r for r in rows}
+models = list(dict.fromkeys(r["model"] for r in rows))
+print("| model | hosts | link | attention (batch) | test | ws1d | ws2d | wg-xyz |")
+print("|---|---|---|---|---|---|---|---|")
+for m in models:
+    for t in ["pp", "tg"]:
+        base = [r for r in rows if r["model"] == m and r["layout"] == "none" and r["test"].startswith(t)]
+        if base:
+            print(f"| {m} | 1 | — | no partitioning | {base[0]['test']} | " + " | ".join(f"{r['note']}: {cell(r)}" for r in base) + " |" * (4 - len(base)))
+    for h in sorted({r["hosts"] for r in rows if r["hosts"] > 1}):
+        for rate in list(dict.fromkeys(r["rate"] for r in rows if r["hosts"] == h)):
+            for attention in ["heads", "batch"]:
+                for t in ["pp", "tg"]:
+                    cells = [index.get((m, h, rate, layout, attention, t)) for layout in ["ws1d", "ws2d", "wg-xyz"]]
+                    if any(cells):
+                        batch = next(c["batch"] for c in cells if c)
+                        print(f"| {m} | {h} | {rate} | {attention} ({batch}) | {t}{128 if t == 'pp' else 32} | "
+                              + " | ".join(cell(c) for c in cells) + " |")
 errors = [abs(r["predicted_error"]) for r in rows if r.get("predicted_error") is not None]
 failed = [r for r in rows if r.get("measured_tokens_per_s") is None]
 print()
-print(f"{len(errors)} cells measured ({len(failed)} failed): median |error| {100 * statistics.median(errors):.0f}%, "
-      f"{sum(e <= 0.25 for e in errors)} within 25%, max {100 * max(errors):.0f}%.")
-for r in failed:
-    print(f"- failed: {r['model']} {r['hosts']} hosts {r['rate']} {r['layout']}+{r['attention']} {r['test']}: {str(r.get('error'))[:200]}")
+print(f"Predicted / measured tokens/s (error). {len(errors)} cells measured ({len(failed)} failed): median |error| "
+      f"{100 * statistics.median(errors):.0f}%, {sum(e <= 0.25 for e in errors)} within 25%, max {100 * max(errors):.0f}%. "
+      "* = predicted to take over the budget per run: measured once, decode with the steps that fit in it.")
 print()
-print("| model | cluster file | phase | recommended | why |")
-print("|---|---|---|---|---|")
+print("| model | cluster file | phase | recommended | predicted tok/s | the machine as one process |")
+print("|---|---|---|---|---|---|")
 for path in sorted(glob.glob(os.path.join(out, "plan-*.json"))):
     plan = json.load(open(path))
-    name = os.path.basename(path)[5:-5]
     for p in plan["plans"]:
-        c = p["chosen"]
-        what = f"{c['configuration']}: mesh {c['mesh']}, {c['ffn_layout']}+{c['attention']}, batch {c['batch']}"
-        print(f"| {plan['model']} | {name} | {p['phase']} | {what} | {p['reason']} |")
+        c, whole = p["chosen"], p.get("machine_as_one_process")
+        aside = "—" if not whole else f"{whole['tokens_per_s']:.1f}"
+        print(f"| {plan['model']} | {os.path.basename(path)[5:-5]} | {p['phase']} | {c['configuration']}: mesh {c['mesh']}, "
+              f"{c['ffn_layout']}+{c['attention']}, batch {c['batch']} | {c['tokens_per_s']:.1f} | {aside} |")
