@@ -10,8 +10,8 @@
 #
 # Attention over heads runs 1 sequence; over the batch, one sequence per host (a batch smaller
 # than the devices it is split over is padding). A tg32 or pp128 run the calibration predicts
-# to take longer than BUDGET seconds is measured once with fewer tokens (tg4, or pp128 -r 1)
-# and marked so: weight-gathered decode at 100 Mbit/s moves all weights per token.
+# to take longer than BUDGET seconds is measured once — decode with the steps that fit in BUDGET
+# (at least 1) — and marked so: weight-gathered decode at 100 Mbit/s moves all weights per token.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:?usage: hosts_grid.sh OUTDIR [BIN]}"
