@@ -126,10 +126,12 @@ up() {
     echo "hosts.sh: $n hosts up on $subnet (${rate:-unshaped}); this namespace is $p.254"
 }
 
+namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mi-(host[0-9]+|head)$' || true; }
+
 down() {
     need_root
     local ns
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mi-(host[0-9]+|head)$' || true); do
+    for ns in $(namespaces); do
         # Whatever still runs in a host goes with it.
         local pids; pids=$(ip netns pids "$ns" 2>/dev/null || true)
         [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
@@ -190,7 +192,7 @@ host_exec() {
 
 pids() {
     local ns
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mi-(host[0-9]+|head)$' || true); do
+    for ns in $(namespaces); do
         local p; for p in $(ip netns pids "$ns"); do echo "$ns $p $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | cut -c1-120)"; done
     done
 }

@@ -286,6 +286,23 @@ public struct HostCalibration: Sendable, Codable, Equatable {
                 mpi.calibration(for: weights, activeThreads: active, model: model))
     }
 
+    /// One device of a `devices`-device mesh run with `threads` threads on this host in all, as
+    /// every command prices it. In-process the devices split the threads. Over MPI: a recorded
+    /// cluster's ranks (`clusterHardware`, with `rankThreads` per rank when given), else this
+    /// host's MPI measurements with `rankThreads` (default the in-process split) per device;
+    /// nil when MPI has not been measured.
+    public func device(weights: WeightPrecision, devices: Int, threads: Int, overMPI: Bool, rankThreads: Int? = nil,
+                       model: String? = nil) -> (Hardware, Calibration)? {
+        var host = self
+        if overMPI {
+            guard let mpi = self.overMPI else { return nil }
+            if let cluster = clusterHardware(weights: weights, devices: devices, threadsPerRank: rankThreads, model: model) { return cluster }
+            host = mpi
+        }
+        return (host.hardware(weights: weights, threadsPerDevice: rankThreads ?? max(1, threads / devices), activeThreads: threads),
+                host.calibration(for: weights, activeThreads: threads, model: model))
+    }
+
     /// Measured numbers are achieved rates: kernel efficiencies 1 (times the whole-pass
     /// efficiencies for `weights`, when measured), the measured per-call latency, and no overlap
     /// of collectives or weight gathers with anything

@@ -151,27 +151,18 @@ struct Bench: ParsableCommand {
 
     /// Tokens/s the cost model predicts for a run, if this host has been calibrated.
     func predictedRate(session: Session, run: BenchRun, format: WeightFormat, threads t: Int) throws -> Double? {
-        guard var host = loadHostCalibration() else { return nil }
+        guard let host = loadHostCalibration() else { return nil }
         let mesh = session.meshEngine.mesh
         let precision = WeightPrecision(format)
         let layout = run.kind == "pp" ? session.meshEngine.prefill : session.meshEngine.decode
         // The whole-pass efficiencies measured on this model file, if `calibrate` found it.
         let file = (try? ModelStore().resolve(model)).map { URL(fileURLWithPath: $0).lastPathComponent }
-        var hardware = host.hardware(weights: precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
-        var calibration = host.calibration(for: precision, activeThreads: t, model: file)
-        if session.meshEngine is ProcessMeshEngine {
-            // One device per rank, each with this host's threads shared by its ranks; on a
-            // calibrated cluster priced as it ran (hosts sharing a machine share its cores).
-            let perRank = max(1, t / MPIWorld.ranksOnThisHost)
-            if let cluster = host.clusterHardware(weights: precision, devices: mesh.deviceCount, threadsPerRank: perRank, model: file) {
-                (hardware, calibration) = cluster
-            } else {
-                guard let mpi = host.overMPI else { return nil }   // run `calibrate --transport mpi`
-                host = mpi
-                hardware = host.hardware(weights: precision, threadsPerDevice: max(1, t / mesh.deviceCount), activeThreads: t)
-                calibration = host.calibration(for: precision, activeThreads: t, model: file)
-            }
-        }
+        // Over MPI one device per rank, each with this host's threads shared by its ranks (nil
+        // until `calibrate --transport mpi` has run).
+        let overMPI = session.meshEngine is ProcessMeshEngine
+        guard let (hardware, calibration) = host.device(weights: precision, devices: mesh.deviceCount, threads: t, overMPI: overMPI,
+                                                        rankThreads: overMPI ? max(1, t / MPIWorld.ranksOnThisHost) : nil,
+                                                        model: file) else { return nil }
         return try predictedRunRate(hardware: hardware, calibration: calibration, config: session.engine.config, mesh: mesh,
                                     layout: layout, precision: precision, test: run.kind, tokens: run.tokens, batch: run.batch,
                                     depth: run.depth)

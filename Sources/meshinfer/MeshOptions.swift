@@ -245,20 +245,12 @@ extension Session {
     /// This host's hardware and calibration for the run's weights and threads (for MPI its MPI
     /// measurements), or nil when `meshinfer calibrate` has not run.
     static func hostCostModel(_ options: MeshOptions, model: ModelOptions, mesh: Mesh) -> CostModel? {
-        var host = loadHostCalibration()
-        let precision = WeightPrecision(model.weights)
-        let file = (try? ModelStore().resolve(model.model)).map { URL(fileURLWithPath: $0).lastPathComponent }
+        let overMPI = options.transport == .mpi
         // Threads per device as the engines split them: in-process over the mesh, MPI per host.
-        let perDevice = max(1, model.threads / (options.transport == .mpi ? MPIWorld.ranksOnThisHost : mesh.deviceCount))
-        if options.transport == .mpi {
-            if let (hardware, calibration) = host?.clusterHardware(weights: precision, devices: mesh.deviceCount,
-                                                                   threadsPerRank: perDevice, model: file) {
-                return CostModel(hardware: hardware, calibration: calibration)
-            }
-            host = host?.overMPI
-        }
-        guard let host else { return nil }
-        return CostModel(hardware: host.hardware(weights: precision, threadsPerDevice: perDevice, activeThreads: model.threads),
-                         calibration: host.calibration(for: precision, activeThreads: model.threads, model: file))
+        guard let (hardware, calibration) = loadHostCalibration()?.device(
+            weights: WeightPrecision(model.weights), devices: mesh.deviceCount, threads: model.threads, overMPI: overMPI,
+            rankThreads: overMPI ? max(1, model.threads / MPIWorld.ranksOnThisHost) : nil,
+            model: (try? ModelStore().resolve(model.model)).map { URL(fileURLWithPath: $0).lastPathComponent }) else { return nil }
+        return CostModel(hardware: hardware, calibration: calibration)
     }
 }

@@ -65,9 +65,8 @@ extension Plan {
                 for w in formats {
                     if cluster != nil, let (hw, cal) = host.clusterHardware(weights: w, devices: n, model: file) {
                         add(hosts: n, label: label, hardware: hw, calibration: cal, to: &all)
-                    } else if n == 1 {
-                        add(hosts: 1, label: "this host, one process", hardware: host.hardware(weights: w, threadsPerDevice: host.threads, activeThreads: host.threads),
-                            calibration: host.calibration(for: w, activeThreads: host.threads, model: file), to: &all)
+                    } else if n == 1, let (hw, cal) = host.device(weights: w, devices: 1, threads: host.threads, overMPI: false, model: file) {
+                        add(hosts: 1, label: "this host, one process", hardware: hw, calibration: cal, to: &all)
                     }
                 }
             }
@@ -76,9 +75,8 @@ extension Plan {
                 // configuration they cannot beat by splitting the same cores. Said beside the
                 // recommendation for the hosts, which is what the cluster would do on hosts of its own.
                 for w in formats {
-                    add(hosts: 1, label: "this machine as one process (\(host.threads) threads)",
-                        hardware: host.hardware(weights: w, threadsPerDevice: host.threads, activeThreads: host.threads),
-                        calibration: host.calibration(for: w, activeThreads: host.threads, model: file), to: &machine)
+                    guard let (hw, cal) = host.device(weights: w, devices: 1, threads: host.threads, overMPI: false, model: file) else { continue }
+                    add(hosts: 1, label: "this machine as one process (\(host.threads) threads)", hardware: hw, calibration: cal, to: &machine)
                 }
             }
             guard !all.isEmpty else { throw ValidationError("no configuration of \(spec.config.name) fits") }
@@ -106,7 +104,7 @@ extension Plan {
             } else {
                 print("\(phase.rawValue), \(spec.config.name), \(phase == .decode ? "per generated token" : "\(inputTokens)-token prompts"), batch \(chosen.candidate.batch):")
                 for c in compared + (whole.map { [$0] } ?? []) { print("  " + line(c, phase: phase)) }
-                print("  recommended: \(c(chosen)). \(why) \(verdict)" + (aside.map { " " + $0 } ?? ""))
+                print("  recommended: \(describe(chosen)). \(why) \(verdict)" + (aside.map { " " + $0 } ?? ""))
             }
         }
         if json {
@@ -169,7 +167,7 @@ extension Plan {
                       split.label, work(p), work(q), p.communicationSeconds * scale, linkText, ms(split), ms(single), single.label)
     }
 
-    func c(_ c: CPUCandidate) -> String {
+    func describe(_ c: CPUCandidate) -> String {
         "\(c.label), mesh \(c.candidate.topology), \(c.candidate.layout.feedForward.rawValue)+\(c.candidate.layout.attention.rawValue), \(c.candidate.weights.rawValue) weights, batch \(c.candidate.batch)"
     }
 

@@ -63,20 +63,11 @@ struct Predict: ParsableCommand {
             }
             // The whole-pass efficiencies measured on this model file, if `calibrate` found it.
             let file = model.hasPrefix("gguf:") ? URL(fileURLWithPath: String(model.dropFirst(5))).lastPathComponent : nil
-            if transport == .mpi {
-                guard let mpi = host.overMPI else {
-                    throw ValidationError("--transport mpi needs MPI measurements: run `mpirun -np 2 meshinfer calibrate --transport mpi` first")
-                }
-                if let cluster = host.clusterHardware(weights: weights, devices: chips, model: file) {
-                    (hw, calibration) = cluster   // one device per rank, as the cluster ran them
-                } else {
-                    hw = mpi.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
-                    calibration = mpi.calibration(for: weights, activeThreads: host.threads, model: file)
-                }
-            } else {
-                hw = host.hardware(weights: weights, threadsPerDevice: max(1, host.threads / chips), activeThreads: host.threads)
-                calibration = host.calibration(for: weights, activeThreads: host.threads, model: file)
+            // Over MPI with a recorded cluster: one device per rank, as the cluster ran them.
+            guard let device = host.device(weights: weights, devices: chips, threads: host.threads, overMPI: transport == .mpi, model: file) else {
+                throw ValidationError("--transport mpi needs MPI measurements: run `mpirun -np 2 meshinfer calibrate --transport mpi` first")
             }
+            (hw, calibration) = device
         } else {
             guard let h = Hardware.named(hardware) else {
                 throw ValidationError("unknown --hardware '\(hardware)' (tpu-v4, a100-80g, h100-sxm, h200, cpu)")
