@@ -6,8 +6,8 @@ on both sides of a link, refusing a routed /24, nothing left when `up` fails, `d
 `generate` across 2 hosts (meshes 2) and 4 hosts (meshes 4 and 2x2) giving the in-process
 mesh's greedy tokens and `collective_bytes`, with the bytes seen on the veth links; `calibrate
 --transport mpi` recording the cluster; `bench` across 4 hosts priced with that file; a
-streamed chat request to `serve` on host 1 (reached from this namespace) equal to in-process
-`serve`; and the faults: a link cut and a rank killed mid-generation end the job non-zero
+streamed chat request to `serve` on host 1 (reached from this namespace), across 2 hosts and
+across 4 (mesh 2x2), equal to in-process `serve`; and the faults: a link cut and a rank killed mid-generation end the job non-zero
 within --collective-timeout + 10 s with no meshinfer or orted left in any host, and the same
 for `serve` (whose /health never hangs meanwhile).
 
@@ -189,14 +189,35 @@ def chat(host, port):
     return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
 
-def serve_across_hosts():
-    layouts = ["--mesh", "2", "--prefill-layout", "ws1d", "--decode-layout", "ws1d", "--attention", "heads", "--weights", "f32"]
+def local_chat(layouts):
+    """The streamed chat against in-process serve with the same mesh and layouts."""
     p = start_serve([*layouts, "--threads", "2"])
     try:
-        local = chat("127.0.0.1", 18080)
+        return chat("127.0.0.1", 18080)
     finally:
         p.terminate()
         p.wait(timeout=30)
+
+
+def serve_across_4_hosts():
+    layouts = ["--mesh", "2x2", "--prefill-layout", "ws2d", "--decode-layout", "ws2d", "--attention", "batch", "--weights", "f32"]
+    local = local_chat(layouts)
+    hosts("up", "4", "--rate", "1gbit")
+    p = start_serve([*layouts, "--threads", "1", "--transport", "mpi", "--host", "0.0.0.0", "--collective-timeout", str(TIMEOUT)],
+                    launcher=(HOSTS, "mpirun"), host="10.77.0.1")
+    try:
+        check(chat("10.77.0.1", 18080) == local, "a streamed chat to serve across 4 hosts (mesh 2x2) equals in-process serve")
+    finally:
+        p.terminate()
+        code = p.wait(timeout=60)
+        left = wait_clean(15)
+        check(not left, f"serve across 4 hosts stops on SIGTERM (exit {code}) and leaves nothing running ({left})")
+        hosts("down")
+
+
+def serve_across_hosts():
+    layouts = ["--mesh", "2", "--prefill-layout", "ws1d", "--decode-layout", "ws1d", "--attention", "heads", "--weights", "f32"]
+    local = local_chat(layouts)
     hosts("up", "2", "--rate", "1gbit")
     p = start_serve([*layouts, "--threads", "1", "--transport", "mpi", "--host", "0.0.0.0", "--collective-timeout", str(TIMEOUT)],
                     launcher=(HOSTS, "mpirun"), host="10.77.0.1")
@@ -298,6 +319,7 @@ preflight()
 try:
     cluster_script()
     equal_runs()
+    serve_across_4_hosts()
     serve_across_hosts()
     faults()
 finally:

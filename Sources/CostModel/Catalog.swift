@@ -3,13 +3,44 @@ import Partitioning
 import Transformer
 
 /// A collective's measured cost on some transport: seconds per hop (one call between two
-/// devices) and bytes sent per second beyond that.
+/// devices) and bytes sent per second beyond that; over a network also the measured calls
+/// themselves (`samples`), because a link's achieved rate depends on the message size.
 public struct CollectiveRate: Sendable, Equatable, Codable {
     public var latency: Double
     public var bandwidth: Double
-    public init(latency: Double, bandwidth: Double) {
+    /// Measured calls between two devices, ascending by bytes: each device sent `bytes` and the
+    /// call took `seconds`, each call on its own (as activation collectives run, with compute
+    /// between them). nil: latency + bytes / bandwidth at every size.
+    public var samples: [Sample]?
+    /// The same measured with the calls back to back, as a weight-gathered layer's gathers
+    /// run (all-gather only). nil: `samples`.
+    public var backToBackSamples: [Sample]?
+
+    public struct Sample: Sendable, Equatable, Codable {
+        public var bytes: Double
+        public var seconds: Double
+        public init(bytes: Double, seconds: Double) {
+            self.bytes = bytes
+            self.seconds = seconds
+        }
+    }
+
+    public init(latency: Double, bandwidth: Double, samples: [Sample]? = nil) {
         self.latency = latency
         self.bandwidth = bandwidth
+        self.samples = samples
+    }
+
+    /// Seconds of one hop that sends `bytes`: interpolated linearly between the two measured
+    /// calls around it (a call smaller than the smallest costs what it did; beyond the largest,
+    /// the largest call's rate carries on). nil without samples.
+    public func seconds(bytes: Double, backToBack: Bool = false) -> Double? {
+        guard let s = backToBack ? backToBackSamples ?? samples : samples, let first = s.first, let last = s.last else { return nil }
+        if bytes <= first.bytes { return first.seconds }
+        if bytes >= last.bytes { return last.seconds * bytes / last.bytes }
+        let i = s.firstIndex { $0.bytes >= bytes }!
+        let (a, b) = (s[i - 1], s[i])
+        return a.seconds + (b.seconds - a.seconds) * (bytes - a.bytes) / (b.bytes - a.bytes)
     }
 }
 

@@ -213,10 +213,16 @@ struct PassTotals {
             let b = col.bytesSent(elementBytes: isWeights ? tc.weights.bytes : hardware.activationBytes)
             let spanned = col.axes.axes.filter { tc.mesh.size($0) > 1 }
             let ring = spanned.count != 1 || hardware.wrapsAround(spanned[0], in: tc.mesh)
-            let seconds = b / (hardware.bandwidth(of: col.kind, spanning: spanned) * (ring ? 1 : 0.5))
+            var seconds = b / (hardware.bandwidth(of: col.kind, spanning: spanned) * (ring ? 1 : 0.5))
             let collectiveHops = Double(spanned.reduce(0) { $0 + tc.mesh.size($1) - 1 })
             if let rate = hardware.collectiveRates?[col.kind] {
                 measuredLatency += rate.latency * collectiveHops
+                // Measured calls (a network link): each of the hops sends its share of the
+                // bytes and takes what a measured 2-device call of that size took (weight
+                // gathers: calls back to back); the part beyond the latency is the transfer.
+                if collectiveHops > 0, let hop = rate.seconds(bytes: b / collectiveHops, backToBack: isWeights) {
+                    seconds = max(0, hop - rate.latency) * collectiveHops
+                }
             } else {
                 hops += collectiveHops
             }

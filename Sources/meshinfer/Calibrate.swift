@@ -264,17 +264,45 @@ struct Calibrate: ParsableCommand {
         let cluster = HostCalibration.Cluster(ranks: size, hosts: Set(identities.map { $0[0] }).count,
                                               machines: Set(identities.map { $0.last! }).count, threadsPerRank: threadsPerRank)
         let comm = try MPICommunicator(world: world, mesh: Mesh(x: 2, y: size / 2), timeout: 60)
-        let rates = try collectiveRates(sizes: [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20], minimumCalls: 3) { kind, count, calls in
+        // Seconds per call of `calls` calls. `backToBack` false: each call on its own, the ranks
+        // starting it together (a barrier before each), as a layer program's activation
+        // collectives run, with compute between two of them. `backToBack` true: one call after
+        // the other, as a weight-gathered layer gathers its weight tiles. Over a shaped TCP link
+        // the two differ: back to back both directions stay full, and a large message's protocol
+        // replies queue behind the other direction's data (half the link rate from 64 KB up at
+        // 100 Mbit/s), which calls on their own never see.
+        func callTime(_ kind: CollectiveKind, count: Int, calls: Int, backToBack: Bool) throws -> Double {
             let data = [Float](repeating: 1, count: count)
             var runs: [Double] = []
             for _ in 0..<3 {
+                var seconds = 0.0
                 try world.barrier()
-                let start = Date()
-                for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, site: .measurement) }
-                runs.append(Date().timeIntervalSince(start) / Double(calls))
+                if backToBack {
+                    let start = Date()
+                    for _ in 0..<calls { _ = try comm.collective(kind, data, over: .x, site: .measurement) }
+                    seconds = Date().timeIntervalSince(start)
+                } else {
+                    for _ in 0..<calls {
+                        try world.barrier()
+                        let start = Date()
+                        _ = try comm.collective(kind, data, over: .x, site: .measurement)
+                        seconds += Date().timeIntervalSince(start)
+                    }
+                }
+                runs.append(seconds / Double(calls))
             }
             return runs.sorted()[1]
         }
+        var rates = try collectiveRates(sizes: [1 << 8, 1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20],
+                                        fitFrom: 1 << 12, minimumCalls: 3) { kind, count, calls in
+            try callTime(kind, count: count, calls: calls, backToBack: false)
+        }
+        // Weight gathers (§3.2.3's weight-gathered layouts): all-gathers of 16 KB–4 MB back to back.
+        let gathers = try collectiveRates(sizes: [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20], minimumCalls: 3,
+                                          kinds: [.allGather]) { kind, count, calls in
+            try callTime(kind, count: count, calls: calls, backToBack: true)
+        }
+        rates[CollectiveKind.allGather.rawValue]?.backToBackSamples = gathers[CollectiveKind.allGather.rawValue]?.samples
         let small = rates[CollectiveKind.allGather.rawValue]!.latency
         let bandwidth = rates[CollectiveKind.allGather.rawValue]!.bandwidth
         guard world.rank == 0 else { return }
@@ -316,26 +344,33 @@ struct Calibrate: ParsableCommand {
 
     /// Latency (a 2-element call) and bandwidth (bytes sent by a 2^20-element call beyond that
     /// latency) of every collective kind, from a timer of (kind, count, calls) → seconds per call.
-    /// With `sizes` (element counts), the bandwidth is fitted over all of them instead: the
-    /// 1/bandwidth that minimises the relative error of latency + bytes/bandwidth at each size.
-    /// Over TCP a link's achieved rate depends on the message size (a 4 MB message reaches
-    /// ~60% of the rate 64 KB–1 MB messages reach on a shaped 1 Gbit/s link), and a run's
-    /// messages span that range (decode's few KB to weight gathers of MBs).
-    func collectiveRates(sizes: [Int] = [1 << 20], minimumCalls: Int = 10,
+    /// With several `sizes` (element counts), the bandwidth is fitted over all of them instead
+    /// (the 1/bandwidth that minimises the relative error of latency + bytes/bandwidth at each
+    /// size) and every measured call is kept as a sample the cost model interpolates: over TCP
+    /// a link's achieved rate depends on the message size (a 4 MB message reaches ~60% of the
+    /// rate 64 KB–1 MB messages reach on a shaped 1 Gbit/s link; calls of a few KB, decode's,
+    /// more than any fit of the large ones says), and a run's messages span that range.
+    /// Sizes below `fitFrom` elements are kept as samples but left out of the fit.
+    func collectiveRates(sizes: [Int] = [1 << 20], fitFrom: Int = 0, minimumCalls: Int = 10,
+                         kinds: [CollectiveKind] = CollectiveKind.allCases,
                          _ seconds: (CollectiveKind, Int, Int) throws -> Double) throws -> [String: CollectiveRate] {
         var rates: [String: CollectiveRate] = [:]
-        for kind in CollectiveKind.allCases {
+        for kind in kinds {
             let small = try seconds(kind, 2, 1000)
             var num = 0.0, den = 0.0
+            var samples = [CollectiveRate.Sample(bytes: Double(collectiveBytes(kind, count: 2, groupSize: 2)), seconds: small)]
             for count in sizes {
                 // Calls enough to move ~8 MB of floats (at least `minimumCalls`): a second
                 // per size on a 100 Mbit/s link.
                 let t = try seconds(kind, count, max(minimumCalls, min(1000, (2 << 20) / count)))
                 let bytes = Double(collectiveBytes(kind, count: count, groupSize: 2))
+                samples.append(.init(bytes: bytes, seconds: t))
+                guard count >= fitFrom else { continue }
                 num += bytes * (t - small) / (t * t)
                 den += bytes * bytes / (t * t)
             }
-            rates[kind.rawValue] = CollectiveRate(latency: small, bandwidth: den / max(1e-30, num))
+            rates[kind.rawValue] = CollectiveRate(latency: small, bandwidth: den / max(1e-30, num),
+                                                  samples: sizes.count > 1 ? samples : nil)
         }
         return rates
     }

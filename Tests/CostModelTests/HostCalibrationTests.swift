@@ -1,5 +1,7 @@
 import CostModel
+import Collectives
 import Foundation
+import Partitioning
 import Testing
 
 /// Whole-pass efficiencies measured per model file: a model with its own tables is priced with
@@ -82,5 +84,63 @@ struct ClusterPricingTests {
         object["mpiCluster"] = nil   // a file written before clusters were recorded
         let old = try JSONDecoder().decode(HostCalibration.self, from: JSONSerialization.data(withJSONObject: object))
         #expect(old.mpiCluster == nil && old.overMPI != nil)
+    }
+}
+
+/// Over a network `calibrate --transport mpi` keeps every measured call, and a collective is
+/// priced from the measured calls around its size rather than from one fitted bandwidth.
+struct MeasuredCallPricingTests {
+    /// A link that moves small calls at 1 GB/s and large ones at 0.5 GB/s beyond 50 µs.
+    static let rate = CollectiveRate(latency: 50e-6, bandwidth: 0.5e9, samples: [
+        .init(bytes: 8, seconds: 50e-6), .init(bytes: 4096, seconds: 54e-6), .init(bytes: 1_048_576, seconds: 50e-6 + 1_048_576 / 0.5e9)])
+
+    @Test func interpolatesBetweenMeasuredCalls() throws {
+        let r = Self.rate
+        #expect(r.seconds(bytes: 1) == 50e-6)                               // below the smallest call: what it took
+        #expect(abs(try #require(r.seconds(bytes: 2052)) - 52e-6) < 1e-9)   // halfway between the first two
+        let beyond = try #require(r.seconds(bytes: 2_097_152))                // past the largest: the largest call's rate
+        #expect(abs(beyond - 2 * (50e-6 + 1_048_576 / 0.5e9)) < 1e-9)
+        #expect(r.seconds(bytes: 4096, backToBack: true) == 54e-6)           // no calls back to back: the calls on their own
+        var streamed = r
+        streamed.backToBackSamples = [.init(bytes: 4096, seconds: 100e-6)]
+        #expect(streamed.seconds(bytes: 4096, backToBack: true) == 100e-6 && streamed.seconds(bytes: 4096) == 54e-6)
+        #expect(CollectiveRate(latency: 1e-5, bandwidth: 1e9).seconds(bytes: 100) == nil)
+    }
+
+    /// SmolLM2 decode on 2 devices: its activation collectives are a few KB, so the measured
+    /// small calls, not the large calls' bandwidth, price them; a fit-only rate of the same
+    /// latency and bandwidth prices the same trace slower.
+    @Test func smallCallsArePricedFromTheirOwnMeasurements() throws {
+        var measured = HostCalibrationTests.host
+        measured.mpiCollectiveLatency = 50e-6
+        measured.mpiCollectiveBandwidth = 0.5e9
+        measured.mpiCluster = .init(ranks: 2, hosts: 2, machines: 2, threadsPerRank: 1)
+        var fitted = measured
+        measured.mpiCollectiveRates = Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map { ($0.rawValue, Self.rate) })
+        fitted.mpiCollectiveRates = Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map {
+            ($0.rawValue, CollectiveRate(latency: 50e-6, bandwidth: 0.5e9)) })
+        func decode(_ host: HostCalibration) throws -> Prediction {
+            let (hardware, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
+            return try CostModel(hardware: hardware, calibration: calibration).predict(
+                model: DefaultLayoutTests.smol, mesh: Mesh(x: 2), layout: PhaseLayout(.weightStationary1D, .shardedOverHeads),
+                phase: .decode, batch: 1, inputTokens: 1, generateTokens: 8, weights: .f32)
+        }
+        let m = try decode(measured), f = try decode(fitted)
+        #expect(m.communicationSeconds < f.communicationSeconds)
+        #expect(m.computeSeconds == f.computeSeconds && m.memorySeconds == f.memorySeconds)
+        #expect(m.communicationBytesPerChip == f.communicationBytesPerChip)
+        // Weight-gathered decode: its weight all-gathers are priced from the calls back to back
+        // (here twice as slow), its activation collectives from the calls on their own.
+        var slowStreams = measured
+        slowStreams.mpiCollectiveRates?["all_gather"]?.backToBackSamples = Self.rate.samples!.map { .init(bytes: $0.bytes, seconds: 2 * $0.seconds) }
+        func gathered(_ host: HostCalibration) throws -> Prediction {
+            let (hardware, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
+            return try CostModel(hardware: hardware, calibration: calibration).predict(
+                model: DefaultLayoutTests.smol, mesh: Mesh(x: 2), layout: PhaseLayout(.weightGatheredXYZ, .shardedOverHeads),
+                phase: .decode, batch: 1, inputTokens: 1, generateTokens: 8, weights: .f32)
+        }
+        let plain = try gathered(measured), slow = try gathered(slowStreams)
+        #expect(slow.communicationSeconds > 1.8 * plain.communicationSeconds)
+        #expect(try decode(slowStreams).communicationSeconds == m.communicationSeconds)   // no weight gathers in ws1d
     }
 }
