@@ -29,6 +29,8 @@ struct Bench: ParsableCommand {
     @Flag(help: "Time every op class of a step (matmul by weight, attention, norms, activation quantization, sampling, thread hand-offs, collectives) beside the bytes it moves and its roofline time.")
     var profile = false
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Skip the untimed warm-up run before the timed ones (like llama-bench --no-warmup): for runs that take minutes.")
+    var noWarmup = false
     @OptionGroup var meshOptions: MeshOptions
 
     func run() throws {
@@ -85,7 +87,7 @@ struct Bench: ParsableCommand {
             var rates: [Double] = []
             var commShare: [Double] = []
             var profiled = ProfileTotals()
-            _ = try run.time(engine, run.inputs(randomTokens), profile: nil)   // warm-up
+            if !noWarmup { _ = try run.time(engine, run.inputs(randomTokens), profile: nil) }   // warm-up
             for _ in 0..<repetitions {
                 try runner.resetCounters()
                 let op = profile ? OpProfile() : nil

@@ -11,7 +11,8 @@
 # Attention over heads runs 1 sequence; over the batch, one sequence per host (a batch smaller
 # than the devices it is split over is padding). A tg32 or pp128 run the calibration predicts
 # to take longer than BUDGET seconds is measured once — decode with the steps that fit in BUDGET
-# (at least 1) — and marked so: weight-gathered decode at 100 Mbit/s moves all weights per token.
+# (at least 1), without a warm-up run — and marked so: weight-gathered decode at 100 Mbit/s moves
+# all weights per token. The script prints the minutes it took.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:?usage: hosts_grid.sh OUTDIR [BIN]}"
@@ -98,6 +99,7 @@ for h in $HOSTS; do
                             reps=1; note="cut: predicted $(printf %.0f "$seconds") s per run"
                         fi
                         flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
+                        [ "$reps" = 1 ] && flags+=(--no-warmup)
                         measured=$(timeout 900 scripts/hosts.sh mpirun "$BIN" bench "${args[@]}" "${flags[@]}" -r "$reps" 2>"$OUT/last.err" | tail -1 || true)
                         record "$model" "$h" "$rate" "$layout" "$attention" "$batch" "$test$tokens" "$note" "$predicted" "$measured"
                     done
@@ -107,3 +109,4 @@ for h in $HOSTS; do
         echo "$(( ($(date +%s) - start) / 60 )) min: $h hosts at $rate done" >&2
     done
 done
+echo "hosts_grid.sh: $(wc -l < "$OUT/grid.jsonl") cells in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s" | tee "$OUT/took" >&2
