@@ -150,9 +150,16 @@ def equal_runs():
         else:
             sh("cp", base, cal)
         out = sh(HOSTS, "mpirun", BIN, "calibrate", "--transport", "mpi", "--threads", "1", "--output", cal, timeout=600).stdout
-        cluster = json.load(open(cal)).get("mpiCluster")
+        written = json.load(open(cal))
+        cluster = written.get("mpiCluster")
         check(cluster == {"ranks": 4, "hosts": 4, "machines": 1, "threadsPerRank": 1},
               f"calibrate --transport mpi across 4 hosts records 4 hosts on 1 machine ({cluster}; {out.strip()[-160:]})")
+        rates = written.get("mpiCollectiveRates", {})
+        sizes = {k: [s["bytes"] for s in r.get("samples", [])] for k, r in rates.items()}
+        check(len(rates) == 4 and all(len(v) == 8 and v == sorted(v) and v[-1] >= 2 << 20 and all(s["seconds"] > 0 for s in r["samples"])
+                                      for r, v in ((rates[k], sizes[k]) for k in rates))
+              and len(rates["all_gather"].get("backToBackSamples", [])) == 5,
+              f"it keeps every measured call: 8 sizes per collective kind, all-gathers also back to back ({sizes})")
         r = sh(HOSTS, "mpirun", BIN, "bench", "--transport", "mpi", "--mesh", "2x2", "--threads", "1", "--weights", "native",
                "-p", "16", "-n", "4", "-r", "1", "--calibration", cal, "--json")
         rows = json.loads(r.stdout.strip().splitlines()[-1])["results"]
