@@ -206,12 +206,17 @@ def local_chat(layouts):
         p.wait(timeout=30)
 
 
+def serve_on_hosts(n, layouts):
+    """`serve` across n hosts at 1 Gbit/s (rank 0 on host 1, listening on every address)."""
+    hosts("up", str(n), "--rate", "1gbit")
+    return start_serve([*layouts, "--threads", "1", "--transport", "mpi", "--host", "0.0.0.0", "--collective-timeout", str(TIMEOUT)],
+                       launcher=(HOSTS, "mpirun"), host="10.77.0.1")
+
+
 def serve_across_4_hosts():
     layouts = ["--mesh", "2x2", "--prefill-layout", "ws2d", "--decode-layout", "ws2d", "--attention", "batch", "--weights", "f32"]
     local = local_chat(layouts)
-    hosts("up", "4", "--rate", "1gbit")
-    p = start_serve([*layouts, "--threads", "1", "--transport", "mpi", "--host", "0.0.0.0", "--collective-timeout", str(TIMEOUT)],
-                    launcher=(HOSTS, "mpirun"), host="10.77.0.1")
+    p = serve_on_hosts(4, layouts)
     try:
         check(chat("10.77.0.1", 18080) == local, "a streamed chat to serve across 4 hosts (mesh 2x2) equals in-process serve")
     finally:
@@ -225,9 +230,7 @@ def serve_across_4_hosts():
 def serve_across_hosts():
     layouts = ["--mesh", "2", "--prefill-layout", "ws1d", "--decode-layout", "ws1d", "--attention", "heads", "--weights", "f32"]
     local = local_chat(layouts)
-    hosts("up", "2", "--rate", "1gbit")
-    p = start_serve([*layouts, "--threads", "1", "--transport", "mpi", "--host", "0.0.0.0", "--collective-timeout", str(TIMEOUT)],
-                    launcher=(HOSTS, "mpirun"), host="10.77.0.1")
+    p = serve_on_hosts(2, layouts)
     try:
         check(chat("10.77.0.1", 18080) == local, "a streamed chat to serve across 2 hosts (reached from this namespace) equals in-process serve")
         # The link to host 2 goes down mid-stream: /health never hangs, the job ends non-zero, nothing is left.

@@ -119,10 +119,10 @@ struct MeasuredCallPricingTests {
         measured.mpiCollectiveRates = Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map { ($0.rawValue, Self.rate) })
         fitted.mpiCollectiveRates = Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map {
             ($0.rawValue, CollectiveRate(latency: 50e-6, bandwidth: 0.5e9)) })
-        func decode(_ host: HostCalibration) throws -> Prediction {
+        func decode(_ host: HostCalibration, _ ffn: FeedForwardLayout = .weightStationary1D) throws -> Prediction {
             let (hardware, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
             return try CostModel(hardware: hardware, calibration: calibration).predict(
-                model: DefaultLayoutTests.smol, mesh: Mesh(x: 2), layout: PhaseLayout(.weightStationary1D, .shardedOverHeads),
+                model: DefaultLayoutTests.smol, mesh: Mesh(x: 2), layout: PhaseLayout(ffn, .shardedOverHeads),
                 phase: .decode, batch: 1, inputTokens: 1, generateTokens: 8, weights: .f32)
         }
         let m = try decode(measured), f = try decode(fitted)
@@ -133,13 +133,7 @@ struct MeasuredCallPricingTests {
         // (here twice as slow), its activation collectives from the calls on their own.
         var slowStreams = measured
         slowStreams.mpiCollectiveRates?["all_gather"]?.backToBackSamples = Self.rate.samples!.map { .init(bytes: $0.bytes, seconds: 2 * $0.seconds) }
-        func gathered(_ host: HostCalibration) throws -> Prediction {
-            let (hardware, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
-            return try CostModel(hardware: hardware, calibration: calibration).predict(
-                model: DefaultLayoutTests.smol, mesh: Mesh(x: 2), layout: PhaseLayout(.weightGatheredXYZ, .shardedOverHeads),
-                phase: .decode, batch: 1, inputTokens: 1, generateTokens: 8, weights: .f32)
-        }
-        let plain = try gathered(measured), slow = try gathered(slowStreams)
+        let plain = try decode(measured, .weightGatheredXYZ), slow = try decode(slowStreams, .weightGatheredXYZ)
         #expect(slow.communicationSeconds > 1.8 * plain.communicationSeconds)
         #expect(try decode(slowStreams).communicationSeconds == m.communicationSeconds)   // no weight gathers in ws1d
     }

@@ -105,8 +105,8 @@ struct MPITests {
 }
 
 extension MPITests {
-    /// `calibrate --transport mpi` adds MPI collective latency and bandwidth to an existing host
-    /// calibration and keeps the rest.
+    /// `calibrate --transport mpi` adds MPI collective latency and bandwidth, and the measured
+    /// calls, to an existing host calibration and keeps the rest.
     @Test func calibrateMeasuresMPICollectives() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("mpi-calibration-\(getpid()).json")
         defer { try? FileManager.default.removeItem(at: file) }
@@ -124,10 +124,15 @@ extension MPITests {
         #expect(latency > 0 && latency < 0.01, "latency \(latency) s")
         #expect(bandwidth > 1e6, "bandwidth \(bandwidth) B/s")
         #expect(saved["mpiRanks"] as? Int == 2)
-        let rates = try #require(saved["mpiCollectiveRates"] as? [String: [String: Double]])
+        let rates = try #require(saved["mpiCollectiveRates"] as? [String: [String: Any]])
         #expect(Set(rates.keys) == ["all_gather", "reduce_scatter", "all_reduce", "all_to_all"])
         for (kind, rate) in rates {
-            #expect((rate["latency"] ?? 0) > 0 && (rate["bandwidth"] ?? 0) > 0, "\(kind): \(rate)")
+            #expect((rate["latency"] as? Double ?? 0) > 0 && (rate["bandwidth"] as? Double ?? 0) > 0, "\(kind): \(rate)")
+            // Every measured call is kept (8 sizes, ascending), and all-gathers also back to back.
+            let samples = (rate["samples"] as? [[String: Double]]) ?? []
+            #expect(samples.count == 8 && samples.map { $0["bytes"] ?? 0 } == samples.map { $0["bytes"] ?? 0 }.sorted()
+                    && samples.allSatisfy { ($0["seconds"] ?? 0) > 0 }, "\(kind): \(samples)")
+            #expect(((rate["backToBackSamples"] as? [[String: Double]])?.count ?? 0) == (kind == "all_gather" ? 6 : 0), "\(kind)")
         }
         #expect(saved["f32FLOPsPerThread"] as? Double == 1e11)
     }
