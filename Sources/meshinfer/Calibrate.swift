@@ -293,13 +293,13 @@ struct Calibrate: ParsableCommand {
             }
             return runs.sorted()[1]
         }
-        var rates = try collectiveRates(sizes: [1 << 8, 1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20],
-                                        fitFrom: 1 << 12, minimumCalls: 3) { kind, count, calls in
+        // Floats per call: the fit's 16 KB–4 MB, and below them decode's calls of a few KB.
+        let fitted = [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20]
+        var rates = try collectiveRates(sizes: [1 << 8, 1 << 10] + fitted, fitFrom: fitted[0], minimumCalls: 3) { kind, count, calls in
             try callTime(kind, count: count, calls: calls, backToBack: false)
         }
         // Weight gathers (§3.2.3's weight-gathered layouts): all-gathers of 16 KB–4 MB back to back.
-        let gathers = try collectiveRates(sizes: [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20], minimumCalls: 3,
-                                          kinds: [.allGather]) { kind, count, calls in
+        let gathers = try collectiveRates(sizes: fitted, minimumCalls: 3, kinds: [.allGather]) { kind, count, calls in
             try callTime(kind, count: count, calls: calls, backToBack: true)
         }
         rates[CollectiveKind.allGather.rawValue]?.backToBackSamples = gathers[CollectiveKind.allGather.rawValue]?.samples
