@@ -1,34 +1,21 @@
-// Attention of one query row over cached positions, and the dot/axpy it is made of.
+// Attention of one query row over cached positions (an f16 cache, read as llama.cpp's default
+// cache is: half the bytes of f32, widened to f32 by vcvtph2ps as it loads), the f32 -> f16
+// conversion that writes the cache.
 #include "common.h"
 
-float mi_dot(const float *a, const float *b, int n) {
+void mi_f32_to_f16(const float *x, uint16_t *out, int n) {
     int i = 0;
 #if defined(MI_AVX512)
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-    float acc = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-#else
-    float acc = 0;
-#endif
-    for (; i < n; i++) acc += a[i] * b[i];
-    return acc;
-}
-
-void mi_axpy(float a, const float *x, float *y, int n) {
-    int i = 0;
-#if defined(MI_AVX512)
-    __m512 va = _mm512_set1_ps(a);
+    // vcvtps2ph rounds to nearest even, as float_to_half does.
     for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #endif
-    for (; i < n; i++) y[i] += a * x[i];
+    for (; i < n; i++) out[i] = float_to_half(x[i]);
 }
 
 #if defined(MI_AVX512)
+ALWAYS_INLINE __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
 /* The sums of 16 vectors' elements, in order (out[p] = Σ a[p]): pairs of 128-bit lanes added
  * twice (16 vectors → 4, lane l of the i-th holding a partial sum of vector 4i + l), then
  * within lanes, then one permutation back to order. */
@@ -50,7 +37,7 @@ ALWAYS_INLINE __m512 sums16(const __m512 *a) {
  * head: scores 16 positions at a time (each position's products summed in a vector, 16 of them
  * reduced together), softmax with the vector exp, then the weighted values accumulated in NQ
  * registers and scaled once; a head's arithmetic does not depend on G. scratch: G·count floats. */
-ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const float *k, const float *v, int64_t kvStride,
+ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const uint16_t *k, const uint16_t *v, int64_t kvStride,
                                 int count, float scale, float *scratch, float *out) {
     __m512 qv[16];
     for (int h = 0; h < G; h++)
@@ -61,9 +48,9 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const
     for (int j = 0; j < count; j += 16) {
         int n = count - j < 16 ? count - j : 16;
         for (int p = 0; p < n; p++) {
-            const float *kj = k + (int64_t)(j + p) * kvStride;
+            const uint16_t *kj = k + (int64_t)(j + p) * kvStride;
             __m512 kc[16];
-            for (int c = 0; c < NQ; c++) kc[c] = _mm512_loadu_ps(kj + 16 * c);
+            for (int c = 0; c < NQ; c++) kc[c] = load_f16(kj + 16 * c);
             for (int h = 0; h < G; h++) {
                 __m512 acc = _mm512_mul_ps(qv[h * NQ], kc[0]);
                 for (int c = 1; c < NQ; c++) acc = _mm512_fmadd_ps(qv[h * NQ + c], kc[c], acc);
@@ -100,9 +87,9 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const
     __m512 acc[16];
     for (int i = 0; i < G * NQ; i++) acc[i] = _mm512_setzero_ps();
     for (int j = 0; j < count; j++) {
-        const float *vj = v + (int64_t)j * kvStride;
+        const uint16_t *vj = v + (int64_t)j * kvStride;
         for (int c = 0; c < NQ; c++) {
-            __m512 vc = _mm512_loadu_ps(vj + 16 * c);
+            __m512 vc = load_f16(vj + 16 * c);
             for (int h = 0; h < G; h++) acc[h * NQ + c] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[(int64_t)h * count + j]), vc, acc[h * NQ + c]);
         }
     }
@@ -116,7 +103,7 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const
  * positions. The scalar path below is the reference arithmetic; with AVX-512 and Q a multiple
  * of 16 up to 256, attend_group computes the same function in another order (and a 2-ulp exp). */
 void mi_attention_row(const float *q, int H, int KV, int Q,
-                      const float *k, const float *v, int64_t kvStride, int count,
+                      const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
                       float scale, float *scratch, float *out) {
     int group = H / KV;
 #if defined(MI_AVX512)
@@ -124,7 +111,8 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
         // Heads of 64 attend their KV head's group together (2–4 heads); others one at a time.
         const int NQ = Q / 16, G = NQ == 4 && group >= 2 && group <= 4 ? group : 1;
         for (int h = 0; h < H; h += G) {
-            const float *qh = q + h * Q, *kh = k + (h / group) * Q, *vh = v + (h / group) * Q;
+            const float *qh = q + h * Q;
+            const uint16_t *kh = k + (h / group) * headStride, *vh = v + (h / group) * headStride;
             float *oh = out + h * Q;
 #define ATTEND(NQ_, G_) attend_group(NQ_, G_, qh, kh, vh, kvStride, count, scale, scratch, oh)
             if (NQ == 4) { switch (G) { case 2: ATTEND(4, 2); break; case 3: ATTEND(4, 3); break; case 4: ATTEND(4, 4); break; default: ATTEND(4, 1); } }
@@ -141,7 +129,10 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
         int g = h / group;
         float mx = -INFINITY;
         for (int j = 0; j < count; j++) {
-            float sc = mi_dot(qh, k + j * kvStride + g * Q, Q) * scale;
+            const uint16_t *kj = k + j * kvStride + g * headStride;
+            float sc = 0;
+            for (int i = 0; i < Q; i++) sc += qh[i] * half_to_float(kj[i]);
+            sc *= scale;
             scratch[j] = sc;
             mx = sc > mx ? sc : mx;
         }
@@ -150,7 +141,10 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
         float *oh = out + h * Q;
         memset(oh, 0, sizeof(float) * Q);
         float inv = 1.0f / sum;
-        for (int j = 0; j < count; j++) mi_axpy(scratch[j] * inv, v + j * kvStride + g * Q, oh, Q);
+        for (int j = 0; j < count; j++) {
+            const uint16_t *vj = v + j * kvStride + g * headStride;
+            for (int i = 0; i < Q; i++) oh[i] += scratch[j] * inv * half_to_float(vj[i]);
+        }
     }
 }
 

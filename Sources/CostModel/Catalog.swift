@@ -68,8 +68,10 @@ public struct Hardware: Sendable, Equatable {
     /// and bytes/s. A kind without one uses the interconnect bandwidth and the calibration's
     /// latency.
     public var collectiveRates: [CollectiveKind: CollectiveRate]?
-    /// Bytes per activation and KV-cache element (bf16 on accelerators, f32 in this runtime).
+    /// Bytes per activation element (bf16 on accelerators, f32 in this runtime).
     public var activationBytes = 2.0
+    /// Bytes per KV-cache element (bf16 on accelerators, f16 in this runtime: KVCache).
+    public var kvCacheBytes = 2.0
     /// FLOP/s of attention's Q·Kᵀ and P·V (nil: the matmul peak, as on accelerators).
     public var attentionFLOPs: Double?
     /// Whether this runtime's unembedding gathers (logit rows in, every device's logits out

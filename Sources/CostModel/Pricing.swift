@@ -143,7 +143,7 @@ public struct CostModel: Sendable {
         // Memory per chip: weight shards plus the KV cache of B sequences at full context.
         let weightBytes = Double(config.parameterCount) * weights.bytes / n
         let kvPerToken = Formulas.kvBytesPerToken(layers: config.layers, kvHeads: config.kvHeads,
-                                                  headDimension: config.headDimension, bytes: hardware.activationBytes)
+                                                  headDimension: config.headDimension, bytes: hardware.kvCacheBytes)
         let replicated = layout.attention == .shardedOverHeads && config.kvHeads < mesh.deviceCount
         let kvTotal = kvPerToken * Double(B) * Double(context + (phase == .decode ? G : 0))
         let memoryPerChip = weightBytes + (replicated ? kvTotal : kvTotal / n)
@@ -204,7 +204,7 @@ struct PassTotals {
     init(_ tc: TracedConfiguration, hardware: Hardware) {
         let t = tc.trace
         compute = t.matmulFLOPs / hardware.peakFLOPs + t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs)
-        memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.activationBytes) / hardware.memoryBandwidth
+        memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.kvCacheBytes) / hardware.memoryBandwidth
         // The unembedding's gathers (logit rows in, logits out to every device for sampling) are
         // this runtime's, not the layouts': the paper samples from sharded logits on device
         // (§3.6). Priced only for this host (`pricesUnembedding`).

@@ -218,7 +218,7 @@ struct BenchRun {
         for pass in passes {
             for l in 0..<config.layers { positions += pass.upperBound - config.firstAttended(layer: l, position: pass.lowerBound) }
         }
-        let perPosition = Double(2 * config.kvHeads * config.headDimension * 4)
+        let perPosition = Double(2 * config.kvHeads * config.headDimension * kvCacheElementBytes)
         return Double(positions) * perPosition * Double(batch) / Double(passes.count)
     }
 }

@@ -73,15 +73,16 @@ struct Calibrate: ParsableCommand {
             rates[format.rawValue] = 2 * Double(M * N * K) / median { time { _ = weight.apply(x, threads: one) } }
             ratesAll[format.rawValue] = 2 * Double(M * N * K) / median { time { _ = weight.apply(x, threads: all) } }
         }
-        // Causal attention of 512 positions, 9 heads of 64 over 3 KV heads (the default model's shape).
+        // Causal attention of 512 positions, 9 heads of 64 over 3 KV heads (the default model's
+        // shape), from a head-major cache as the runtime keeps it (KVCache).
         let L = 512, H = 9, KV = 3, Q = 64
-        let qkv = (0..<(L * H * Q)).map { Float($0 % 17) / 17 }, kv = (0..<(L * KV * Q)).map { Float($0 % 13) / 13 }
+        let qkv = (0..<(L * H * Q)).map { Float($0 % 17) / 17 }, kv = (0..<(L * KV * Q)).map { Float16(Float($0 % 13) / 13).bitPattern }
         var scratch = [Float](repeating: 0, count: L * H / KV), out = [Float](repeating: 0, count: H * Q)
         let attentionSeconds = median {
             time {
                 for i in 0..<L {
                     qkv.withUnsafeBufferPointer { q in
-                        mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, kv, Int64(KV * Q), Int32(i + 1),
+                        mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, kv, Int64(Q), Int64(L * Q), Int32(i + 1),
                                          0.125, &scratch, &out)
                     }
                 }

@@ -33,7 +33,8 @@ public final class NaiveModel {
         tensor = t
     }
 
-    /// One sequence's state: the keys and values of every position so far.
+    /// One sequence's state: the keys and values of every position so far, rounded to f16 as
+    /// the runtime's cache (and llama.cpp's default one) stores them.
     public final class Sequence {
         var keys: [[[Double]]]     // [layer][position] (K·Q)
         var values: [[[Double]]]   // [layer][position] (K·Q)
@@ -72,8 +73,8 @@ public final class NaiveModel {
             }
             for head in 0..<H { rope(&q, offset: head * Q, position: position, layer: l) }
             for head in 0..<K { rope(&k, offset: head * Q, position: position, layer: l) }
-            s.keys[l].append(k)
-            s.values[l].append(v)
+            s.keys[l].append(k.map { Double(Float16(Float($0))) })
+            s.values[l].append(v.map { Double(Float16(Float($0))) })
 
             // Causal attention (within the window on local layers): query head `head` reads KV
             // head head / (H/K).

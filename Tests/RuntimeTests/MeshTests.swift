@@ -85,8 +85,10 @@ struct MeshTests {
         }
     }
 
-    /// Prefill logits of every position, then `steps` greedy decode steps: `engine` within 2e-3
-    /// of the oracle for every sequence.
+    /// Prefill logits of every position, then `steps` greedy decode steps: `engine` within 4e-3
+    /// of the oracle for every sequence. (Both round cached keys and values to f16; a value
+    /// whose f32 and Double computations straddle an f16 rounding boundary lands one f16 ulp
+    /// apart, 2^-11 relative: measured up to 2.6e-3 on the tiny multi-head model's 2×2×2 mesh.)
     static func expectOracle(_ engine: MeshEngine, _ reference: NaiveModel, _ prompts: [[Int]], steps: Int) throws {
         let refCaches = prompts.map { _ in reference.makeSequence() }
         let meshCaches = prompts.map { _ in engine.makeCache() }
@@ -96,7 +98,7 @@ struct MeshTests {
             for b in prompts.indices {
                 #expect(got[b].rows == expected[b].rows)
                 let d = maxAbsDifference(got[b].values, expected[b].values)
-                #expect(d < 2e-3, "\(engine.decode) batch \(prompts.count) step \(step) sequence \(b): max |Δ| = \(d)")
+                #expect(d < 4e-3, "\(engine.decode) batch \(prompts.count) step \(step) sequence \(b): max |Δ| = \(d)")
             }
             if step == steps { break }
             let next = expected.map { Sampler.argmax($0.rowArray($0.rows - 1)) }

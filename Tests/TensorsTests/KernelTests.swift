@@ -292,21 +292,24 @@ struct KernelTests {
         #expect(sums == eK.2)
     }
 
-    /// Softmax attention of one row against the definition in double precision: head sizes
-    /// of both models (64, 256) and others, groups of 1 to 4 query heads per KV head, position counts below, at and
-    /// beyond the 16-position blocks (tails included); within 1e-5 absolute.
+    /// Softmax attention of one row over an f16 cache against the definition in double
+    /// precision (over the cache's f16 values): head sizes of both models (64, 256) and others,
+    /// groups of 1 to 4 query heads per KV head, position counts below, at and beyond the
+    /// 16-position blocks (tails included); within 1e-5 absolute. Position-major rows and a
+    /// head-major cache (the runtime's KVCache, with room beyond `count`) give the same bits.
     @Test(arguments: [(4, 2, 16, 5), (9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
                      (4, 1, 64, 47), (3, 3, 64, 18), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33)])
     func attentionRowMatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
         var r = Rng(s: 11)
         let q = (0..<(H * Q)).map { _ in r.next() }
-        let k = (0..<(count * KV * Q)).map { _ in r.next() }
-        let v = (0..<(count * KV * Q)).map { _ in r.next() }
+        let k = (0..<(count * KV * Q)).map { _ in Float16(r.next()) }
+        let v = (0..<(count * KV * Q)).map { _ in Float16(r.next()) }
         var scratch = [Float](repeating: 0, count: count * H / KV)
         var out = [Float](repeating: 0, count: H * Q)
         let scale = 1 / Float(Q).squareRoot()
-        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), k, v, Int64(KV * Q), Int32(count), scale, &scratch, &out)
+        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), k.map(\.bitPattern), v.map(\.bitPattern), Int64(KV * Q), Int64(Q), Int32(count),
+                         scale, &scratch, &out)
         for h in 0..<H {
             let g = h / (H / KV)
             let s = (0..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * Double(k[j * KV * Q + g * Q + $1]) } * Double(scale) }
@@ -316,6 +319,33 @@ struct KernelTests {
                 let expected = (0..<count).reduce(0.0) { $0 + p[$1] * Double(v[$1 * KV * Q + g * Q + d]) }
                 #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "head \(h) column \(d)")
             }
+        }
+        // The same cache head-major: (KV, capacity, Q), capacity = count + 3.
+        let capacity = count + 3
+        var kh = [UInt16](repeating: 0x7E00, count: KV * capacity * Q), vh = kh   // NaN beyond the positions
+        for g in 0..<KV {
+            for j in 0..<count {
+                for d in 0..<Q {
+                    kh[(g * capacity + j) * Q + d] = k[j * KV * Q + g * Q + d].bitPattern
+                    vh[(g * capacity + j) * Q + d] = v[j * KV * Q + g * Q + d].bitPattern
+                }
+            }
+        }
+        var outHeadMajor = [Float](repeating: 0, count: H * Q)
+        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), kh, vh, Int64(Q), Int64(capacity * Q), Int32(count), scale, &scratch, &outHeadMajor)
+        #expect(outHeadMajor == out)
+    }
+
+    /// The cache's f32 → f16 rounding: nearest, ties to even, as Swift's Float16(x) rounds —
+    /// every length's vector body and scalar tail, normals, subnormals, overflow and zeros.
+    @Test func f16ConversionRoundsAsFloat16() {
+        var r = Rng(s: 5)
+        var x = (0..<37).map { _ in r.next() * 3 }
+        x += [0, -0.0, 65504, 65520, 1e6, -1e6, 6e-8, 3e-8, 2.98e-8, 1e-5, -1e-5, 1.00048828125, 1.000732421875]
+        for n in [1, 15, 16, 17, x.count] {
+            var out = [UInt16](repeating: 0, count: n)
+            mi_f32_to_f16(x, &out, Int32(n))
+            #expect(out == x[0..<n].map { Float16($0).bitPattern })
         }
     }
 }

@@ -74,9 +74,8 @@ void mi_gemm_q6_K(const int8_t *q, const float *d, const int32_t *bsums, int M, 
 // ---------------------------------------------------------------------------------------------
 // Elementwise and attention.
 // ---------------------------------------------------------------------------------------------
-float mi_dot(const float *a, const float *b, int n);
-/// y += a * x
-void mi_axpy(float a, const float *x, float *y, int n);
+/// out[i] = x[i] rounded to f16 (nearest, ties to even), as bits.
+void mi_f32_to_f16(const float *x, uint16_t *out, int n);
 /// out = x / sqrt(mean(x^2) + eps) * w
 void mi_rmsnorm(const float *x, const float *w, int n, float eps, float *out);
 /// RMSNorm of a row split over devices, in two halves: the sum of squares of this device's
@@ -89,11 +88,13 @@ void mi_swiglu(const float *gate, const float *up, int n, float *out);
 /// out = gelu_tanh(gate) * up, elementwise (n floats).
 void mi_geglu(const float *gate, const float *up, int n, float *out);
 
-/// Causal attention of one query row against `count` cached positions for all heads.
-/// q: H*Q floats; k, v: cache rows with stride kvStride floats, head g at offset g*Q;
+/// Causal attention of one query row against `count` cached positions for all heads, from an
+/// f16 cache. q: H*Q floats; k, v: f16 bits, KV head g's position j at offset
+/// g*headStride + j*kvStride elements
+/// (a head-major cache: kvStride = Q; position-major rows: kvStride = KV*Q, headStride = Q);
 /// query head h reads KV head h / (H / KV). scratch: >= count * (H / KV) floats. out: H*Q floats.
 void mi_attention_row(const float *q, int H, int KV, int Q,
-                      const float *k, const float *v, int64_t kvStride, int count,
+                      const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
                       float scale, float *scratch, float *out);
 
 /* Keeps freed blocks of up to 32 MiB in the heap instead of returning them to the kernel, and

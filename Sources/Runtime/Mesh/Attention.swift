@@ -47,8 +47,7 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
         let row = qkv.row(r)
         for h in 0..<H { prep.query(row + h * Q, row: r) }
         for h in H..<(H + K) { prep.key(row + h * Q, row: r) }
-        caches[r].key(layer: layer, position: positions[r]).update(from: row + H * Q, count: K * Q)
-        caches[r].value(layer: layer, position: positions[r]).update(from: row + (H + K) * Q, count: K * Q)
+        caches[r].write(layer: layer, position: positions[r], count: K, keys: row + H * Q, values: row + (H + K) * Q)
     }
     let scale = 1 / Float(Q).squareRoot()
     threads.parallelFor(qkv.rows) { range in
@@ -56,9 +55,10 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
         defer { scratch.deallocate() }
         for r in range {
             let first = config.firstAttended(layer: layer, position: positions[r])
-            mi_attention_row(qkv.row(r), Int32(H), Int32(K), Int32(Q), caches[r].key(layer: layer, position: first),
-                             caches[r].value(layer: layer, position: first), Int64(K * Q), Int32(positions[r] + 1 - first), scale,
-                             scratch, out.row(r))
+            let cache = caches[r]
+            mi_attention_row(qkv.row(r), Int32(H), Int32(K), Int32(Q), cache.key(layer: layer, head: 0, position: first),
+                             cache.value(layer: layer, head: 0, position: first), Int64(Q), Int64(cache.headStride),
+                             Int32(positions[r] + 1 - first), scale, scratch, out.row(r))
         }
     }
     return out

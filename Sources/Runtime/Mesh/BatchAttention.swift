@@ -76,7 +76,7 @@ extension DeviceProgram {
         logAttention(l, x.mine, queryHeads: H, kvHeads: KV)
         return causalAttention(
             full, heads: H, kvHeads: KV, headDimension: Q, prep: headPrep(layer: l, rope: x.rope), config: config,
-            caches: caches.caches(x.mine.map(\.sequence), config: config, kvDimension: KV * Q, limit: limit),
+            caches: caches.caches(x.mine.map(\.sequence), config: config, kvHeads: KV, limit: limit),
             positions: x.mine.map(\.position), layer: l, threads: threads)
     }
 
@@ -127,7 +127,7 @@ extension DeviceProgram {
             let s = spans[r.sequence] ?? (first, r.position + 1)
             spans[r.sequence] = (min(s.first, first), max(s.end, r.position + 1))
         }
-        let kvBytes = spans.values.reduce(0.0) { $0 + 2 * Double($1.end - $1.first) * Double(kvHeads) * Q * 4 }
+        let kvBytes = spans.values.reduce(0.0) { $0 + 2 * Double($1.end - $1.first) * Double(kvHeads) * Q * Double(kvCacheElementBytes) }
         log?.attentionFLOPs += flops
         log?.kvBytes += kvBytes
         profile?.add("attention", seconds: 0, bytes: kvBytes, calls: 0)

@@ -34,11 +34,11 @@ final class DeviceCaches: @unchecked Sendable {
     private var caches: [Int: KVCache] = [:]
 
     /// The cache of each sequence, made on first use.
-    func caches(_ sequences: [Int], config: ModelConfig, kvDimension: Int, limit: Int) -> [KVCache] {
+    func caches(_ sequences: [Int], config: ModelConfig, kvHeads: Int, limit: Int) -> [KVCache] {
         lock.withLock {
             sequences.map { s in
                 if let c = caches[s] { return c }
-                let c = KVCache(config: config, kvDimension: kvDimension, limit: limit)
+                let c = KVCache(config: config, kvHeads: kvHeads, limit: limit)
                 caches[s] = c
                 return c
             }

@@ -9,12 +9,11 @@ extension DeviceProgram {
         // Each owned block: `queries` query slots, `kv` key slots, `kv` value slots (padding
         // slots included: zero weights, so zero rows, run like any head).
         let (queries, kv) = blocks.wholeHeads!
-        let kvDim = owned.count * kv * Q
         let out = Matrix(rows: qkv.rows, columns: owned.count * queries * Q)
         logAttention(l, rows, queryHeads: owned.count * queries, kvHeads: owned.count * kv)
         let blockWidth = (queries + 2 * kv) * Q
         let live = rows.indices.filter { !rows[$0].isPadding }
-        let liveCaches = caches.caches(live.map { rows[$0].sequence }, config: config, kvDimension: kvDim, limit: limit)
+        let liveCaches = caches.caches(live.map { rows[$0].sequence }, config: config, kvHeads: owned.count * kv, limit: limit)
         KVCache.reserve(liveCaches, live.map { rows[$0].position })
         var rowCaches = [KVCache?](repeating: nil, count: rows.count)
         for (r, c) in zip(live, liveCaches) { rowCaches[r] = c }
@@ -25,9 +24,8 @@ extension DeviceProgram {
                 let base = row + b * blockWidth
                 for h in 0..<queries { prep.query(base + h * Q, row: r) }
                 for h in queries..<(queries + kv) { prep.key(base + h * Q, row: r) }
-                let at = b * kv * Q
-                cache.key(layer: l, position: info.position).advanced(by: at).update(from: base + queries * Q, count: kv * Q)
-                cache.value(layer: l, position: info.position).advanced(by: at).update(from: base + (queries + kv) * Q, count: kv * Q)
+                cache.write(layer: l, position: info.position, firstHead: b * kv, count: kv, keys: base + queries * Q,
+                            values: base + (queries + kv) * Q)
             }
         }
         threads.parallelFor(rows.count) { range in
@@ -39,8 +37,8 @@ extension DeviceProgram {
                 let first = config.firstAttended(layer: l, position: info.position)
                 for b in 0..<owned.count {
                     mi_attention_row(qkv.row(r) + b * blockWidth, Int32(queries), Int32(kv), Int32(Q),
-                                     cache.key(layer: l, position: first) + b * kv * Q, cache.value(layer: l, position: first) + b * kv * Q,
-                                     Int64(kvDim), Int32(info.position + 1 - first), 1 / Float(Q).squareRoot(), scratch,
+                                     cache.key(layer: l, head: b * kv, position: first), cache.value(layer: l, head: b * kv, position: first),
+                                     Int64(Q), Int64(cache.headStride), Int32(info.position + 1 - first), 1 / Float(Q).squareRoot(), scratch,
                                      out.row(r) + b * queries * Q)
                 }
             }
