@@ -91,6 +91,33 @@ public struct WorkSplitter: Sendable {
     }
 }
 
+extension WorkSplitter {
+    /// Calls `body(range)` over disjoint ranges covering 0..<count, one per thread, cut where
+    /// the running sum of `cost(i)` crosses each thread's equal share: for work whose items
+    /// differ in size (causal attention: a row at position p attends p + 1 positions, so equal
+    /// row counts would leave one thread three times another's work over a prompt).
+    public func parallelFor(_ count: Int, cost: (Int) -> Int, _ body: (Range<Int>) -> Void) {
+        let parts = min(threads, count)
+        if parts <= 1 { if count > 0 { body(0..<count) }; return }
+        var prefix = [0]   // prefix[i]: the cost of items 0..<i
+        prefix.reserveCapacity(count + 1)
+        for i in 0..<count { prefix.append(prefix[i] + max(1, cost(i))) }
+        let total = prefix[count]
+        // Part p ends at the first item whose running cost reaches p + 1 shares.
+        var bounds = [0]
+        for p in 1..<parts {
+            let share = total * p / parts
+            var lo = bounds[p - 1], hi = count
+            while lo < hi { let mid = (lo + hi) / 2; if prefix[mid] < share { lo = mid + 1 } else { hi = mid } }
+            bounds.append(lo)
+        }
+        bounds.append(count)
+        WorkSplitter(threads: parts).parallelFor(parts) { range in
+            for p in range where bounds[p] < bounds[p + 1] { body(bounds[p]..<bounds[p + 1]) }
+        }
+    }
+}
+
 /// One `parallelFor` call's parts, handed to the C worker pool (CKernels `mi_pool_run`).
 private final class PoolJob {
     let run: (Int) -> Void

@@ -23,6 +23,25 @@ struct WorkSplitterTests {
         #expect(counts.seen.allSatisfy { $0 == 1 })
     }
 
+    /// Cost-weighted ranges: every index once, and each range's cost within one item of its
+    /// thread's equal share (causal attention over a 512-token prompt: costs 1...512; uneven
+    /// and zero costs; fewer items than threads).
+    @Test(arguments: [(512, 2), (512, 3), (7, 2), (1, 2), (3, 8), (100, 4)])
+    func costWeightedRangesCoverAndBalance(_ count: Int, _ threads: Int) {
+        let costs = (0..<count).map { count == 100 ? ($0 % 10 == 0 ? 0 : $0 % 7 + 1) : $0 + 1 }
+        let counts = Counts(count)
+        final class Ranges: @unchecked Sendable { let lock = NSLock(); var all: [Range<Int>] = [] }
+        let ranges = Ranges()
+        WorkSplitter(threads: threads).parallelFor(count, cost: { costs[$0] }) { r in
+            counts.mark(r)
+            ranges.lock.withLock { ranges.all.append(r) }
+        }
+        #expect(counts.seen.allSatisfy { $0 == 1 })
+        let cost = { (r: Range<Int>) in r.reduce(0) { $0 + max(1, costs[$1]) } }
+        let share = Double(cost(0..<count)) / Double(min(threads, count)), largest = costs.map { max(1, $0) }.max()!
+        for r in ranges.all { #expect(abs(Double(cost(r)) - share) <= Double(largest), "\(r): cost \(cost(r)), share \(share)") }
+    }
+
     @Test func nestedAndConcurrentCallsRunEveryIndexOnce() {
         let outer = 8, inner = 50, rounds = 200
         let counts = Counts(outer * inner * rounds)

@@ -50,7 +50,7 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
         caches[r].write(layer: layer, position: positions[r], count: K, keys: row + H * Q, values: row + (H + K) * Q)
     }
     let scale = 1 / Float(Q).squareRoot()
-    threads.parallelFor(qkv.rows) { range in
+    threads.parallelFor(qkv.rows, cost: { positions[$0] + 1 - config.firstAttended(layer: layer, position: positions[$0]) }) { range in
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (range.map { positions[$0] }.max() ?? 0) + 1) * (H / K))
         defer { scratch.deallocate() }
         for r in range {

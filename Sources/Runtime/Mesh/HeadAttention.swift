@@ -28,7 +28,7 @@ extension DeviceProgram {
                             values: base + (queries + kv) * Q)
             }
         }
-        threads.parallelFor(rows.count) { range in
+        threads.parallelFor(rows.count, cost: { rows[$0].isPadding ? 0 : rows[$0].position + 1 - config.firstAttended(layer: l, position: rows[$0].position) }) { range in
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: (limit + 1) * max(1, queries / max(1, kv)))
             defer { scratch.deallocate() }
             for r in range where !rows[r].isPadding {
