@@ -489,7 +489,12 @@ public final class LinearWeight: @unchecked Sendable {
                 let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
                 let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 32)
                 defer { q.deallocate(); d.deallocate(); s.deallocate(); sums.deallocate() }
-                quantizing { mi_quantize_q8_blocks(xw.data, Int64(K), Int32(M), Int32(K), q, d, s, sums) }
+                quantizing {
+                    threads.parallelRows(M, columns: K) { r in
+                        let m = r.lowerBound, b = m * K / 32
+                        mi_quantize_q8_blocks(xw.row(m), Int64(K), Int32(r.count), Int32(K), q + m * K, d + b, s + b, sums + b)
+                    }
+                }
                 let w = storage.assumingMemoryBound(to: UInt8.self), type = kind.blocks32Type!
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_blocks32(type, q, d, s, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
@@ -499,7 +504,12 @@ public final class LinearWeight: @unchecked Sendable {
                 let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 256)
                 let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 16)
                 defer { q.deallocate(); d.deallocate(); sums.deallocate() }
-                quantizing { mi_quantize_q8_K(xw.data, Int64(K), Int32(M), Int32(K), q, d, sums) }
+                quantizing {
+                    threads.parallelRows(M, columns: K) { r in
+                        let m = r.lowerBound
+                        mi_quantize_q8_K(xw.row(m), Int64(K), Int32(r.count), Int32(K), q + m * K, d + m * K / 256, sums + m * K / 16)
+                    }
+                }
                 let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), kind = kind
                 threads.parallelFor(N, granule: 16) { r in
                     if kind == .q4_K {

@@ -50,10 +50,12 @@ public final class Matrix: @unchecked Sendable {
     }
 
     /// Elementwise sum with a matrix of the same shape.
-    public func adding(_ other: Matrix) -> Matrix {
+    public func adding(_ other: Matrix, threads: WorkSplitter = WorkSplitter(threads: 1)) -> Matrix {
         precondition(rows == other.rows && columns == other.columns)
         let out = Matrix(uninitializedRows: rows, columns: columns)
-        for i in 0..<(rows * columns) { out.data[i] = data[i] + other.data[i] }
+        threads.parallelRows(rows, columns: columns) { r in
+            for i in (r.lowerBound * columns)..<(r.upperBound * columns) { out.data[i] = data[i] + other.data[i] }
+        }
         return out
     }
 
@@ -92,6 +94,14 @@ public struct WorkSplitter: Sendable {
 }
 
 extension WorkSplitter {
+    /// `parallelFor` over the rows of an elementwise op on a rows × columns matrix: split
+    /// between the threads only when there are at least 64 Ki elements (a prompt's rows; a
+    /// decode step's few rows take less time than handing them to another thread). Each row's
+    /// arithmetic is the same either way.
+    public func parallelRows(_ rows: Int, columns: Int, _ body: (Range<Int>) -> Void) {
+        (rows * columns >= 1 << 16 ? self : WorkSplitter(threads: 1)).parallelFor(rows, body)
+    }
+
     /// Calls `body(range)` over disjoint ranges covering 0..<count, one per thread, cut where
     /// the running sum of `cost(i)` crosses each thread's equal share: for work whose items
     /// differ in size (causal attention: a row at position p attends p + 1 positions, so equal

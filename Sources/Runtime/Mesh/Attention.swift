@@ -43,11 +43,14 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
                      caches: [KVCache], positions: [Int], layer: Int, threads: WorkSplitter) -> Matrix {
     let out = Matrix(rows: qkv.rows, columns: H * Q)
     KVCache.reserve(caches, positions)
-    for r in 0..<qkv.rows {
-        let row = qkv.row(r)
-        for h in 0..<H { prep.query(row + h * Q, row: r) }
-        for h in H..<(H + K) { prep.key(row + h * Q, row: r) }
-        caches[r].write(layer: layer, position: positions[r], count: K, keys: row + H * Q, values: row + (H + K) * Q)
+    // Rows write disjoint positions of their caches (grown above).
+    threads.parallelRows(qkv.rows, columns: qkv.columns) { rows in
+        for r in rows {
+            let row = qkv.row(r)
+            for h in 0..<H { prep.query(row + h * Q, row: r) }
+            for h in H..<(H + K) { prep.key(row + h * Q, row: r) }
+            caches[r].write(layer: layer, position: positions[r], count: K, keys: row + H * Q, values: row + (H + K) * Q)
+        }
     }
     let scale = 1 / Float(Q).squareRoot()
     threads.parallelFor(qkv.rows, cost: { positions[$0] + 1 - config.firstAttended(layer: layer, position: positions[$0]) }) { range in

@@ -113,14 +113,22 @@ struct DeviceProgram {
     }
 
     private func normUntimed(_ x: Matrix, _ weight: [Float], axes: AxisSet, _ site: CollectiveSite) throws -> Matrix {
-        var sums = (0..<x.rows).map { Float(mi_sum_squares(x.row($0), Int32(x.columns))) }   // (B·L)
+        var sums = [Float](repeating: 0, count: x.rows)   // (B·L)
+        sums.withUnsafeMutableBufferPointer { s in
+            let s = UncheckedSendable(s)
+            threads.parallelRows(x.rows, columns: x.columns) { rows in
+                for r in rows { s.value[r] = Float(mi_sum_squares(x.row(r), Int32(x.columns))) }
+            }
+        }
         if mesh.size(axes) > 1 { sums = try collective(.allReduce, sums, axes, site) }
         let chunk = mesh.index(of: rank, within: axes) * x.columns
         let out = Matrix(uninitializedRows: x.rows, columns: x.columns)   // (B·L, E/|axes|)
         weight.withUnsafeBufferPointer { w in
-            for r in 0..<x.rows {
-                mi_rms_scale(x.row(r), w.baseAddress! + chunk, Int32(x.columns), Double(sums[r]), Int32(config.modelDimension),
-                             config.normEpsilon, out.row(r))
+            threads.parallelRows(x.rows, columns: x.columns) { rows in
+                for r in rows {
+                    mi_rms_scale(x.row(r), w.baseAddress! + chunk, Int32(x.columns), Double(sums[r]), Int32(config.modelDimension),
+                                 config.normEpsilon, out.row(r))
+                }
             }
         }
         return out

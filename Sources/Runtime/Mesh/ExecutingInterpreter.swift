@@ -141,12 +141,15 @@ struct LayerRun: LayerInterpreter {
         let fb = config.feedForwardDimension / program.mesh.deviceCount
         let blocksHere = gu.columns / (2 * fb)
         let act = Matrix(uninitializedRows: gu.rows, columns: blocksHere * fb)   // (rows, blocks · F/n)
-        for r in 0..<gu.rows {
-            for b in 0..<blocksHere {
-                let gate = gu.row(r) + b * 2 * fb, up = gate + fb, out = act.row(r) + b * fb
-                switch config.activation {
-                case .silu: mi_swiglu(gate, up, Int32(fb), out)
-                case .geluTanh: mi_geglu(gate, up, Int32(fb), out)
+        let activation = config.activation
+        program.threads.parallelRows(gu.rows, columns: gu.columns) { rows in
+            for r in rows {
+                for b in 0..<blocksHere {
+                    let gate = gu.row(r) + b * 2 * fb, up = gate + fb, out = act.row(r) + b * fb
+                    switch activation {
+                    case .silu: mi_swiglu(gate, up, Int32(fb), out)
+                    case .geluTanh: mi_geglu(gate, up, Int32(fb), out)
+                    }
                 }
             }
         }
@@ -156,7 +159,7 @@ struct LayerRun: LayerInterpreter {
     func add(_ a: DeviceValue, _ b: DeviceValue) throws -> DeviceValue {
         if case let .products(p) = a, case let .products(q) = b { return .products(p + q) }
         let (x, y) = (try force(a), try force(b))
-        return .ready(program.timed("residual_add", bytes: Double(x.rows * x.columns * 12)) { x.adding(y) })
+        return .ready(program.timed("residual_add", bytes: Double(x.rows * x.columns * 12)) { x.adding(y, threads: program.threads) })
     }
 }
 
