@@ -39,14 +39,20 @@ final class KVCache: @unchecked Sendable {
     /// Elements between consecutive KV heads of one layer's keys (or values).
     var headStride: Int { capacity * headDimension }
 
+    /// Where (layer, keys (0) or values (1), head, position) starts in storage of `capacity`
+    /// positions: layout (layers, 2, kvHeads, capacity, Q).
+    private func offset(_ layer: Int, _ part: Int, _ head: Int, _ position: Int, capacity: Int) -> Int {
+        (((layer * 2 + part) * kvHeads + head) * capacity + position) * headDimension
+    }
+
     /// Head `head`'s key (Q f16 values) at `position` in `layer`; the next position follows it.
     func key(layer: Int, head: Int, position: Int) -> UnsafeMutablePointer<UInt16> {
-        storage! + ((layer * 2 * kvHeads + head) * capacity + position) * headDimension
+        storage! + offset(layer, 0, head, position, capacity: capacity)
     }
 
     /// Head `head`'s value (Q f16 values) at `position` in `layer`.
     func value(layer: Int, head: Int, position: Int) -> UnsafeMutablePointer<UInt16> {
-        storage! + ((layer * 2 * kvHeads + kvHeads + head) * capacity + position) * headDimension
+        storage! + offset(layer, 1, head, position, capacity: capacity)
     }
 
     /// Stores `count` KV heads' keys and values (each `count`·Q floats, head after head) at
@@ -64,16 +70,19 @@ final class KVCache: @unchecked Sendable {
         let c = KVCache(layers: layers, kvHeads: kvHeads, headDimension: headDimension, limit: limit)
         guard positions > 0 else { return c }
         c.reserve(min(max(limit, positions), positions + max(16, positions / 4)))   // room to go on, as it grows
-        c.copyPositions(positions, from: self)
+        c.copyPositions(positions, from: storage!, capacity: capacity)
         return c
     }
 
-    /// Copies the first `positions` positions of every layer and head from `source` (same heads).
-    private func copyPositions(_ positions: Int, from source: KVCache) {
+    /// Copies the first `positions` positions of every layer, part and head from `source`, storage
+    /// of the same heads laid out for `sourceCapacity` positions.
+    private func copyPositions(_ positions: Int, from source: UnsafePointer<UInt16>, capacity sourceCapacity: Int) {
         for l in 0..<layers {
-            for h in 0..<kvHeads {
-                key(layer: l, head: h, position: 0).update(from: source.key(layer: l, head: h, position: 0), count: positions * headDimension)
-                value(layer: l, head: h, position: 0).update(from: source.value(layer: l, head: h, position: 0), count: positions * headDimension)
+            for part in 0..<2 {
+                for h in 0..<kvHeads {
+                    (storage! + offset(l, part, h, 0, capacity: capacity))
+                        .update(from: source + offset(l, part, h, 0, capacity: sourceCapacity), count: positions * headDimension)
+                }
             }
         }
     }
@@ -85,15 +94,17 @@ final class KVCache: @unchecked Sendable {
         // their prefixes, so what a cache holds beyond its positions is memory the KV budget
         // does not see; copying on growth costs little beside a step.
         let newCapacity = min(max(positions, capacity + max(16, capacity / 4)), max(limit, positions))
-        let old = KVCache(layers: layers, kvHeads: kvHeads, headDimension: headDimension, limit: limit)
-        (old.storage, old.capacity) = (storage, capacity)   // freed with `old`
+        let (oldStorage, oldCapacity) = (storage, capacity)
         let bytes = layers * 2 * kvHeads * newCapacity * headDimension * MemoryLayout<UInt16>.size
         let raw = (bytes >= 2 << 20 ? mi_huge_alloc(bytes) : nil) ?? malloc(max(bytes, 1))
         guard let raw else { fatalError("out of memory: a KV cache of \(bytes) bytes") }
         storage = raw.bindMemory(to: UInt16.self, capacity: bytes / MemoryLayout<UInt16>.size)
         capacity = newCapacity
         // Everything written so far (positions are written, never counted, here).
-        if old.capacity > 0 { copyPositions(old.capacity, from: old) }
+        if let oldStorage {
+            copyPositions(oldCapacity, from: oldStorage, capacity: oldCapacity)
+            free(oldStorage)
+        }
     }
 
     /// Grows each cache once to the last of the positions the rows write into it (rows of one

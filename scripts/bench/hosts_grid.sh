@@ -101,8 +101,8 @@ for h in $HOSTS; do
                         fi
                         flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
                         # A run predicted at a second or more is not warmed up first: the median of
-                        # its 3 runs leaves out a slow first one, and the warm-up run was a quarter
-                        # of the grid's time (7 of 48 minutes).
+                        # its 3 runs leaves out a slow first one, and those warm-up runs took 7 of
+                        # the grid's 48 minutes.
                         if [ "$reps" = 1 ] || python3 -c "import sys; sys.exit(0 if $seconds >= 1 else 1)"; then
                             flags+=(--no-warmup); [ "$reps" = 3 ] && note="no warm-up"
                         fi
