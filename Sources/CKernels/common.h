@@ -16,9 +16,6 @@
 #endif
 #endif
 
-/// Activation rows per pass of the row-at-a-time K-quant kernels.
-#define MI_MT 8
-
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 ALWAYS_INLINE float half_to_float(uint16_t h) {
@@ -64,14 +61,6 @@ ALWAYS_INLINE uint16_t float_to_half(float f) {
 ALWAYS_INLINE uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 ALWAYS_INLINE int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 
-#if defined(MI_VNNI)
-ALWAYS_INLINE float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
 
 
 #if defined(MI_AVX512)

@@ -41,10 +41,10 @@ public enum StorageKind: String, Sendable, Codable {
     case q4_1       // the file's Q4_1 blocks, repacked 16 rows to a panel (the same bits)
     case q8_0       // Q8_0 blocks (the file's, or int8's quantized on load), repacked 16 rows to a panel
     case q5_0       // the file's Q5_0 blocks, repacked 16 rows to a panel
-    case q4_K       // the file's rows of Q4_K super-blocks (256 inputs), in place
-    case q6_K       // the file's rows of Q6_K super-blocks (256 inputs), in place
+    case q4_K       // the file's Q4_K super-blocks (256 inputs), repacked 16 rows to a panel
+    case q6_K       // the file's Q6_K super-blocks (256 inputs), repacked 16 rows to a panel
 
-    public var panelRows: Int { self == .q4_K || self == .q6_K ? 1 : 16 }
+    public var panelRows: Int { 16 }
     public var unitInputs: Int {
         switch self {
         case .f32: 1
@@ -58,12 +58,30 @@ public enum StorageKind: String, Sendable, Codable {
         case .q4_1: 16 * GGMLType.q4_1.blockBytes   // 16 rows' blocks, repacked (CKernels.h)
         case .q8_0: 16 * GGMLType.q8_0.blockBytes
         case .q5_0: 16 * GGMLType.q5_0.blockBytes
+        case .q4_K: Int(mi_kquant_unit_bytes(Int32(MI_Q4_K)))   // 16 rows' super-blocks, repacked
+        case .q6_K: Int(mi_kquant_unit_bytes(Int32(MI_Q6_K)))
+        }
+    }
+    /// Bytes of one block in the file's format (in-place kinds; the unit of a row as read).
+    var fileBlockBytes: Int {
+        switch self {
+        case .f32: 4
+        case .q4_1: GGMLType.q4_1.blockBytes
+        case .q8_0: GGMLType.q8_0.blockBytes
+        case .q5_0: GGMLType.q5_0.blockBytes
         case .q4_K: GGMLType.q4_K.blockBytes
         case .q6_K: GGMLType.q6_K.blockBytes
         }
     }
-    /// Bytes of one block in the file's format (in-place kinds; the unit of a row as read).
-    var fileBlockBytes: Int { blocks32Type == nil ? unitBytes : unitBytes / 16 }
+    /// Repacks 16 rows of `blocks` of the file's blocks (row stride `rowBytes`) into a panel.
+    func pack(_ rows: UnsafeRawPointer, rowBytes: Int, blocks: Int, into panel: UnsafeMutableRawPointer) {
+        let from = rows.assumingMemoryBound(to: UInt8.self), to = panel.assumingMemoryBound(to: UInt8.self)
+        switch self {
+        case .q4_K: mi_pack_kquant(Int32(MI_Q4_K), from, Int64(rowBytes), Int32(blocks), to)
+        case .q6_K: mi_pack_kquant(Int32(MI_Q6_K), from, Int64(rowBytes), Int32(blocks), to)
+        default: mi_pack_blocks32(blocks32Type!, from, Int64(rowBytes), Int32(blocks), to)
+        }
+    }
     /// The repacked 32-element format's id in CKernels (nil: not one of them).
     var blocks32Type: Int32? {
         switch self {
@@ -300,7 +318,7 @@ public final class LinearWeight: @unchecked Sendable {
         let N = spec.outputs, K = spec.inputs
 
         if inPlace {
-            let paddedRows = kind.panelRows == 1 ? N : (N + kind.panelRows - 1) / kind.panelRows * kind.panelRows
+            let paddedRows = (N + kind.panelRows - 1) / kind.panelRows * kind.panelRows
             self.init(kind: kind, format: .native, outputs: N, inputs: K, windowOutputs: paddedRows, windowInputs: window,
                       inputSegments: merged, outputSegments: [Segment(logical: 0, window: 0, count: N)], arena: arena)
             label = spec.label
@@ -333,16 +351,11 @@ public final class LinearWeight: @unchecked Sendable {
                     offset += bytes
                 }
             }
-            if kind.panelRows == 1 {
-                for i in 0..<N { writeRow(i, storage + i * panelBytes) }
-            } else {
-                let staging = UnsafeMutableRawPointer.allocate(byteCount: kind.panelRows * fileRowBytes, alignment: 64)
-                defer { staging.deallocate() }
-                for p in 0..<(paddedRows / kind.panelRows) {
-                    for r in 0..<kind.panelRows { writeRow(p * kind.panelRows + r, staging + r * fileRowBytes) }
-                    mi_pack_blocks32(kind.blocks32Type!, staging.assumingMemoryBound(to: UInt8.self), Int64(fileRowBytes), Int32(window / u),
-                                     (storage + p * panelBytes).assumingMemoryBound(to: UInt8.self))
-                }
+            let staging = UnsafeMutableRawPointer.allocate(byteCount: kind.panelRows * fileRowBytes, alignment: 64)
+            defer { staging.deallocate() }
+            for p in 0..<(paddedRows / kind.panelRows) {
+                for r in 0..<kind.panelRows { writeRow(p * kind.panelRows + r, staging + r * fileRowBytes) }
+                kind.pack(staging, rowBytes: fileRowBytes, blocks: window / u, into: storage + p * panelBytes)
             }
             return
         }
@@ -510,13 +523,9 @@ public final class LinearWeight: @unchecked Sendable {
                         mi_quantize_q8_K(xw.row(m), Int64(K), Int32(r.count), Int32(K), q + m * K, d + m * K / 256, sums + m * K / 16)
                     }
                 }
-                let w = storage.assumingMemoryBound(to: UInt8.self), rowBytes = Int64(panelBytes), kind = kind
-                threads.parallelFor(N, granule: 16) { r in
-                    if kind == .q4_K {
-                        mi_gemm_q4_K(q, d, sums, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
-                    } else {
-                        mi_gemm_q6_K(q, d, sums, Int32(M), Int32(K), w, rowBytes, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
-                    }
+                let w = storage.assumingMemoryBound(to: UInt8.self), type = Int32(kind == .q4_K ? MI_Q4_K : MI_Q6_K)
+                threads.parallelFor(N, granule: 32) { r in
+                    mi_gemm_kquant(type, q, d, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
             }
         }

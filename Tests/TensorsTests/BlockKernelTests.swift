@@ -138,13 +138,16 @@ struct BlockKernelTests {
     }
 
     /// K-quant rows of pseudo-random bytes (every scale, min, nibble and high-bit pattern) with
-    /// chosen f16 super-block scales, against the GGUF reader's dequantization (checked against
+    /// chosen f16 super-block scales, repacked 16 rows to a panel (5 and 37 rows: partial
+    /// panels; 1 to 9 activation rows: every tile height; 128 rows: the eight-panel decode
+    /// tile), against the GGUF reader's dequantization of the file's rows (checked against
     /// llama.cpp's f32 copy of the Gemma file in GemmaRealModelTests): the kernel equals the
     /// dequantized weights' dot with the Q8_K-quantized activations up to float rounding, and
     /// the dense product within the activation rounding.
-    @Test(arguments: [(GGMLType.q4_K, 1), (.q4_K, 4), (.q4_K, 6), (.q6_K, 1), (.q6_K, 4), (.q6_K, 6)])
-    func kQuantsMatchDequantized(_ type: GGMLType, _ M: Int) throws {
-        let N = 5, K = 512, nb = K / 256, size = type.blockBytes
+    @Test(arguments: [(GGMLType.q4_K, 5, 1), (.q4_K, 37, 4), (.q4_K, 37, 6), (.q4_K, 5, 9), (.q4_K, 128, 1), (.q4_K, 64, 2),
+                      (.q6_K, 5, 1), (.q6_K, 37, 4), (.q6_K, 37, 6), (.q6_K, 5, 9), (.q6_K, 128, 1), (.q6_K, 64, 2)])
+    func kQuantsMatchDequantized(_ type: GGMLType, _ N: Int, _ M: Int) throws {
+        let K = 512, nb = K / 256, size = type.blockBytes
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15 &* UInt64(size)
         var bytes = (0..<(N * nb * size)).map { _ -> UInt8 in
             state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
@@ -166,9 +169,20 @@ struct BlockKernelTests {
         var q = [Int8](repeating: 0, count: M * K), dx = [Float](repeating: 0, count: M * nb), sums = [Int32](repeating: 0, count: M * K / 16)
         mi_quantize_q8_K(x, Int64(K), Int32(M), Int32(K), &q, &dx, &sums)
         for g in 0..<(M * K / 16) { #expect(sums[g] == (0..<16).reduce(Int32(0)) { $0 + Int32(q[g * 16 + $1]) }) }
-        var y = [Float](repeating: 0, count: M * N)
-        let kernel = type == .q4_K ? mi_gemm_q4_K : mi_gemm_q6_K
-        kernel(q, dx, sums, Int32(M), Int32(K), bytes, Int64(nb * size), 0, Int32(N), &y, Int64(N))
+        // Panels of 16 rows (zero rows after the last), each nb units.
+        let id = Int32(type == .q4_K ? MI_Q4_K : MI_Q6_K), unit = Int(mi_kquant_unit_bytes(id))
+        let panels = (N + 15) / 16, padded = panels * 16
+        let rows = bytes + [UInt8](repeating: 0, count: (padded - N) * nb * size)
+        var packed = [UInt8](repeating: 0, count: panels * nb * unit)
+        rows.withUnsafeBufferPointer { r in
+            packed.withUnsafeMutableBufferPointer { p in
+                for i in 0..<panels {
+                    mi_pack_kquant(id, r.baseAddress! + i * 16 * nb * size, Int64(nb * size), Int32(nb), p.baseAddress! + i * nb * unit)
+                }
+            }
+        }
+        var full = [Float](repeating: .nan, count: M * padded)
+        mi_gemm_kquant(id, q, dx, sums, Int32(M), Int32(K), packed, 0, Int32(padded), &full, Int64(padded))
         for m in 0..<M {
             for n in 0..<N {
                 var quantized = 0.0, exact = 0.0, magnitude = 0.0
@@ -178,9 +192,22 @@ struct BlockKernelTests {
                     exact += w * Double(x[m * K + k])
                     magnitude += abs(w)
                 }
-                #expect(abs(Double(y[m * N + n]) - quantized) <= 1e-5 * magnitude * Double(dx.max()!) * 127, "\(type) m \(m) n \(n)")
-                #expect(abs(Double(y[m * N + n]) - exact) <= magnitude * Double(dx.max()!) / 2 + 1e-4)
+                let y = Double(full[m * padded + n])
+                #expect(abs(y - quantized) <= 1e-5 * magnitude * Double(dx.max()!) * 127, "\(type) m \(m) n \(n)")
+                #expect(abs(y - exact) <= magnitude * Double(dx.max()!) / 2 + 1e-4)
             }
+            for n in N..<padded { #expect(full[m * padded + n] == 0, "padding row \(n)") }
+        }
+        // One activation row alone gives bitwise the same outputs as inside the batch (the
+        // server's batch invariance).
+        if M > 1 {
+            var alone = [Float](repeating: .nan, count: padded)
+            let last = M - 1
+            Array(q[(last * K)...]).withUnsafeBufferPointer { ql in
+                mi_gemm_kquant(id, ql.baseAddress!, Array(dx[(last * nb)...]), Array(sums[(last * K / 16)...]), 1, Int32(K), packed, 0,
+                               Int32(padded), &alone, Int64(padded))
+            }
+            #expect(alone == Array(full[(last * padded)..<(M * padded)]))
         }
     }
 }

@@ -143,13 +143,14 @@ struct ShardTests {
     }
 
     /// Stored bytes per weight: f32 4, native the file's own blocks (Q4_1 20 and Q8_0 34 bytes
-    /// per 32), int8 Q8_0 blocks (34 bytes per 32: 32 codes and an f16 scale).
+    /// per 32, Q6_K 210 per 256; Q4_K 144 per 256 plus its 6-bit scales and mins unpacked to a
+    /// byte each, 148), int8 Q8_0 blocks (34 bytes per 32: 32 codes and an f16 scale).
     @Test(arguments: cases)
     func storedBytesAreTheFormats(_ c: Case) throws {
         let w = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(c.tensor, 0..<32)], columns: [.source(0..<Self.K)]),
                                  format: c.format)
         let perWeight: Double = switch c.kind { case .f32: 4; case .q4_1: 20.0 / 32; case .q8_0: 34.0 / 32; case .q5_0: 22.0 / 32
-                                     case .q4_K: 144.0 / 256; case .q6_K: 210.0 / 256 }
+                                     case .q4_K: 148.0 / 256; case .q6_K: 210.0 / 256 }
         #expect(Double(w.byteCount) == perWeight * 32 * Double(Self.K))
     }
 
@@ -163,7 +164,7 @@ struct ShardTests {
         let name = type.name, K = Self.KQ
         let whole = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(name, 0..<Self.N)], columns: [.source(0..<K)]),
                                      format: .native)
-        #expect(whole.kind.rawValue == type.name && whole.byteCount == Self.N * 2 * type.blockBytes)
+        #expect(whole.kind.rawValue == type.name && whole.byteCount == (Self.N + 15) / 16 * 2 * whole.kind.unitBytes)
         let shard = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(name, 8..<24), .zeros(3), .tensor(name, 30..<40)],
                                                                          columns: [.source(16..<200), .zeros(8), .source(300..<512)]),
                                      format: .native)

@@ -58,18 +58,19 @@ void mi_pack_blocks32(int type, const uint8_t *rows, int64_t rowBytes, int nblk,
 void mi_gemm_blocks32(int type, const int8_t *q, const float *d, const float *s, const int32_t *sums,
                       int M, int K, const uint8_t *w, int n0, int n1, float *y, int64_t ldy);
 
-/// K-quant rows in place (256-element super-blocks), against activations quantized to Q8_K:
-/// per 256 inputs one scale d (M x K/256) and the sums of every 16 quantized values
-/// (bsums: M x K/16).
+/// K-quants in place (256-element super-blocks; layouts in kquants.c), repacked 16 rows to a
+/// panel on load, against activations quantized to Q8_K: per 256 inputs one scale d
+/// (M x K/256) and the sums of every 16 quantized values (bsums: M x K/16).
+enum { MI_Q4_K = 4, MI_Q6_K = 5 };
 void mi_quantize_q8_K(const float *x, int64_t ldx, int M, int K, int8_t *q, float *d, int32_t *bsums);
-/// The file's Q4_K rows (144-byte super-blocks: f16 d, f16 dmin, 6-bit scales and mins of
-/// eight 32-element sub-blocks, nibbles; w = d·scale·q − dmin·min).
-void mi_gemm_q4_K(const int8_t *q, const float *d, const int32_t *bsums, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
-/// The file's Q6_K rows (210-byte super-blocks: 4 + 2 bits per weight, an int8 scale per 16
-/// elements, f16 d; w = d·scale·(q − 32)).
-void mi_gemm_q6_K(const int8_t *q, const float *d, const int32_t *bsums, int M, int K,
-                  const uint8_t *w, int64_t rowBytes, int n0, int n1, float *y, int64_t ldy);
+/// Bytes of one panel of 16 rows and one super-block: Q4_K 2368 (the file's 16 x 144 and the
+/// 6-bit scales and mins unpacked to bytes), Q6_K 3360 (16 x 210).
+int mi_kquant_unit_bytes(int type);
+/// Packs 16 rows of `nblk` of the file's super-blocks of `type` (row stride rowBytes) into a panel.
+void mi_pack_kquant(int type, const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel);
+/// y[m, n0..n1) for a repacked K-quant matrix of `type` (n0, n1 multiples of 16).
+void mi_gemm_kquant(int type, const int8_t *q, const float *d, const int32_t *bsums, int M, int K,
+                    const uint8_t *w, int n0, int n1, float *y, int64_t ldy);
 
 // ---------------------------------------------------------------------------------------------
 // Elementwise and attention.
