@@ -194,9 +194,7 @@ ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d
     const int64_t panel = (int64_t)nblk * unit;
 #if defined(MI_VNNI)
     for (int n = n0; n < n1;) {
-        // Decode: eight panels' streams in flight (four for two rows); more rows: 4 x 2 reuses
-        // each unpacked tile. Each output's arithmetic is the same whatever the tile.
-        int nr = (M == 1 && n1 - n >= 128) ? 8 : (M <= 2 && n1 - n >= 64) ? 4 : (n1 - n >= 32) ? 2 : 1;
+        int nr = panels_per_tile(M, n1 - n);
         const uint8_t *wp = w + (int64_t)(n / 16) * panel;
         for (int m = 0; m < M; m += 4) {
             int mr = M - m < 4 ? M - m : 4;
@@ -204,10 +202,7 @@ ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d
             const float *dm = d + m * nblk, *sm = s + m * nblk;
             const int32_t *um = sums + m * nblk;
             float *ym = y + m * ldy + n;
-            if (nr == 8) TILE_B32(1, 8);
-            else if (nr == 4) { if (mr == 1) TILE_B32(1, 4); else TILE_B32(2, 4); }
-            else if (nr == 2) { switch (mr) { case 1: TILE_B32(1, 2); break; case 2: TILE_B32(2, 2); break; case 3: TILE_B32(3, 2); break; default: TILE_B32(4, 2); } }
-            else { switch (mr) { case 1: TILE_B32(1, 1); break; case 2: TILE_B32(2, 1); break; case 3: TILE_B32(3, 1); break; default: TILE_B32(4, 1); } }
+            DISPATCH_TILE(TILE_B32, mr, nr)
         }
         n += nr * 16;
     }

@@ -63,6 +63,20 @@ ALWAYS_INLINE int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); ret
 
 
 
+/* The tile walk of the panel formats (blocks.c, kquants.c): how many 16-row panels a tile of
+ * `M` activation rows covers with `left` output rows to go. Decode (one row) keeps eight
+ * panels' streams in flight, two rows four; more rows run tiles of up to 4 rows x 2 panels,
+ * which reuse each unpacked panel. Each output's arithmetic is the same whatever the tile. */
+ALWAYS_INLINE int panels_per_tile(int M, int left) {
+    return (M == 1 && left >= 128) ? 8 : (M <= 2 && left >= 64) ? 4 : left >= 32 ? 2 : 1;
+}
+/* Calls TILE(MR, NR) with compile-time sizes for a tile of mr (1..4) rows and nr panels. */
+#define DISPATCH_TILE(TILE, mr, nr) \
+    if (nr == 8) TILE(1, 8); \
+    else if (nr == 4) { if (mr == 1) TILE(1, 4); else TILE(2, 4); } \
+    else if (nr == 2) { switch (mr) { case 1: TILE(1, 2); break; case 2: TILE(2, 2); break; case 3: TILE(3, 2); break; default: TILE(4, 2); } } \
+    else { switch (mr) { case 1: TILE(1, 1); break; case 2: TILE(2, 1); break; case 3: TILE(3, 1); break; default: TILE(4, 1); } }
+
 #if defined(MI_AVX512)
 /* Calls FN(MR, NR, ...) with a compile-time MR of 1..6. */
 #define DISPATCH_MR(FN, NR, MR, ...) \

@@ -232,9 +232,7 @@ ALWAYS_INLINE void gemm_kquant(const int type, const int8_t *q, const float *d, 
     const int64_t panel = (int64_t)nb * unit;
 #if defined(MI_VNNI)
     for (int n = n0; n < n1;) {
-        // As blocks.c: decode keeps eight panels' streams in flight (four for two rows); more
-        // rows run 4 x 2 tiles. Each output's arithmetic is the same whatever the tile.
-        int nr = (M == 1 && n1 - n >= 128) ? 8 : (M <= 2 && n1 - n >= 64) ? 4 : (n1 - n >= 32) ? 2 : 1;
+        int nr = panels_per_tile(M, n1 - n);
         const uint8_t *wp = w + (int64_t)(n / 16) * panel;
         for (int m = 0; m < M; m += 4) {
             int mr = M - m < 4 ? M - m : 4;
@@ -242,10 +240,7 @@ ALWAYS_INLINE void gemm_kquant(const int type, const int8_t *q, const float *d, 
             const float *dm = d + m * nb;
             const int32_t *bm = bsums + m * nb * 16;
             float *ym = y + m * ldy + n;
-            if (nr == 8) TILE_K(1, 8);
-            else if (nr == 4) { if (mr == 1) TILE_K(1, 4); else TILE_K(2, 4); }
-            else if (nr == 2) { switch (mr) { case 1: TILE_K(1, 2); break; case 2: TILE_K(2, 2); break; case 3: TILE_K(3, 2); break; default: TILE_K(4, 2); } }
-            else { switch (mr) { case 1: TILE_K(1, 1); break; case 2: TILE_K(2, 1); break; case 3: TILE_K(3, 1); break; default: TILE_K(4, 1); } }
+            DISPATCH_TILE(TILE_K, mr, nr)
         }
         n += nr * 16;
     }
