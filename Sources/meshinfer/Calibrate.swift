@@ -83,7 +83,7 @@ struct Calibrate: ParsableCommand {
                 for i in 0..<L {
                     qkv.withUnsafeBufferPointer { q in
                         mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, kv, Int64(Q), Int64(L * Q), Int32(i + 1),
-                                         0.125, &scratch, &out)
+                                         0.125, &scratch, &out, 0)
                     }
                 }
             }

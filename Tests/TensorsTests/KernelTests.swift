@@ -296,7 +296,8 @@ struct KernelTests {
     /// precision (over the cache's f16 values): head sizes of both models (64, 256) and others,
     /// groups of 1 to 4 query heads per KV head, position counts below, at and beyond the
     /// 16-position blocks (tails included); within 1e-5 absolute. Position-major rows and a
-    /// head-major cache (the runtime's KVCache, with room beyond `count`) give the same bits.
+    /// head-major cache (the runtime's KVCache, with room beyond `count`), read as a prompt's
+    /// rows or as a decode row's (`cold`), give the same bits.
     @Test(arguments: [(4, 2, 16, 5), (9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
                      (4, 1, 64, 47), (3, 3, 64, 18), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33)])
     func attentionRowMatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
@@ -309,7 +310,7 @@ struct KernelTests {
         var out = [Float](repeating: 0, count: H * Q)
         let scale = 1 / Float(Q).squareRoot()
         mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), k.map(\.bitPattern), v.map(\.bitPattern), Int64(KV * Q), Int64(Q), Int32(count),
-                         scale, &scratch, &out)
+                         scale, &scratch, &out, 0)
         for h in 0..<H {
             let g = h / (H / KV)
             let s = (0..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * Double(k[j * KV * Q + g * Q + $1]) } * Double(scale) }
@@ -331,9 +332,12 @@ struct KernelTests {
                 }
             }
         }
-        var outHeadMajor = [Float](repeating: 0, count: H * Q)
-        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), kh, vh, Int64(Q), Int64(capacity * Q), Int32(count), scale, &scratch, &outHeadMajor)
+        var outHeadMajor = [Float](repeating: 0, count: H * Q), outCold = outHeadMajor
+        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), kh, vh, Int64(Q), Int64(capacity * Q), Int32(count), scale, &scratch, &outHeadMajor, 0)
         #expect(outHeadMajor == out)
+        // A decode row's (cold) requests ahead change nothing in what is computed.
+        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), kh, vh, Int64(Q), Int64(capacity * Q), Int32(count), scale, &scratch, &outCold, 1)
+        #expect(outCold == out)
     }
 
     /// The cache's f32 → f16 rounding: nearest, ties to even, as Swift's Float16(x) rounds —

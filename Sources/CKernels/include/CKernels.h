@@ -94,9 +94,11 @@ void mi_geglu(const float *gate, const float *up, int n, float *out);
 /// g*headStride + j*kvStride elements
 /// (a head-major cache: kvStride = Q; position-major rows: kvStride = KV*Q, headStride = Q);
 /// query head h reads KV head h / (H / KV). scratch: >= count * (H / KV) floats. out: H*Q floats.
+/// cold: the cache is read once and is not expected in the core's caches (a decode step's
+/// rows, one per sequence): keys and values are requested ahead of their use.
 void mi_attention_row(const float *q, int H, int KV, int Q,
                       const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
-                      float scale, float *scratch, float *out);
+                      float scale, float *scratch, float *out, int cold);
 
 /* Keeps freed blocks of up to 32 MiB in the heap instead of returning them to the kernel, and
  * trims the heap only beyond 1 GiB free (glibc; no-op elsewhere). Per-op activation buffers then

@@ -53,6 +53,8 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
         }
     }
     let scale = 1 / Float(Q).squareRoot()
+    // A decode step (one row per sequence) reads each cache once, from memory.
+    let cold: Int32 = Set(caches.map(ObjectIdentifier.init)).count == caches.count ? 1 : 0
     threads.parallelFor(qkv.rows, cost: { positions[$0] + 1 - config.firstAttended(layer: layer, position: positions[$0]) }) { range in
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (range.map { positions[$0] }.max() ?? 0) + 1) * (H / K))
         defer { scratch.deallocate() }
@@ -61,7 +63,7 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
             let cache = caches[r]
             mi_attention_row(qkv.row(r), Int32(H), Int32(K), Int32(Q), cache.key(layer: layer, head: 0, position: first),
                              cache.value(layer: layer, head: 0, position: first), Int64(Q), Int64(cache.headStride),
-                             Int32(positions[r] + 1 - first), scale, scratch, out.row(r))
+                             Int32(positions[r] + 1 - first), scale, scratch, out.row(r), cold)
         }
     }
     return out

@@ -28,6 +28,8 @@ extension DeviceProgram {
                             values: base + (queries + kv) * Q)
             }
         }
+        // A decode step (one row per sequence) reads each cache once, from memory.
+        let cold: Int32 = Set(live.map { rows[$0].sequence }).count == live.count ? 1 : 0
         threads.parallelFor(rows.count, cost: { rows[$0].isPadding ? 0 : rows[$0].position + 1 - config.firstAttended(layer: l, position: rows[$0].position) }) { range in
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: (limit + 1) * max(1, queries / max(1, kv)))
             defer { scratch.deallocate() }
@@ -39,7 +41,7 @@ extension DeviceProgram {
                     mi_attention_row(qkv.row(r) + b * blockWidth, Int32(queries), Int32(kv), Int32(Q),
                                      cache.key(layer: l, head: b * kv, position: first), cache.value(layer: l, head: b * kv, position: first),
                                      Int64(Q), Int64(cache.headStride), Int32(info.position + 1 - first), 1 / Float(Q).squareRoot(), scratch,
-                                     out.row(r) + b * queries * Q)
+                                     out.row(r) + b * queries * Q, cold)
                 }
             }
         }
