@@ -55,11 +55,8 @@ public enum StorageKind: String, Sendable, Codable {
     public var unitBytes: Int {
         switch self {
         case .f32: 64
-        case .q4_1: 16 * GGMLType.q4_1.blockBytes   // 16 rows' blocks, repacked (CKernels.h)
-        case .q8_0: 16 * GGMLType.q8_0.blockBytes
-        case .q5_0: 16 * GGMLType.q5_0.blockBytes
-        case .q4_K: Int(mi_kquant_unit_bytes(Int32(MI_Q4_K)))   // 16 rows' super-blocks, repacked
-        case .q6_K: Int(mi_kquant_unit_bytes(Int32(MI_Q6_K)))
+        case .q4_1, .q8_0, .q5_0: 16 * fileBlockBytes   // 16 rows' blocks, repacked (CKernels.h)
+        case .q4_K, .q6_K: Int(mi_kquant_unit_bytes(kquantType!))   // 16 rows' super-blocks, repacked
         }
     }
     /// Bytes of one block in the file's format (in-place kinds; the unit of a row as read).
@@ -76,10 +73,18 @@ public enum StorageKind: String, Sendable, Codable {
     /// Repacks 16 rows of `blocks` of the file's blocks (row stride `rowBytes`) into a panel.
     func pack(_ rows: UnsafeRawPointer, rowBytes: Int, blocks: Int, into panel: UnsafeMutableRawPointer) {
         let from = rows.assumingMemoryBound(to: UInt8.self), to = panel.assumingMemoryBound(to: UInt8.self)
+        if let type = kquantType {
+            mi_pack_kquant(type, from, Int64(rowBytes), Int32(blocks), to)
+        } else {
+            mi_pack_blocks32(blocks32Type!, from, Int64(rowBytes), Int32(blocks), to)
+        }
+    }
+    /// The K-quant format's id in CKernels (nil: not one of them).
+    var kquantType: Int32? {
         switch self {
-        case .q4_K: mi_pack_kquant(Int32(MI_Q4_K), from, Int64(rowBytes), Int32(blocks), to)
-        case .q6_K: mi_pack_kquant(Int32(MI_Q6_K), from, Int64(rowBytes), Int32(blocks), to)
-        default: mi_pack_blocks32(blocks32Type!, from, Int64(rowBytes), Int32(blocks), to)
+        case .q4_K: Int32(MI_Q4_K)
+        case .q6_K: Int32(MI_Q6_K)
+        default: nil
         }
     }
     /// The repacked 32-element format's id in CKernels (nil: not one of them).
@@ -523,7 +528,7 @@ public final class LinearWeight: @unchecked Sendable {
                         mi_quantize_q8_K(xw.row(m), Int64(K), Int32(r.count), Int32(K), q + m * K, d + m * K / 256, sums + m * K / 16)
                     }
                 }
-                let w = storage.assumingMemoryBound(to: UInt8.self), type = Int32(kind == .q4_K ? MI_Q4_K : MI_Q6_K)
+                let w = storage.assumingMemoryBound(to: UInt8.self), type = kind.kquantType!
                 threads.parallelFor(N, granule: 32) { r in
                     mi_gemm_kquant(type, q, d, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
