@@ -141,7 +141,7 @@ ALWAYS_INLINE void unit_codes(const int type, const uint8_t *u, int g, __m512i *
 /* MR activation rows x NR panels of one format. */
 ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, const int8_t *q, const float *d,
                                  const float *s, const int32_t *sums, int K, const uint8_t *wp, int64_t panel,
-                                 float *y, int64_t ldy) {
+                                 int stream, float *y, int64_t ldy) {
     const int unit = type == MI_Q4_1 ? MI_Q4_1_UNIT : type == MI_Q5_0 ? MI_Q5_0_UNIT : MI_Q8_0_UNIT;
     const int scales = type == MI_Q4_1 ? 256 : type == MI_Q5_0 ? 320 : 512;
     const int offset = type == MI_Q4_1 ? 0 : type == MI_Q5_0 ? 16 : 128;
@@ -152,10 +152,7 @@ ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, con
         __m512i acci[4][8];
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acci[m][j] = _mm512_setzero_si512();
         const uint8_t *wb = wp + (int64_t)b * unit;
-        // Decode streams NR panels at once; the hardware prefetcher alone keeps too few of
-        // their lines in flight (measured: Q4_1 22 -> 31 GB/s, Q8_0 21 -> 23.5 with this hint
-        // 16 KiB ahead into L2, one line per panel per block).
-        if (MR <= 2) for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(wb + j * panel + 16384), _MM_HINT_T1);
+        if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel, unit);
         for (int g = 0; g < 4; g++) {
             __m512i lo[8], hi[8];
             for (int j = 0; j < NR; j++) unit_codes(type, wb + j * panel, g, &lo[j], &hi[j]);
@@ -184,7 +181,7 @@ ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, con
         for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
 }
 
-#define TILE_B32(MR, NR) tile_blocks32(type, MR, NR, qm, dm, sm, um, K, wp, panel, ym, ldy)
+#define TILE_B32(MR, NR) tile_blocks32(type, MR, NR, qm, dm, sm, um, K, wp, panel, m < 8, ym, ldy)
 #endif
 
 ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d, const float *s, const int32_t *sums,
