@@ -1,9 +1,22 @@
 // Norms and activations.
 #include "common.h"
 
+/* Σ x² in double (as GGML sums a norm's squares). The scalar loop is one chain of dependent
+ * adds (~0.7 µs for a 576-wide row: most of a decode step's norm time); the AVX-512 path
+ * keeps 16 partial sums in two double vectors and adds them up at the end. */
 double mi_sum_squares(const float *x, int n) {
     double ss = 0;
-    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    int i = 0;
+#if defined(MI_AVX512)
+    __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+    for (; i + 16 <= n; i += 16) {
+        __m512d lo = _mm512_cvtps_pd(_mm256_loadu_ps(x + i)), hi = _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8));
+        a = _mm512_fmadd_pd(lo, lo, a);
+        b = _mm512_fmadd_pd(hi, hi, b);
+    }
+    ss = _mm512_reduce_add_pd(_mm512_add_pd(a, b));
+#endif
+    for (; i < n; i++) ss += (double)x[i] * x[i];
     return ss;
 }
 
