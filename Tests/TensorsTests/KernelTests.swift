@@ -232,6 +232,18 @@ struct KernelTests {
         for i in 0..<4 { #expect(abs(out[i] - g[i] / (1 + Foundation.exp(-g[i])) * u[i]) < 1e-6) }
     }
 
+    /// The norm's sum of squares (16 double partial sums with AVX-512, a scalar tail) against one
+    /// sequential double sum, over tail lengths and the model widths: the products are exact in
+    /// double, so only the order of the adds differs — within 1e-14 relative.
+    @Test(arguments: [1, 15, 16, 17, 37, 256, 576, 640, 1000])
+    func sumOfSquaresMatchesASequentialSum(n: Int) {
+        var r = Rng(s: UInt64(n) &+ 7)
+        let x = (0..<n).map { i in i % 11 == 0 ? r.next() * 300 : r.next() * 2 }
+        let want = x.reduce(0.0) { $0 + Double($1) * Double($1) }
+        let got = mi_sum_squares(x, Int32(n))
+        #expect(abs(got - want) <= 1e-14 * want, "n \(n): \(got) vs \(want)")
+    }
+
     /// The vector SwiGLU and GeGLU (a polynomial e^x) against the functions in double precision,
     /// over every tail length and the range activations reach: within 2e-6 relative (a few f32
     /// ulps) plus 3e-7 · |a| where a is the exponent (−g, or −2u for GELU): rounding the
