@@ -23,8 +23,9 @@ ALWAYS_INLINE __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256
  * keys before a head starts. Measured on a cache larger than the L3 (64 sequences x 30
  * layers, 160 positions of 3 KV heads of 64): 5.8-8.5 -> 10-11.8 GB/s; in SmolLM2's decode
  * (int8, 1 thread, 128 cached positions) attention went from 4.1-5.1 to 3.1-4.2 ms of an
- * 8-sequence step (interleaved runs, a noisy host). A prompt's rows read the same cache over and over, from L2: there the
- * requests only cost issue slots (Gemma pp512 attention 5-10% slower), so they are not made. */
+ * 8-sequence step (interleaved runs, a noisy host). A prompt's rows read the same cache over
+ * and over, from L2: there the requests only cost issue slots (Gemma pp512 attention 5-10%
+ * slower), so they are not made. */
 #define AHEAD 16
 ALWAYS_INLINE void prefetch_row(const uint16_t *p, int NQ) {
     for (int c = 0; c < NQ; c += 2) _mm_prefetch((const char *)(p + 16 * c), _MM_HINT_T0);   // a 64-byte line: 32 f16

@@ -181,7 +181,7 @@ ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, con
         for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
 }
 
-#define TILE_B32(MR, NR) tile_blocks32(type, MR, NR, qm, dm, sm, um, K, wp, panel, m < 8, ym, ldy)
+#define TILE_B32(MR, NR) tile_blocks32(type, MR, NR, qm, dm, sm, um, K, wp, panel, streams_ahead(m), ym, ldy)
 #endif
 
 ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d, const float *s, const int32_t *sums,

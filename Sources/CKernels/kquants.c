@@ -132,7 +132,7 @@ ALWAYS_INLINE void tile_q4_K(const int MR, const int NR, const int8_t *q, const 
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) isum[m][j] = _mm512_setzero_si512();
         for (int s = 0; s < 8; s++) {
             const int c = s / 2, half = s % 2;
-            if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel + s * 296, 296);   // an eighth of the unit
+            if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel + s * (MI_Q4_K_UNIT / 8), MI_Q4_K_UNIT / 8);
             __m512i acc[4][8];
             for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acc[m][j] = _mm512_setzero_si512();
             for (int g = 0; g < 8; g++) {
@@ -185,7 +185,7 @@ ALWAYS_INLINE void tile_q6_K(const int MR, const int NR, const int8_t *q, const 
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) isum[m][j] = _mm512_setzero_si512();
         for (int h = 0; h < 2; h++) {
             for (int p = 0; p < 4; p++) {
-                if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel + (4 * h + p) * 420, 420);   // an eighth
+                if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel + (4 * h + p) * (MI_Q6_K_UNIT / 8), MI_Q6_K_UNIT / 8);
                 for (int quarter = 0; quarter < 2; quarter++) {
                     const int s = 8 * h + 2 * p + quarter;
                     __m512i acc[4][8];
@@ -218,8 +218,8 @@ ALWAYS_INLINE void tile_q6_K(const int MR, const int NR, const int8_t *q, const 
         for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
 }
 
-#define TILE_K(MR, NR) (type == MI_Q4_K ? tile_q4_K(MR, NR, qm, dm, bm, K, wp, panel, m < 8, ym, ldy) \
-                                        : tile_q6_K(MR, NR, qm, dm, bm, K, wp, panel, m < 8, ym, ldy))
+#define TILE_K(MR, NR) (type == MI_Q4_K ? tile_q4_K(MR, NR, qm, dm, bm, K, wp, panel, streams_ahead(m), ym, ldy) \
+                                        : tile_q6_K(MR, NR, qm, dm, bm, K, wp, panel, streams_ahead(m), ym, ldy))
 #endif
 
 ALWAYS_INLINE void gemm_kquant(const int type, const int8_t *q, const float *d, const int32_t *bsums,
