@@ -30,10 +30,13 @@ struct GemmaRealModelTests {
     /// 256 for the K-quants), so what differs is which values round up: summation order moves
     /// a few, each moves the next layer's input, and over 18 layers that noise is as large as
     /// the quantization itself. llama.cpp's own Q4_K_M settings differ from this one by up to
-    /// 0.52 (f16 KV) and 0.30 (flash attention with f16 KV, its default); this engine lands
-    /// 0.12–0.28 from it. A wrong kernel or block layout moves logits by whole units (the
-    /// reference's ablations: 0.8–11.6); the f32 tests pin the arithmetic to 0.02.
-    static let nativeTolerance = 0.5
+    /// 0.52 (f16 KV) and 0.30 (flash attention with f16 KV, its default). This engine lands
+    /// 0.07–0.55 from it, and a change of one ulp in one op moves a prompt by up to 0.2 either
+    /// way (moving RoPE's rotation from Swift to a C kernel, the same formula rounded another
+    /// way, took "code" from 0.40 to 0.55 and "long_gpl3_688" from 0.37 to 0.07). A wrong kernel or block
+    /// layout moves logits by whole units (the reference's ablations: 0.8–11.6); the f32 tests
+    /// pin the arithmetic to 0.02.
+    static let nativeTolerance = 0.6
     static var prompts: [[String: Any]] { gemmaReference!["prompts"] as! [[String: Any]] }
 
     /// With f32 weights (the file's blocks dequantized exactly, as llama.cpp's exact-f32 copy):

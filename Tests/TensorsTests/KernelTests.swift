@@ -244,6 +244,30 @@ struct KernelTests {
         #expect(abs(got - want) <= 1e-14 * want, "n \(n): \(got) vs \(want)")
     }
 
+    /// RoPE of one head, both pairings (GGML's normal (2i, 2i+1) and NeoX (i, i + half)), over
+    /// vector widths and tails: each rotated pair against the rotation in double precision of
+    /// the same f32 inputs, within 2 f32 ulps of |a·c| + |b·s| (one product rounded, one fused).
+    @Test(arguments: [1, 7, 8, 9, 16, 17, 32, 40, 128])
+    func ropeMatchesDoublePrecision(half: Int) {
+        for neox in [false, true] {
+            var r = Rng(s: UInt64(half) &+ (neox ? 100 : 0))
+            let x = (0..<(2 * half)).map { _ in r.next() * 4 }
+            let cs = (0..<half).flatMap { i -> [Float] in
+                let theta = Double(37 + i) * 0.37
+                return [Float(Foundation.cos(theta)), Float(Foundation.sin(theta))]
+            }
+            var got = x
+            mi_rope(&got, cs, Int32(half), neox ? 1 : 0)
+            for i in 0..<half {
+                let (ia, ib) = neox ? (i, i + half) : (2 * i, 2 * i + 1)
+                let a = Double(x[ia]), b = Double(x[ib]), c = Double(cs[2 * i]), s = Double(cs[2 * i + 1])
+                let ulps = 2 * Double(Float.ulpOfOne)
+                #expect(abs(Double(got[ia]) - (a * c - b * s)) <= ulps * (abs(a * c) + abs(b * s)), "half \(half) neox \(neox) pair \(i)")
+                #expect(abs(Double(got[ib]) - (a * s + b * c)) <= ulps * (abs(a * s) + abs(b * c)), "half \(half) neox \(neox) pair \(i)")
+            }
+        }
+    }
+
     /// The vector SwiGLU and GeGLU (a polynomial e^x) against the functions in double precision,
     /// over every tail length and the range activations reach: within 2e-6 relative (a few f32
     /// ulps) plus 3e-7 · |a| where a is the exponent (−g, or −2u for GELU): rounding the

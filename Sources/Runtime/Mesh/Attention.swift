@@ -105,16 +105,6 @@ struct RopeTable {
 
     func apply(_ x: UnsafeMutablePointer<Float>, row: Int, layer: Int) {
         let angles = config.isLocal(layer: layer) ? localTable ?? table : table
-        let stride = neox ? half : 1, step = neox ? 1 : 2
-        angles.withUnsafeBufferPointer { t in
-            let base = t.baseAddress! + row * half * 2
-            for i in 0..<half {
-                let c = base[2 * i], s = base[2 * i + 1]
-                let j = i * step
-                let a = x[j], b = x[j + stride]
-                x[j] = a * c - b * s
-                x[j + stride] = a * s + b * c
-            }
-        }
+        angles.withUnsafeBufferPointer { mi_rope(x, $0.baseAddress! + row * half * 2, Int32(half), neox ? 1 : 0) }
     }
 }
