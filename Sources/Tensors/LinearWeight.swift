@@ -505,17 +505,17 @@ public final class LinearWeight: @unchecked Sendable {
                 let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)
                 let d = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
                 let s = UnsafeMutablePointer<Float>.allocate(capacity: M * K / 32)
-                let sums = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 32)
-                defer { q.deallocate(); d.deallocate(); s.deallocate(); sums.deallocate() }
+                let start = UnsafeMutablePointer<Int32>.allocate(capacity: M * K / 32)
+                defer { q.deallocate(); d.deallocate(); s.deallocate(); start.deallocate() }
+                let w = storage.assumingMemoryBound(to: UInt8.self), type = kind.blocks32Type!
                 quantizing {
                     threads.parallelRows(M, columns: K) { r in
                         let m = r.lowerBound, b = m * K / 32
-                        mi_quantize_q8_blocks(xw.row(m), Int64(K), Int32(r.count), Int32(K), q + m * K, d + b, s + b, sums + b)
+                        mi_quantize_q8_blocks(type, xw.row(m), Int64(K), Int32(r.count), Int32(K), q + m * K, d + b, s + b, start + b)
                     }
                 }
-                let w = storage.assumingMemoryBound(to: UInt8.self), type = kind.blocks32Type!
                 threads.parallelFor(N, granule: 32) { r in
-                    mi_gemm_blocks32(type, q, d, s, sums, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
+                    mi_gemm_blocks32(type, q, d, s, start, Int32(M), Int32(K), w, Int32(r.lowerBound), Int32(r.upperBound), y.data, Int64(N))
                 }
             case .q4_K, .q6_K:
                 let q = UnsafeMutablePointer<Int8>.allocate(capacity: M * K)

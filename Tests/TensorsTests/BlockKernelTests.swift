@@ -22,10 +22,13 @@ struct BlockKernelTests {
             }
         }
         var q = [Int8](repeating: 0, count: M * K), d = [Float](repeating: 0, count: M * nb), s = d
-        var sums = [Int32](repeating: 0, count: M * nb)
-        mi_quantize_q8_blocks(x, Int64(K), Int32(M), Int32(K), &q, &d, &s, &sums)
+        var start = [Int32](repeating: 0, count: M * nb)
+        mi_quantize_q8_blocks(Int32(type), x, Int64(K), Int32(M), Int32(K), &q, &d, &s, &start)
         var full = [Float](repeating: 0, count: M * padded)
-        mi_gemm_blocks32(Int32(type), q, d, s, sums, Int32(M), Int32(K), packed, 0, Int32(padded), &full, Int64(padded))
+        mi_gemm_blocks32(Int32(type), q, d, s, start, Int32(M), Int32(K), packed, 0, Int32(padded), &full, Int64(padded))
+        let sums = (0..<(M * nb)).map { b in (0..<32).reduce(Int32(0)) { $0 + Int32(q[b * 32 + $1]) } }
+        let offset: Int32 = type == MI_Q4_1 ? 0 : type == MI_Q5_0 ? 16 : 128
+        #expect(start == sums.map { -offset * $0 }, "each block's integer start is −offset·Σq")
         return ((0..<(M * N)).map { full[$0 / N * padded + $0 % N] }, q, d, sums)
     }
 

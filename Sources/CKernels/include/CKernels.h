@@ -30,12 +30,13 @@ void mi_gemm_f32(const float *x, int64_t ldx, int M, int K, const float *packed,
 // ---------------------------------------------------------------------------------------------
 // GGML block formats, executed in place (no dequantization). The 32-element formats are
 // repacked 16 rows to a panel on load, the same bits regrouped (layouts in blocks.c); their
-// activations are quantized with mi_quantize_q8_blocks (block 32: scale d, s = d * sum(q) for
-// Q4_1's minimum, and the integer sum(q) for the others' code offsets). `--weights int8`
+// activations are quantized with mi_quantize_q8_blocks for the weights' type (block 32: scale
+// d, s = d * sum(q) for Q4_1's minimum, and start = -offset * sum(q), where each block's integer
+// sum starts for the others' code offsets, 16 for Q5_0 and 128 for Q8_0). `--weights int8`
 // quantizes f32 rows to Q8_0 blocks on load (mi_quantize_q8_0) and runs them the same way.
 // ---------------------------------------------------------------------------------------------
-void mi_quantize_q8_blocks(const float *x, int64_t ldx, int M, int K,
-                           int8_t *q, float *d, float *s, int32_t *sums);
+void mi_quantize_q8_blocks(int type, const float *x, int64_t ldx, int M, int K,
+                           int8_t *q, float *d, float *s, int32_t *start);
 
 /// Quantizes M activation rows (K floats each) symmetrically to int8 in blocks of `block`
 /// (scale = max|x| / 127, q = x / scale rounded to nearest even).
@@ -55,7 +56,7 @@ enum { MI_Q4_1 = 1, MI_Q5_0 = 2, MI_Q8_0 = 3 };
 /// Packs 16 rows of `nblk` of the file's blocks of `type` (row stride rowBytes) into a panel.
 void mi_pack_blocks32(int type, const uint8_t *rows, int64_t rowBytes, int nblk, uint8_t *panel);
 /// y[m, n0..n1) for a repacked matrix of `type` (n0, n1 multiples of 16).
-void mi_gemm_blocks32(int type, const int8_t *q, const float *d, const float *s, const int32_t *sums,
+void mi_gemm_blocks32(int type, const int8_t *q, const float *d, const float *s, const int32_t *start,
                       int M, int K, const uint8_t *w, int n0, int n1, float *y, int64_t ldy);
 
 /// K-quants in place (256-element super-blocks; layouts in kquants.c), repacked 16 rows to a
