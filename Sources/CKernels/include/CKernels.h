@@ -87,7 +87,7 @@ double mi_sum_squares(const float *x, int n);
 void mi_rms_scale(const float *x, const float *w, int n, double sumSquares, int count, float eps, float *out);
 /// out[i] = silu(gate[i]) * up[i]
 void mi_swiglu(const float *gate, const float *up, int n, float *out);
-/* RoPE of one head in place: pairs (2i, 2i+1), or (i, i+half) when neox; cs = (half, 2) cos, sin. */
+/// RoPE of one head in place: pairs (2i, 2i+1), or (i, i+half) when neox; cs = (half, 2) cos, sin.
 void mi_rope(float *x, const float *cs, int half, int neox);
 /// out = gelu_tanh(gate) * up, elementwise (n floats).
 void mi_geglu(const float *gate, const float *up, int n, float *out);
