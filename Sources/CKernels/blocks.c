@@ -30,7 +30,7 @@ ALWAYS_INLINE int code_offset(int type) { return type == MI_Q4_1 ? 0 : type == M
 void mi_quantize_q8_blocks(int type, const float *x, int64_t ldx, int M, int K,
                            int8_t *q, float *d, float *s, int32_t *start) {
     // The activation quantizer with blocks of 32 (start holds Σq), then Q4_1's s = d·Σq and
-    // each block's integer start −offset·Σq.
+    // each block's integer start −offset·Σq (0 for Q4_1, whose codes have no offset).
     mi_quantize_activations(x, ldx, M, K, 32, q, d, start);
     const int offset = code_offset(type);
     for (int i = 0; i < M * (K / 32); i++) {
@@ -161,7 +161,7 @@ ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, con
     for (int b = 0; b < nblk; b++) {
         __m512i acci[4][8];
         for (int m = 0; m < MR; m++) {
-            const __m512i s0 = type == MI_Q4_1 ? _mm512_setzero_si512() : _mm512_set1_epi32(start[m * nblk + b]);
+            const __m512i s0 = _mm512_set1_epi32(start[m * nblk + b]);   // 0 for Q4_1
             for (int j = 0; j < NR; j++) acci[m][j] = s0;
         }
         const uint8_t *wb = wp + (int64_t)b * unit;
@@ -223,7 +223,7 @@ ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d
             float acc = 0;
             for (int b = 0; b < nblk; b++) {
                 const uint8_t *u = wp + (int64_t)b * unit;
-                int32_t dot = type == MI_Q4_1 ? 0 : start[m * nblk + b];
+                int32_t dot = start[m * nblk + b];
                 for (int i = 0; i < 32; i++) dot += unit_code(type, u, r, i) * q[(int64_t)m * K + b * 32 + i];
                 acc += half_to_float(load_u16(u + scales + 2 * r)) * d[m * nblk + b] * (float)dot;
                 if (type == MI_Q4_1) acc += half_to_float(load_u16(u + 288 + 2 * r)) * s[m * nblk + b];

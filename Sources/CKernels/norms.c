@@ -67,7 +67,6 @@ void mi_geglu(const float *gate, const float *up, int n, float *out) {
     }
 }
 
-
 /* RoPE of one head in place (Su et al. 2021): each pair (a, b) becomes (a·c − b·s, a·s + b·c)
  * with cs = (half, 2) cos, sin. GGML's normal mode pairs elements (2i, 2i + 1), NeoX mode
  * (i, i + half). AVX-512: normal mode takes 8 pairs per vector (cos and sin duplicated into

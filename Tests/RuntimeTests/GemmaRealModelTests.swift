@@ -33,9 +33,9 @@ struct GemmaRealModelTests {
     /// 0.52 (f16 KV) and 0.30 (flash attention with f16 KV, its default). This engine lands
     /// 0.07–0.55 from it, and a change of one ulp in one op moves a prompt by up to 0.2 either
     /// way (moving RoPE's rotation from Swift to a C kernel, the same formula rounded another
-    /// way, took "code" from 0.40 to 0.55 and "long_gpl3_688" from 0.37 to 0.07). A wrong kernel or block
-    /// layout moves logits by whole units (the reference's ablations: 0.8–11.6); the f32 tests
-    /// pin the arithmetic to 0.02.
+    /// way, took "code" from 0.40 to 0.55 and "long_gpl3_688" from 0.37 to 0.07). A wrong
+    /// kernel or block layout moves logits by whole units (the reference's ablations: 0.8–11.6);
+    /// the f32 tests pin the arithmetic to 0.02.
     static let nativeTolerance = 0.6
     static var prompts: [[String: Any]] { gemmaReference!["prompts"] as! [[String: Any]] }
 
