@@ -152,7 +152,7 @@ ALWAYS_INLINE void unit_codes(const int type, const uint8_t *u, int g, __m512i *
 /* MR activation rows x NR panels of one format. */
 ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, const int8_t *q, const float *d,
                                  const float *s, const int32_t *start, int K, const uint8_t *wp, int64_t panel,
-                                 int stream, float *y, int64_t ldy) {
+                                 int pass, int passes, float *y, int64_t ldy) {
     const int unit = type == MI_Q4_1 ? MI_Q4_1_UNIT : type == MI_Q5_0 ? MI_Q5_0_UNIT : MI_Q8_0_UNIT;
     const int scales = type == MI_Q4_1 ? 256 : type == MI_Q5_0 ? 320 : 512;
     const int nblk = K / 32;
@@ -165,7 +165,7 @@ ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, con
             for (int j = 0; j < NR; j++) acci[m][j] = s0;
         }
         const uint8_t *wb = wp + (int64_t)b * unit;
-        if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel, unit);
+        ask_ahead(wp, NR, panel, b, nblk, pass, passes);
         for (int g = 0; g < 4; g++) {
             __m512i lo[8], hi[8];
             for (int j = 0; j < NR; j++) unit_codes(type, wb + j * panel, g, &lo[j], &hi[j]);
@@ -192,7 +192,7 @@ ALWAYS_INLINE void tile_blocks32(const int type, const int MR, const int NR, con
         for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
 }
 
-#define TILE_B32(MR, NR) tile_blocks32(type, MR, NR, qm, dm, sm, um, K, wp, panel, streams_ahead(m), ym, ldy)
+#define TILE_B32(MR, NR) tile_blocks32(type, MR, NR, qm, dm, sm, um, K, wp, panel, m / 4, (M + 3) / 4, ym, ldy)
 #endif
 
 ALWAYS_INLINE void gemm_blocks32(const int type, const int8_t *q, const float *d, const float *s, const int32_t *start,

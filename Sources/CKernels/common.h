@@ -66,11 +66,30 @@ ALWAYS_INLINE int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); ret
 #if defined(MI_AVX512)
 /* Weight streams ask for their bytes 16 KiB ahead of use, into L2: every line of
  * [p + 16 KiB, p + 16 KiB + n) for the n bytes a tile is about to consume at p. The hardware
- * prefetcher alone keeps too few lines in flight for several panel streams, and none while a
- * multi-row tile computes on what it has (measured on the Intel host, Q8_0 1536 x 576 from
- * memory: 1 row 66-70 -> 58-64 us, 8 rows 88-106 -> 66-78 us; Q4_1 8 rows 67-79 -> 49-68). */
+ * prefetcher alone keeps too few lines in flight for several panel streams (measured on the
+ * Intel host, Q8_0 1536 x 576 from memory, 1 row: 66-70 -> 58-64 us). */
 ALWAYS_INLINE void prefetch_ahead(const uint8_t *p, int n) {
     for (int l = 0; l < n; l += 64) _mm_prefetch((const char *)(p + 16384 + l), _MM_HINT_T1);
+}
+
+/* What a tile (NR panels of `panel` bytes at `tile`, consumed in `steps` equal steps per pass
+ * over its activation rows) asks for at step `step` of pass `pass` of `passes`:
+ * - one pass (up to 4 rows: decode): the step's own bytes of each panel 16 KiB ahead, which
+ *   keeps the tile's panel streams going while it computes;
+ * - several passes (rows 4 at a time over the same panels, the later ones from cache): the
+ *   next tile's bytes (the NR panels after these), spread evenly over every step of every
+ *   pass, so memory streams the next tile all the while the passes compute. Asking only in
+ *   the first pass left memory idle during the others (Q8_0 from memory, 8 rows, 576 x 1536:
+ *   48-50 -> 37-39 us, 1536 x 576: 52-54 -> 40-45 us; 32 rows: 143-152 -> 124-126 us). */
+ALWAYS_INLINE void ask_ahead(const uint8_t *tile, int NR, int64_t panel, int64_t step, int64_t steps, int pass, int passes) {
+    if (passes == 1) {
+        const int bytes = (int)(panel / steps);
+        for (int j = 0; j < NR; j++) prefetch_ahead(tile + j * panel + step * bytes, bytes);
+        return;
+    }
+    const int64_t lines = (NR * panel + 63) / 64, s = (int64_t)pass * steps + step, S = (int64_t)passes * steps;
+    for (int64_t l = s * lines / S; l < (s + 1) * lines / S; l++)
+        _mm_prefetch((const char *)(tile + NR * panel + 64 * l), _MM_HINT_T1);
 }
 #endif
 
@@ -81,12 +100,6 @@ ALWAYS_INLINE void prefetch_ahead(const uint8_t *p, int n) {
 ALWAYS_INLINE int panels_per_tile(int M, int left) {
     return (M == 1 && left >= 128) ? 8 : (M <= 2 && left >= 64) ? 4 : left >= 32 ? 2 : 1;
 }
-/* Whether the tile pass over activation rows m.. asks for its panels' bytes ahead
- * (prefetch_ahead): the passes of the first 8 rows. The first pass streams the panels from
- * memory; the second keeps requests in flight while it computes on the panels from cache (a
- * batched decode step's 8 rows are two passes); later passes would only find the lines asked
- * for already (a prompt's 128 passes asking again cost Gemma pp512 ~10%). */
-ALWAYS_INLINE int streams_ahead(int m) { return m < 8; }
 /* Calls TILE(MR, NR) with compile-time sizes for a tile of mr (1..4) rows and nr panels. */
 #define DISPATCH_TILE(TILE, mr, nr) \
     if (nr == 8) TILE(1, 8); \

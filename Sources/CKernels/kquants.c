@@ -121,7 +121,7 @@ ALWAYS_INLINE __m512i q6_K_codes(const uint8_t *grp, const int p) {
  * their 6-bit scales in int32 (exact), the mins' term likewise; per super-block both become
  * floats once. */
 ALWAYS_INLINE void tile_q4_K(const int MR, const int NR, const int8_t *q, const float *d, const int32_t *bsums,
-                             int K, const uint8_t *wp, int64_t panel, int stream, float *y, int64_t ldy) {
+                             int K, const uint8_t *wp, int64_t panel, int pass, int passes, float *y, int64_t ldy) {
     const int nb = K / 256;
     const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 accf[4][8];
@@ -132,7 +132,7 @@ ALWAYS_INLINE void tile_q4_K(const int MR, const int NR, const int8_t *q, const 
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) isum[m][j] = _mm512_setzero_si512();
         for (int s = 0; s < 8; s++) {
             const int c = s / 2, half = s % 2;
-            if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel + s * (MI_Q4_K_UNIT / 8), MI_Q4_K_UNIT / 8);
+            ask_ahead(wp, NR, panel, 8 * b + s, 8 * nb, pass, passes);
             __m512i acc[4][8];
             for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) acc[m][j] = _mm512_setzero_si512();
             for (int g = 0; g < 8; g++) {
@@ -175,7 +175,7 @@ ALWAYS_INLINE void tile_q4_K(const int MR, const int NR, const int8_t *q, const 
 /* MR activation rows x NR panels of Q6_K. Sub-block s = 8h + 2p + quarter's dots come from the
  * four groups 4·quarter.. of part p; the −32 is taken off each sub-block's dot before its scale. */
 ALWAYS_INLINE void tile_q6_K(const int MR, const int NR, const int8_t *q, const float *d, const int32_t *bsums,
-                             int K, const uint8_t *wp, int64_t panel, int stream, float *y, int64_t ldy) {
+                             int K, const uint8_t *wp, int64_t panel, int pass, int passes, float *y, int64_t ldy) {
     const int nb = K / 256;
     __m512 accf[4][8];
     for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) accf[m][j] = _mm512_setzero_ps();
@@ -185,7 +185,7 @@ ALWAYS_INLINE void tile_q6_K(const int MR, const int NR, const int8_t *q, const 
         for (int m = 0; m < MR; m++) for (int j = 0; j < NR; j++) isum[m][j] = _mm512_setzero_si512();
         for (int h = 0; h < 2; h++) {
             for (int p = 0; p < 4; p++) {
-                if (stream) for (int j = 0; j < NR; j++) prefetch_ahead(wb + j * panel + (4 * h + p) * (MI_Q6_K_UNIT / 8), MI_Q6_K_UNIT / 8);
+                ask_ahead(wp, NR, panel, 8 * b + 4 * h + p, 8 * nb, pass, passes);
                 for (int quarter = 0; quarter < 2; quarter++) {
                     const int s = 8 * h + 2 * p + quarter;
                     __m512i acc[4][8];
@@ -218,8 +218,8 @@ ALWAYS_INLINE void tile_q6_K(const int MR, const int NR, const int8_t *q, const 
         for (int j = 0; j < NR; j++) _mm512_storeu_ps(y + m * ldy + j * 16, accf[m][j]);
 }
 
-#define TILE_K(MR, NR) (type == MI_Q4_K ? tile_q4_K(MR, NR, qm, dm, bm, K, wp, panel, streams_ahead(m), ym, ldy) \
-                                        : tile_q6_K(MR, NR, qm, dm, bm, K, wp, panel, streams_ahead(m), ym, ldy))
+#define TILE_K(MR, NR) (type == MI_Q4_K ? tile_q4_K(MR, NR, qm, dm, bm, K, wp, panel, m / 4, (M + 3) / 4, ym, ldy) \
+                                        : tile_q6_K(MR, NR, qm, dm, bm, K, wp, panel, m / 4, (M + 3) / 4, ym, ldy))
 #endif
 
 ALWAYS_INLINE void gemm_kquant(const int type, const int8_t *q, const float *d, const int32_t *bsums,
