@@ -1,6 +1,7 @@
-// Attention of one query row over cached positions (an f16 cache, read as llama.cpp's default
-// cache is: half the bytes of f32, widened to f32 by vcvtph2ps as it loads), the f32 -> f16
-// conversion that writes the cache.
+// Attention of one query row over cached positions, from an f16 cache (llama.cpp's default
+// cache: half the bytes of f32, widened to f32 by vcvtph2ps as it loads) or an 8-bit one (q8:
+// int8 codes with an f32 scale per 32 elements, widened by vpmovsxbd + vcvtdq2ps and scaled),
+// and the conversions that write either cache.
 #include "common.h"
 
 void mi_f32_to_f16(const float *x, uint16_t *out, int n) {
@@ -13,8 +14,25 @@ void mi_f32_to_f16(const float *x, uint16_t *out, int n) {
     for (; i < n; i++) out[i] = float_to_half(x[i]);
 }
 
+void mi_f32_to_kv_q8(const float *x, int8_t *codes, float *scales, int n) {
+    for (int b = 0; b < n / 32; b++) {
+        // Q8_0's rule (absmax / 127), the scale kept in f32.
+        const float amax = abs_max(x + 32 * b, 32), d = amax / 127;
+        round_to_int8(x + 32 * b, 32, d > 0 ? 1 / d : 0, codes + 32 * b);
+        scales[b] = d;
+    }
+}
+
 #if defined(MI_AVX512)
 ALWAYS_INLINE __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+/* Elements 16c..16c+15 of a cached row as f32: f16 bits, or (q8) int8 codes times their block's
+ * scale (scales: the row's Q/32 floats). */
+ALWAYS_INLINE __m512 load_kv(const int q8, const void *row, const float *scales, int c) {
+    if (!q8) return load_f16((const uint16_t *)row + 16 * c);
+    __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)row + 16 * c))));
+    return _mm512_mul_ps(x, _mm512_set1_ps(scales[c / 2]));
+}
 
 /* A decode step reads each sequence's keys and values once, from memory, as short streams (a
  * KV head's positions: 20 KB for 160 positions of 64), which the hardware prefetcher ramps up
@@ -27,8 +45,12 @@ ALWAYS_INLINE __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256
  * and over, from L2: there the requests only cost issue slots (Gemma pp512 attention 5-10%
  * slower), so they are not made. */
 #define AHEAD 16
-ALWAYS_INLINE void prefetch_row(const uint16_t *p, int NQ) {
-    for (int c = 0; c < NQ; c += 2) _mm_prefetch((const char *)(p + 16 * c), _MM_HINT_T0);   // a 64-byte line: 32 f16
+/* Asks for a cached row's lines (f16: 2 bytes an element, q8: 1, and its scales' line when a
+ * row's scales start one). */
+ALWAYS_INLINE void prefetch_row(const int q8, const uint8_t *row, const float *scales, int NQ) {
+    const int bytes = 16 * NQ * (q8 ? 1 : 2);
+    for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char *)(row + l), _MM_HINT_T0);
+    if (q8 && ((uintptr_t)scales & 63) < (uintptr_t)(NQ / 2) * 4) _mm_prefetch((const char *)scales, _MM_HINT_T0);
 }
 
 /* The sums of 16 vectors' elements, in order (out[p] = Σ a[p]): pairs of 128-bit lanes added
@@ -51,9 +73,14 @@ ALWAYS_INLINE __m512 sums16(const __m512 *a) {
  * default model: 3 heads of 64): each key and value row is loaded once for all G heads. Per
  * head: scores 16 positions at a time (each position's products summed in a vector, 16 of them
  * reduced together), softmax with the vector exp, then the weighted values accumulated in NQ
- * registers and scaled once; a head's arithmetic does not depend on G. scratch: G·count floats. */
-ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const uint16_t *k, const uint16_t *v, int64_t kvStride,
-                                int count, float scale, float *scratch, float *out, const int cold) {
+ * registers and scaled once; a head's arithmetic does not depend on G. Position j's row starts
+ * at element j·stride of k and v (bytes: j·stride·(q8 ? 1 : 2)), its q8 scales at j·stride/32 of
+ * ks and vs. scratch: G·count floats. */
+ALWAYS_INLINE void attend_group(const int NQ, const int G, const int q8, const float *q, const void *k, const void *v,
+                                const float *ks, const float *vs, int64_t stride, int count, float scale, float *scratch,
+                                float *out, const int cold) {
+    const int64_t rowBytes = stride * (q8 ? 1 : 2), scaleStride = stride / 32;
+    const uint8_t *kb = (const uint8_t *)k, *vb = (const uint8_t *)v;
     __m512 qv[16];
     for (int h = 0; h < G; h++)
         for (int c = 0; c < NQ; c++) qv[h * NQ + c] = _mm512_mul_ps(_mm512_loadu_ps(q + h * 16 * NQ + 16 * c), _mm512_set1_ps(scale));
@@ -63,13 +90,15 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const
     for (int j = 0; j < count; j += 16) {
         int n = count - j < 16 ? count - j : 16;
         for (int p = 0; p < n; p++) {
-            const uint16_t *kj = k + (int64_t)(j + p) * kvStride;
+            const int64_t at = j + p;
+            const uint8_t *kj = kb + at * rowBytes;
+            const float *ksj = q8 ? ks + at * scaleStride : NULL;
             if (cold) {
-                if (j + p + AHEAD < count) prefetch_row(kj + AHEAD * kvStride, NQ);
-                prefetch_row(v + (int64_t)(j + p) * kvStride, NQ);
+                if (at + AHEAD < count) prefetch_row(q8, kj + AHEAD * rowBytes, q8 ? ksj + AHEAD * scaleStride : NULL, NQ);
+                prefetch_row(q8, vb + at * rowBytes, q8 ? vs + at * scaleStride : NULL, NQ);
             }
             __m512 kc[16];
-            for (int c = 0; c < NQ; c++) kc[c] = load_f16(kj + 16 * c);
+            for (int c = 0; c < NQ; c++) kc[c] = load_kv(q8, kj, ksj, c);
             for (int h = 0; h < G; h++) {
                 __m512 acc = _mm512_mul_ps(qv[h * NQ], kc[0]);
                 for (int c = 1; c < NQ; c++) acc = _mm512_fmadd_ps(qv[h * NQ + c], kc[c], acc);
@@ -106,9 +135,10 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const
     __m512 acc[16];
     for (int i = 0; i < G * NQ; i++) acc[i] = _mm512_setzero_ps();
     for (int j = 0; j < count; j++) {
-        const uint16_t *vj = v + (int64_t)j * kvStride;
+        const uint8_t *vj = vb + (int64_t)j * rowBytes;
+        const float *vsj = q8 ? vs + (int64_t)j * scaleStride : NULL;
         for (int c = 0; c < NQ; c++) {
-            __m512 vc = load_f16(vj + 16 * c);
+            __m512 vc = load_kv(q8, vj, vsj, c);
             for (int h = 0; h < G; h++) acc[h * NQ + c] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[(int64_t)h * count + j]), vc, acc[h * NQ + c]);
         }
     }
@@ -118,28 +148,40 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const float *q, const
 }
 #endif
 
+/* Element i of a cached row as f32: f16 bits, or a q8 code times its block's scale (the scalar
+ * reference's read). */
+ALWAYS_INLINE float kv_at(const int q8, const void *base, const float *scales, int64_t i) {
+    return q8 ? (float)((const int8_t *)base)[i] * scales[i / 32] : half_to_float(((const uint16_t *)base)[i]);
+}
+
 /* Softmax attention of one query row (H heads of Q, grouped over KV heads) over `count` cached
  * positions. The scalar path below is the reference arithmetic; with AVX-512 and Q a multiple
  * of 16 up to 256, attend_group computes the same function in another order (and a 2-ulp exp). */
-void mi_attention_row(const float *q, int H, int KV, int Q,
-                      const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
-                      float scale, float *scratch, float *out, int cold) {
+ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, int Q, const void *k, const void *v,
+                                 const float *ks, const float *vs, int64_t kvStride, int64_t headStride, int count,
+                                 float scale, float *scratch, float *out, int cold) {
     int group = H / KV;
+    const int esize = q8 ? 1 : 2;
 #if defined(MI_AVX512)
     if (Q % 16 == 0 && Q <= 256) {
         // Heads of 64 attend their KV head's group together (2–4 heads); others one at a time.
         const int NQ = Q / 16, G = NQ == 4 && group >= 2 && group <= 4 ? group : 1;
         for (int h = 0; h < H; h += G) {
             const float *qh = q + h * Q;
-            const uint16_t *kh = k + (h / group) * headStride, *vh = v + (h / group) * headStride;
+            const int64_t head = (h / group) * headStride;   // elements
+            const uint8_t *kh = (const uint8_t *)k + head * esize, *vh = (const uint8_t *)v + head * esize;
+            const float *ksh = q8 ? ks + head / 32 : NULL, *vsh = q8 ? vs + head / 32 : NULL;
             float *oh = out + h * Q;
-            if (cold && h == 0) for (int p = 0; p < AHEAD && p < count; p++) prefetch_row(kh + (int64_t)p * kvStride, NQ);
+            if (cold && h == 0)
+                for (int p = 0; p < AHEAD && p < count; p++)
+                    prefetch_row(q8, kh + p * kvStride * esize, q8 ? ksh + p * kvStride / 32 : NULL, NQ);
             if (cold && h + G < H && (h + G) / group != h / group) {
-                const uint16_t *next = k + ((h + G) / group) * headStride;
-                for (int p = 0; p < AHEAD && p < count; p++) prefetch_row(next + (int64_t)p * kvStride, NQ);
+                const int64_t next = ((h + G) / group) * headStride;
+                for (int p = 0; p < AHEAD && p < count; p++)
+                    prefetch_row(q8, (const uint8_t *)k + (next + p * kvStride) * esize, q8 ? ks + (next + p * kvStride) / 32 : NULL, NQ);
             }
-#define ATTEND(NQ_, G_) (cold ? attend_group(NQ_, G_, qh, kh, vh, kvStride, count, scale, scratch, oh, 1) \
-                              : attend_group(NQ_, G_, qh, kh, vh, kvStride, count, scale, scratch, oh, 0))
+#define ATTEND(NQ_, G_) (cold ? attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, kvStride, count, scale, scratch, oh, 1) \
+                              : attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, kvStride, count, scale, scratch, oh, 0))
             if (NQ == 4) { switch (G) { case 2: ATTEND(4, 2); break; case 3: ATTEND(4, 3); break; case 4: ATTEND(4, 4); break; default: ATTEND(4, 1); } }
             else if (NQ == 8) ATTEND(8, 1);
             else if (NQ == 16) ATTEND(16, 1);
@@ -151,12 +193,11 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
 #endif
     for (int h = 0; h < H; h++) {
         const float *qh = q + h * Q;
-        int g = h / group;
+        int64_t g = (h / group) * headStride;
         float mx = -INFINITY;
         for (int j = 0; j < count; j++) {
-            const uint16_t *kj = k + j * kvStride + g * headStride;
             float sc = 0;
-            for (int i = 0; i < Q; i++) sc += qh[i] * half_to_float(kj[i]);
+            for (int i = 0; i < Q; i++) sc += qh[i] * kv_at(q8, k, ks, g + j * kvStride + i);
             sc *= scale;
             scratch[j] = sc;
             mx = sc > mx ? sc : mx;
@@ -166,10 +207,19 @@ void mi_attention_row(const float *q, int H, int KV, int Q,
         float *oh = out + h * Q;
         memset(oh, 0, sizeof(float) * Q);
         float inv = 1.0f / sum;
-        for (int j = 0; j < count; j++) {
-            const uint16_t *vj = v + j * kvStride + g * headStride;
-            for (int i = 0; i < Q; i++) oh[i] += scratch[j] * inv * half_to_float(vj[i]);
-        }
+        for (int j = 0; j < count; j++)
+            for (int i = 0; i < Q; i++) oh[i] += scratch[j] * inv * kv_at(q8, v, vs, g + j * kvStride + i);
     }
 }
 
+void mi_attention_row(const float *q, int H, int KV, int Q,
+                      const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
+                      float scale, float *scratch, float *out, int cold) {
+    attention_row(0, q, H, KV, Q, k, v, NULL, NULL, kvStride, headStride, count, scale, scratch, out, cold);
+}
+
+void mi_attention_row_q8(const float *q, int H, int KV, int Q,
+                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t kvStride, int64_t headStride,
+                         int count, float scale, float *scratch, float *out, int cold) {
+    attention_row(1, q, H, KV, Q, k, v, ks, vs, kvStride, headStride, count, scale, scratch, out, cold);
+}

@@ -10,6 +10,13 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
     case foreignSequence
     /// A prefix copy that is not into a fresh sequence homed as its source, or longer than it.
     case invalidCopy(positions: Int, from: Int, to: Int)
+    /// A q8 KV cache scales runs of 32 elements: heads must be a multiple of 32 wide.
+    case unsupportedKVCache(KVCacheType, headDimension: Int)
+
+    /// Checks that a model's heads can be cached as `type`.
+    static func check(_ type: KVCacheType, _ config: ModelConfig) throws(EngineError) {
+        guard type == .f16 || config.headDimension % 32 == 0 else { throw .unsupportedKVCache(type, headDimension: config.headDimension) }
+    }
 
     public var description: String {
         switch self {
@@ -18,6 +25,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
         case .emptyInput: "no tokens to process"
         case .duplicateSequence: "the same sequence appears twice in one batch"
         case let .invalidCopy(p, f, t): "a prefix of \(p) positions cannot be copied from a sequence of \(f) into one of \(t) (it must be fresh and homed alike)"
+        case let .unsupportedKVCache(t, q): "a \(t.rawValue) KV cache needs heads a multiple of 32 wide; this model's are \(q)"
         case .foreignSequence: "a sequence made by another engine was passed to this one; make sequences with this engine's makeCache()"
         }
     }

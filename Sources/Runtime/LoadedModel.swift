@@ -43,13 +43,13 @@ public final class LoadedModel: @unchecked Sendable {
     /// program; 1D weight-stationary with attention over heads has the least bookkeeping.
     public static let singleDeviceLayout = PhaseLayout(.weightStationary1D, .shardedOverHeads)
 
-    public init(path: String, format: WeightFormat, threads: Int) throws {
+    public init(path: String, format: WeightFormat, threads: Int, kvCache: KVCacheType = .f16) throws {
         let start = Date()
         file = try GGUFFile(path: path)
         tokenizer = try Tokenizer(Vocabulary(gguf: file))
         do { config = try ModelConfig(gguf: file) } catch { throw ModelLoadError.config(error) }
         engine = try MeshEngine(source: file, config: config, mesh: .single, prefill: Self.singleDeviceLayout,
-                                decode: Self.singleDeviceLayout, format: format, threads: threads)
+                                decode: Self.singleDeviceLayout, format: format, threads: threads, kvCache: kvCache)
         generator = Generator(engine: engine, tokenizer: tokenizer)
         loadSeconds = Date().timeIntervalSince(start)
     }

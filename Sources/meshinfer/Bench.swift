@@ -24,6 +24,7 @@ struct Bench: ParsableCommand {
     var depth: Int = 0
     @Option(help: "Comma-separated weight formats.") var weights: String = "native,int8"
     @Option(help: "Comma-separated thread counts.") var threads: String = "1"
+    @Option(help: "KV cache type: f16 or q8.") var kvCache: KVCacheType = .f16
     @Option(name: [.customShort("r"), .long], help: "Repetitions (median, min, max reported).") var repetitions: Int = 5
     @Option(help: "Comma-separated sequences per batch (tokens/s counts all of them).") var batch: String = "1"
     @Flag(help: "Time every op class of a step (matmul by weight, attention, norms, activation quantization, sampling, thread hand-offs, collectives) beside the bytes it moves and its roofline time.")
@@ -70,6 +71,7 @@ struct Bench: ParsableCommand {
         modelOptions.model = model
         modelOptions.weights = format
         modelOptions.threads = t
+        modelOptions.kvCache = kvCache
         let (promptTokens, genTokens, depth) = (promptTokens, genTokens, depth)
         let session = try Session(model: modelOptions, mesh: meshOptions) { _ in
             Workload(batch: batch, promptTokens: max(1, promptTokens, depth), generateTokens: genTokens)
@@ -105,10 +107,10 @@ struct Bench: ParsableCommand {
             // once, plus the KV cache the pass attends.
             let flopsPerToken = 2.0 * Double(config.parameterCount)
             let passes = test.0 == "tg" ? median / Double(batch) : median / Double(test.1 * batch)   // passes per second
-            let kvBytes = run.kvBytesPerPass(config)
+            let kvBytes = run.kvBytesPerPass(config, kvCache: kvCache)
             let gbps = (weightBytes + kvBytes) * passes / 1e9
             var row: [String: Any] = [
-                "test": run.name, "weights": format.rawValue, "threads": t, "batch": batch, "depth": depth,
+                "test": run.name, "weights": format.rawValue, "kv_cache": kvCache.rawValue, "threads": t, "batch": batch, "depth": depth,
                 "mesh": runner.mesh.description,
                 "tokens_per_s_median": rounded(median, 2), "tokens_per_s_min": rounded(rates.first!, 2),
                 "tokens_per_s_max": rounded(rates.last!, 2), "repetitions": repetitions,
@@ -143,7 +145,7 @@ struct Bench: ParsableCommand {
             rows.append(row)
             if !json {
                 print(String(format: "%-12@ %-7@ threads %2d batch %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s (%.0f%% of %.1f)  %7.2f GFLOP/s%@%@",
-                             run.name, format.rawValue, t, batch, median, rates.first!, rates.last!, gbps, gbps * 1e9 / streamRate * 100,
+                             run.name, kvCache == .f16 ? format.rawValue : "\(format.rawValue)/kv-\(kvCache.rawValue)", t, batch, median, rates.first!, rates.last!, gbps, gbps * 1e9 / streamRate * 100,
                              streamRate / 1e9, flopsPerToken * median / 1e9, meshText, predictedText))
                 if profile { print(profiled.table(perPass: perPass, streamRate: streamRate, per: test.0 == "tg" ? "decode step" : "prefill pass")) }
             }
@@ -162,9 +164,10 @@ struct Bench: ParsableCommand {
         // Over MPI one device per rank, each with this host's threads shared by its ranks (nil
         // until `calibrate --transport mpi` has run).
         let overMPI = session.meshEngine is ProcessMeshEngine
-        guard let (hardware, calibration) = host.device(weights: precision, devices: mesh.deviceCount, threads: t, overMPI: overMPI,
+        guard var (hardware, calibration) = host.device(weights: precision, devices: mesh.deviceCount, threads: t, overMPI: overMPI,
                                                         rankThreads: overMPI ? max(1, t / MPIWorld.ranksOnThisHost) : nil,
                                                         model: file) else { return nil }
+        hardware.kvCacheBytes = kvCache.bytesPerElement
         return try predictedRunRate(hardware: hardware, calibration: calibration, config: session.engine.config, mesh: mesh,
                                     layout: layout, precision: precision, test: run.kind, tokens: run.tokens, batch: run.batch,
                                     depth: run.depth)
@@ -209,16 +212,16 @@ struct BenchRun {
         return (Double(tokens * inputs.count) / seconds, seconds)
     }
 
-    /// Bytes of KV cache (f32 keys and values) one pass must read, over all sequences: each
+    /// Bytes of KV cache (keys and values of `kvCache`'s type) one pass must read, over all sequences: each
     /// sequence's attended positions once per layer — the mean over the run's decode steps, or
     /// the span the prefill's rows attend together.
-    func kvBytesPerPass(_ config: ModelConfig) -> Double {
+    func kvBytesPerPass(_ config: ModelConfig, kvCache: KVCacheType) -> Double {
         let passes = kind == "tg" ? (depth..<(depth + tokens)).map { $0..<($0 + 1) } : [depth..<(depth + tokens)]
         var positions = 0
         for pass in passes {
             for l in 0..<config.layers { positions += pass.upperBound - config.firstAttended(layer: l, position: pass.lowerBound) }
         }
-        let perPosition = Double(2 * config.kvHeads * config.headDimension * kvCacheElementBytes)
+        let perPosition = Double(2 * config.kvHeads * config.headDimension) * kvCache.bytesPerElement
         return Double(positions) * perPosition * Double(batch) / Double(passes.count)
     }
 }

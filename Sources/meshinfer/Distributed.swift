@@ -51,7 +51,8 @@ func runAcrossRanks(model: ModelOptions, mesh: MeshOptions, leader: () throws ->
 /// Rank 0: opens a session on the followers (closing the previous one first).
 func beginSession(_ world: MPIWorld, model: ModelOptions, prefill: PhaseLayout, decode: PhaseLayout) throws {
     endSessions(failed: false)
-    try ControlMessage.open(SessionSpec(prefill: prefill, decode: decode, weights: model.weights, threads: model.threads)).broadcast(over: world)
+    try ControlMessage.open(SessionSpec(prefill: prefill, decode: decode, weights: model.weights, threads: model.threads,
+                                                  kvCache: model.kvCache)).broadcast(over: world)
 }
 
 func registerSession(_ engine: ProcessMeshEngine) { servedEngine = engine }
@@ -68,6 +69,7 @@ private func follow(_ world: MPIWorld, model: ModelOptions, mesh: MeshOptions) t
             var model = model
             model.weights = spec.weights
             model.threads = spec.threads
+            model.kvCache = spec.kvCache
             return try Session.follower(model: model, mesh: mesh, prefill: spec.prefill, decode: spec.decode)
         }
     } catch {

@@ -44,14 +44,18 @@ struct ModelOptions: ParsableArguments {
     @Option(help: "Worker threads (default: all cores).")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
+    @Option(help: "KV cache type: f16 (llama.cpp's default) or q8 (int8 with a scale per 32 elements: 0.56 of the bytes).")
+    var kvCache: KVCacheType = .f16
+
     func load() throws -> LoadedModel {
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
         let path = try ModelStore().resolve(model)
-        return try LoadedModel(path: path, format: weights, threads: threads)
+        return try LoadedModel(path: path, format: weights, threads: threads, kvCache: kvCache)
     }
 }
 
 extension WeightFormat: ExpressibleByArgument {}
+extension KVCacheType: ExpressibleByArgument {}
 
 /// Options of the sampler.
 struct SamplingOptions: ParsableArguments {

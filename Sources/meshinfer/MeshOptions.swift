@@ -107,7 +107,7 @@ struct Session {
                     return (source, config, prefill, decode)
                 },
                 comm: comm, control: world, format: model.weights,
-                threads: max(1, model.threads / MPIWorld.ranksOnThisHost), overlap: options.overlap)
+                threads: max(1, model.threads / MPIWorld.ranksOnThisHost), overlap: options.overlap, kvCache: model.kvCache)
             if world.rank == 0 { registerSession(engine) }
             self.tokenizer = loaded!.2
             meshEngine = engine
@@ -121,7 +121,7 @@ struct Session {
         self.tokenizer = tokenizer
         let (prefill, decode, choice) = choose(config, tokenizer)
         let engine = try MeshEngine(source: source, config: config, mesh: mesh, prefill: prefill, decode: decode,
-                                    format: model.weights, threads: model.threads, overlap: options.overlap)
+                                    format: model.weights, threads: model.threads, overlap: options.overlap, kvCache: model.kvCache)
         meshEngine = engine
         self.engine = engine
         processEngine = nil

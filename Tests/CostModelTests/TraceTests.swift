@@ -50,7 +50,7 @@ struct TraceTests {
             let trace = try Tracer.forward(config: config, mesh: mesh, rank: 0, layout: layout,
                                            batch: TracedBatch(sequences: 3, newTokens: n, context: context),
                                            panelRows: WeightPrecision.int8Grouped.panelRows, unitInputs: WeightPrecision.int8Grouped.unitInputs)
-            #expect(profile.entries["attention"]?.bytes == trace.kvElements * Double(kvCacheElementBytes), "\(meshText) \(attention) step \(step)")
+            #expect(profile.entries["attention"]?.bytes == trace.kvElements * KVCacheType.f16.bytesPerElement, "\(meshText) \(attention) step \(step)")
             #expect(profile.entries.values.allSatisfy { $0.seconds > 0 || $0.calls == 0 })
             #expect(profile.totalSeconds <= wall)
         }
@@ -154,7 +154,7 @@ struct TraceTests {
                 #expect(trace.matmulFLOPs == log.matmulFLOPs, "\(where_)")
                 #expect(trace.attentionFLOPs == log.attentionFLOPs, "\(where_)")
                 #expect(trace.weightElements * precision.bytes == log.weightBytes, "\(where_)")
-                #expect(trace.kvElements * Double(kvCacheElementBytes) == log.kvBytes, "\(where_)")
+                #expect(trace.kvElements * KVCacheType.f16.bytesPerElement == log.kvBytes, "\(where_)")
                 // The transport's per-kind counters agree with the ordered list.
                 for kind in CollectiveKind.allCases {
                     let traced = trace.collectives.filter { $0.kind == kind }.reduce(0.0) { $0 + bytes($1) }

@@ -63,7 +63,8 @@ struct ControlProtocolTests {
         func open(_ rank: Int) -> @Sendable (SessionSpec) throws -> ProcessMeshEngine {
             { spec in
                 let engine = try ProcessMeshEngine(load: { (source(rank), config, spec.prefill, spec.decode) }, comm: data.communicator(rank: rank),
-                                                   control: control.communicator(rank: rank), format: spec.weights, threads: spec.threads)
+                                                   control: control.communicator(rank: rank), format: spec.weights, threads: spec.threads,
+                                                   kvCache: spec.kvCache)
                 outcomes.lock.withLock { outcomes.engines[rank] = engine }
                 return engine
             }

@@ -376,6 +376,83 @@ struct KernelTests {
         #expect(outCold == out)
     }
 
+    /// The 8-bit cache's rows: per 32 elements, scale absmax / 127 (0 for an all-zero block) and
+    /// codes x · (1 / scale) rounded to nearest even, as Q8_0 quantizes, for both models' head
+    /// sizes.
+    @Test(arguments: [32, 64, 256])
+    func kvQ8RowsQuantizeAsQ8_0(_ n: Int) {
+        var r = Rng(s: 3)
+        var x = (0..<n).map { _ in r.next() * 4 }
+        for i in 0..<min(32, n) { x[i] = 0 }   // an all-zero block
+        var codes = [Int8](repeating: 0, count: n), scales = [Float](repeating: -1, count: n / 32)
+        mi_f32_to_kv_q8(x, &codes, &scales, Int32(n))
+        for b in 0..<(n / 32) {
+            let block = x[(32 * b)..<(32 * b + 32)]
+            let d = block.map(abs).max()! / 127
+            #expect(scales[b] == d)
+            for i in block.indices {
+                let expected = d == 0 ? 0 : Int8((x[i] * (1 / d)).rounded(.toNearestOrEven))
+                #expect(codes[i] == expected, "element \(i)")
+            }
+        }
+    }
+
+    /// Softmax attention of one row over an 8-bit cache against the definition in double
+    /// precision over the cache's dequantized values (code × its block's scale): the shapes of
+    /// the f16 test whose heads are a multiple of 32, within 1e-5; position-major and head-major
+    /// caches, prompt and decode (`cold`) rows give the same bits.
+    @Test(arguments: [(9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
+                     (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33)])
+    func attentionRowQ8MatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
+        let (H, KV, Q, count) = shape
+        var r = Rng(s: 13)
+        let q = (0..<(H * Q)).map { _ in r.next() }
+        let kf = (0..<(count * KV * Q)).map { _ in r.next() }, vf = (0..<(count * KV * Q)).map { _ in r.next() }
+        var k = [Int8](repeating: 0, count: kf.count), v = k
+        var ks = [Float](repeating: 0, count: kf.count / 32), vs = ks
+        mi_f32_to_kv_q8(kf, &k, &ks, Int32(kf.count))
+        mi_f32_to_kv_q8(vf, &v, &vs, Int32(vf.count))
+        func kAt(_ i: Int) -> Double { Double(k[i]) * Double(ks[i / 32]) }
+        func vAt(_ i: Int) -> Double { Double(v[i]) * Double(vs[i / 32]) }
+        var scratch = [Float](repeating: 0, count: count * H / KV)
+        var out = [Float](repeating: 0, count: H * Q)
+        let scale = 1 / Float(Q).squareRoot()
+        mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), k, v, ks, vs, Int64(KV * Q), Int64(Q), Int32(count), scale, &scratch, &out, 0)
+        for h in 0..<H {
+            let g = h / (H / KV)
+            let s = (0..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * kAt(j * KV * Q + g * Q + $1) } * Double(scale) }
+            let e = s.map { Foundation.exp($0 - s.max()!) }
+            let p = e.map { $0 / e.reduce(0, +) }
+            for d in 0..<Q {
+                let expected = (0..<count).reduce(0.0) { $0 + p[$1] * vAt($1 * KV * Q + g * Q + d) }
+                #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "head \(h) column \(d)")
+            }
+        }
+        // The same cache head-major, (KV, capacity, Q) codes and (KV, capacity, Q/32) scales,
+        // with NaN scales and odd codes beyond the positions.
+        let capacity = count + 3
+        var kh = [Int8](repeating: 77, count: KV * capacity * Q), vh = kh
+        var ksh = [Float](repeating: .nan, count: KV * capacity * Q / 32), vsh = ksh
+        for g in 0..<KV {
+            for j in 0..<count {
+                for d in 0..<Q {
+                    kh[(g * capacity + j) * Q + d] = k[j * KV * Q + g * Q + d]
+                    vh[(g * capacity + j) * Q + d] = v[j * KV * Q + g * Q + d]
+                }
+                for b in 0..<(Q / 32) {
+                    ksh[((g * capacity + j) * Q) / 32 + b] = ks[(j * KV * Q + g * Q) / 32 + b]
+                    vsh[((g * capacity + j) * Q) / 32 + b] = vs[(j * KV * Q + g * Q) / 32 + b]
+                }
+            }
+        }
+        for cold: Int32 in [0, 1] {
+            var outHeadMajor = [Float](repeating: 0, count: H * Q)
+            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), kh, vh, ksh, vsh, Int64(Q), Int64(capacity * Q), Int32(count), scale,
+                                &scratch, &outHeadMajor, cold)
+            #expect(outHeadMajor == out, "cold \(cold)")
+        }
+    }
+
     /// The cache's f32 → f16 rounding: nearest, ties to even, as Swift's Float16(x) rounds —
     /// every length's vector body and scalar tail, normals, subnormals, overflow and zeros.
     @Test func f16ConversionRoundsAsFloat16() {

@@ -78,6 +78,9 @@ void mi_gemm_kquant(int type, const int8_t *q, const float *d, const int32_t *bs
 // ---------------------------------------------------------------------------------------------
 /// out[i] = x[i] rounded to f16 (nearest, ties to even), as bits.
 void mi_f32_to_f16(const float *x, uint16_t *out, int n);
+/// An 8-bit cache row: per block of 32 floats (n a multiple of 32), scale d = absmax / 127
+/// (Q8_0's rule, kept in f32) and codes round(x / d).
+void mi_f32_to_kv_q8(const float *x, int8_t *codes, float *scales, int n);
 /// out = x / sqrt(mean(x^2) + eps) * w
 void mi_rmsnorm(const float *x, const float *w, int n, float eps, float *out);
 /// RMSNorm of a row split over devices, in two halves: the sum of squares of this device's
@@ -102,6 +105,11 @@ void mi_geglu(const float *gate, const float *up, int n, float *out);
 void mi_attention_row(const float *q, int H, int KV, int Q,
                       const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
                       float scale, float *scratch, float *out, int cold);
+/// The same from an 8-bit cache (q8): k, v int8 codes at the same element offsets, each run of
+/// 32 elements (offset / 32) scaled by ks, vs (f32). Q must be a multiple of 32.
+void mi_attention_row_q8(const float *q, int H, int KV, int Q,
+                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t kvStride, int64_t headStride,
+                         int count, float scale, float *scratch, float *out, int cold);
 
 /* Keeps freed blocks of up to 32 MiB in the heap instead of returning them to the kernel, and
  * trims the heap only beyond 1 GiB free (glibc; no-op elsewhere). Per-op activation buffers then

@@ -61,9 +61,8 @@ func causalAttention(_ qkv: Matrix, heads H: Int, kvHeads K: Int, headDimension 
         for r in range {
             let first = config.firstAttended(layer: layer, position: positions[r])
             let cache = caches[r]
-            mi_attention_row(qkv.row(r), Int32(H), Int32(K), Int32(Q), cache.key(layer: layer, head: 0, position: first),
-                             cache.value(layer: layer, head: 0, position: first), Int64(Q), Int64(cache.headStride),
-                             Int32(positions[r] + 1 - first), scale, scratch, out.row(r), cold)
+            cache.attend(qkv.row(r), heads: H, kvHeads: K, layer: layer, firstHead: 0, first: first, count: positions[r] + 1 - first,
+                         scale: scale, scratch: scratch, out: out.row(r), cold: cold)
         }
     }
     return out

@@ -127,7 +127,7 @@ extension DeviceProgram {
             let s = spans[r.sequence] ?? (first, r.position + 1)
             spans[r.sequence] = (min(s.first, first), max(s.end, r.position + 1))
         }
-        let kvBytes = spans.values.reduce(0.0) { $0 + 2 * Double($1.end - $1.first) * Double(kvHeads) * Q * Double(kvCacheElementBytes) }
+        let kvBytes = spans.values.reduce(0.0) { $0 + 2 * Double($1.end - $1.first) * Double(kvHeads) * Q * caches.type.bytesPerElement }
         log?.attentionFLOPs += flops
         log?.kvBytes += kvBytes
         profile?.add("attention", seconds: 0, bytes: kvBytes, calls: 0)

@@ -9,11 +9,13 @@ public struct SessionSpec: Codable, Equatable, Sendable {
     public var decode: PhaseLayout
     public var weights: WeightFormat
     public var threads: Int
-    public init(prefill: PhaseLayout, decode: PhaseLayout, weights: WeightFormat, threads: Int) {
+    public var kvCache: KVCacheType
+    public init(prefill: PhaseLayout, decode: PhaseLayout, weights: WeightFormat, threads: Int, kvCache: KVCacheType = .f16) {
         self.prefill = prefill
         self.decode = decode
         self.weights = weights
         self.threads = threads
+        self.kvCache = kvCache
     }
 }
 

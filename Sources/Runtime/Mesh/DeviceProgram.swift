@@ -30,15 +30,18 @@ public struct MeshBatch: Codable, Equatable, Sendable {
 /// released drop them, from any thread, under its lock. A pass holds the caches of its own
 /// sequences (which cannot be released while their batch runs) for the whole pass.
 final class DeviceCaches: @unchecked Sendable {
+    let type: KVCacheType
     private let lock = NSLock()
     private var caches: [Int: KVCache] = [:]
+
+    init(type: KVCacheType) { self.type = type }
 
     /// The cache of each sequence, made on first use.
     func caches(_ sequences: [Int], config: ModelConfig, kvHeads: Int, limit: Int) -> [KVCache] {
         lock.withLock {
             sequences.map { s in
                 if let c = caches[s] { return c }
-                let c = KVCache(config: config, kvHeads: kvHeads, limit: limit)
+                let c = KVCache(type: type, config: config, kvHeads: kvHeads, limit: limit)
                 caches[s] = c
                 return c
             }

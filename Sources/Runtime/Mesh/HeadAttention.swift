@@ -46,10 +46,9 @@ extension DeviceProgram {
                 let cache = rowCaches[r]!
                 let first = config.firstAttended(layer: l, position: info.position)
                 for b in 0..<owned.count {
-                    mi_attention_row(qkv.row(r) + b * blockWidth, Int32(queries), Int32(kv), Int32(Q),
-                                     cache.key(layer: l, head: b * kv, position: first), cache.value(layer: l, head: b * kv, position: first),
-                                     Int64(Q), Int64(cache.headStride), Int32(info.position + 1 - first), 1 / Float(Q).squareRoot(), scratch,
-                                     out.row(r) + b * queries * Q, cold)
+                    cache.attend(qkv.row(r) + b * blockWidth, heads: queries, kvHeads: kv, layer: l, firstHead: b * kv, first: first,
+                                 count: info.position + 1 - first, scale: 1 / Float(Q).squareRoot(), scratch: scratch,
+                                 out: out.row(r) + b * queries * Q, cold: cold)
                 }
             }
         }

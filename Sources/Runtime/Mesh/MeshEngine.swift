@@ -53,8 +53,9 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
     public var profile: OpProfile?
 
     public init(source: TensorSource, config: ModelConfig, mesh: Mesh, prefill: PhaseLayout, decode: PhaseLayout,
-                format: WeightFormat, threads: Int, overlap: Bool = false) throws {
+                format: WeightFormat, threads: Int, overlap: Bool = false, kvCache: KVCacheType = .f16) throws {
         try MeshEngine.validate(config: config, mesh: mesh, prefill: prefill, decode: decode)
+        try EngineError.check(kvCache, config)
         self.overlap = overlap
         self.config = config
         self.mesh = mesh
@@ -66,7 +67,7 @@ public final class MeshEngine: ForwardEngine, @unchecked Sendable {
             try DeviceWeights(source: source, config: config, mesh: mesh, rank: rank, prefill: prefill, decode: decode,
                               format: format, threads: threadsPerDevice)
         }
-        caches = (0..<mesh.deviceCount).map { _ in DeviceCaches() }
+        caches = (0..<mesh.deviceCount).map { _ in DeviceCaches(type: kvCache) }
         self.threadsPerDevice = threadsPerDevice
         counters.traffic = Array(repeating: TrafficCounter(), count: mesh.deviceCount)
     }

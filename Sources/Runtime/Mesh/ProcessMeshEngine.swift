@@ -37,7 +37,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
     public var rank: Int { comm.rank }
     let blocks: HiddenBlocks
     let weights: DeviceWeights
-    let caches = DeviceCaches()
+    let caches: DeviceCaches
     let threads: WorkSplitter
     private let lock = NSLock()
     private var nextSequence = 0
@@ -54,13 +54,15 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
     /// `load` opens the model and picks the layouts (it runs on every rank, so their choices
     /// must depend only on what every rank knows).
     public init(load: () throws -> (TensorSource, ModelConfig, prefill: PhaseLayout, decode: PhaseLayout),
-                comm: any Communicator, control: any MeshControl, format: WeightFormat, threads: Int, overlap: Bool = false) throws {
+                comm: any Communicator, control: any MeshControl, format: WeightFormat, threads: Int, overlap: Bool = false,
+                kvCache: KVCacheType = .f16) throws {
         let mesh = comm.mesh
         var loaded: (DeviceWeights, ModelConfig, PhaseLayout, PhaseLayout)?
         var failure = ""
         do {
             let (source, config, prefill, decode) = try load()
             try MeshEngine.validate(config: config, mesh: mesh, prefill: prefill, decode: decode)
+            try EngineError.check(kvCache, config)
             loaded = (try DeviceWeights(source: source, config: config, mesh: mesh, rank: comm.rank, prefill: prefill,
                                         decode: decode, format: format, threads: max(1, threads)), config, prefill, decode)
         } catch {
@@ -78,6 +80,7 @@ public final class ProcessMeshEngine: ForwardEngine, @unchecked Sendable {
         self.comm = comm
         self.control = control
         self.weights = weights
+        caches = DeviceCaches(type: kvCache)
         blocks = HiddenBlocks(heads: config.heads, kvHeads: config.kvHeads, devices: mesh.deviceCount, attention: prefill.attention)
         self.threads = WorkSplitter(threads: max(1, threads))
     }
