@@ -98,7 +98,8 @@ struct Serve: ParsableCommand {
             }, samePhases: true)
             let config = session.engine.config
             let context = min(contextFlag ?? min(config.contextLength, 4096), config.contextLength)
-            let perPosition = 2 * config.layers * config.kvHeads * config.headDimension * 4   // f32 keys and values
+            // Keys and values of every layer, in the cache's type (f16: 2 bytes, q8: 1.125).
+            let perPosition = Int((Double(2 * config.layers * config.kvHeads * config.headDimension) * modelOptions.kvCache.bytesPerElement).rounded(.up))
             let devices = try Mesh(parsing: meshOptions.mesh).deviceCount
             let positions = kvMemory.map { $0 / perPosition * devices } ?? maxBatch * context
             let pricer = session.stepPricer(model: modelOptions, mesh: meshOptions)
