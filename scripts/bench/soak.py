@@ -5,7 +5,7 @@ import concurrent.futures, json, os, random, socket, subprocess, sys, time, urll
 import openai
 
 BIN, N = sys.argv[1], int(sys.argv[2])
-PER_POSITION = 2 * 30 * 3 * 64 * 4          # f32 K and V bytes per position (SmolLM2-135M)
+PER_POSITION = 2 * 30 * 3 * 64 * 2          # f16 K and V bytes per position (SmolLM2-135M, the default cache)
 KV = 8000 * PER_POSITION
 port = 8460
 p = subprocess.Popen([BIN, "serve", "--port", str(port), "--kv-memory", str(KV), "--max-batch", "16", "--max-queue", "256"],
