@@ -70,14 +70,15 @@ final class KVCache: @unchecked Sendable {
     /// `position` of `layer`, as heads `firstHead`..., rounded to the cache's type.
     func write(layer: Int, position: Int, firstHead: Int = 0, count: Int, keys: UnsafePointer<Float>, values: UnsafePointer<Float>) {
         let Q = headDimension
-        for h in 0..<count {
-            for (part, x) in [(0, keys + h * Q), (1, values + h * Q)] {
-                let at = offset(layer, part, firstHead + h, position, capacity: capacity)
-                switch type {
-                case .f16: mi_f32_to_f16(x, f16(at), Int32(Q))
-                case .q8: mi_f32_to_kv_q8(x, codes(at), scales(at), Int32(Q))
-                }
+        func store(_ x: UnsafePointer<Float>, _ at: Int) {
+            switch type {
+            case .f16: mi_f32_to_f16(x, f16(at), Int32(Q))
+            case .q8: mi_f32_to_kv_q8(x, codes(at), scales(at), Int32(Q))
             }
+        }
+        for h in 0..<count {
+            store(keys + h * Q, offset(layer, 0, firstHead + h, position, capacity: capacity))
+            store(values + h * Q, offset(layer, 1, firstHead + h, position, capacity: capacity))
         }
     }
 
@@ -136,6 +137,13 @@ final class KVCache: @unchecked Sendable {
         let bytes = Int((Double(elements(capacity: newCapacity)) * type.bytesPerElement).rounded(.up))
         let raw = (bytes >= 2 << 20 ? mi_huge_alloc(bytes) : nil) ?? malloc(max(bytes, 1))
         guard let raw else { fatalError("out of memory: a KV cache of \(bytes) bytes") }
+        let n = elements(capacity: newCapacity)
+        switch type {
+        case .f16: raw.bindMemory(to: UInt16.self, capacity: n)
+        case .q8:
+            raw.bindMemory(to: Int8.self, capacity: n)
+            (raw + n).bindMemory(to: Float.self, capacity: n / 32)
+        }
         storage = raw
         capacity = newCapacity
         // Everything written so far (positions are written, never counted, here).

@@ -251,6 +251,8 @@ extension Session {
             weights: WeightPrecision(model.weights), devices: mesh.deviceCount, threads: model.threads, overMPI: overMPI,
             rankThreads: overMPI ? max(1, model.threads / MPIWorld.ranksOnThisHost) : nil,
             model: (try? ModelStore().resolve(model.model)).map { URL(fileURLWithPath: $0).lastPathComponent }) else { return nil }
-        return CostModel(hardware: hardware, calibration: calibration)
+        var priced = hardware
+        priced.kvCacheBytes = model.kvCache.bytesPerElement
+        return CostModel(hardware: priced, calibration: calibration)
     }
 }

@@ -64,6 +64,34 @@ struct KVCacheTypeTests {
         }
     }
 
+    /// A cache grown position by position (each growth copies every code and scale) attends
+    /// bitwise as one made large enough at once, for both types (2 layers, 3 KV heads of 64,
+    /// 9 query heads, 70 positions).
+    @Test(arguments: KVCacheType.allCases)
+    func grownCacheAttendsAsOneMadeAtOnce(_ type: KVCacheType) {
+        let (layers, kv, Q, H, n) = (2, 3, 64, 9, 70)
+        let grown = KVCache(type: type, layers: layers, kvHeads: kv, headDimension: Q, limit: 128)
+        let atOnce = KVCache(type: type, layers: layers, kvHeads: kv, headDimension: Q, limit: 128)
+        atOnce.reserve(n)
+        var x = (0..<(2 * kv * Q)).map { Float(($0 * 37) % 101) / 50 - 1 }
+        for p in 0..<n {
+            grown.reserve(p + 1)
+            for i in x.indices { x[i] = x[i] * 0.9 + Float((p * 13 + i) % 7) / 10 }
+            for l in 0..<layers {
+                for c in [grown, atOnce] { c.write(layer: l, position: p, count: kv, keys: x, values: Array(x[(kv * Q)...])) }
+            }
+        }
+        #expect(grown.capacity != atOnce.capacity, "the two caches are laid out alike")   // grown: 16, 32, 48, 64, 80
+        let q = (0..<(H * Q)).map { Float(($0 * 11) % 17) / 17 - 0.5 }
+        var scratch = [Float](repeating: 0, count: n * H / kv)
+        for l in 0..<layers {
+            var a = [Float](repeating: 0, count: H * Q), b = a
+            grown.attend(q, heads: H, kvHeads: kv, layer: l, firstHead: 0, first: 0, count: n, scale: 0.125, scratch: &scratch, out: &a, cold: 1)
+            atOnce.attend(q, heads: H, kvHeads: kv, layer: l, firstHead: 0, first: 0, count: n, scale: 0.125, scratch: &scratch, out: &b, cold: 1)
+            #expect(a == b, "layer \(l)")
+        }
+    }
+
     /// Heads that are not a multiple of 32 wide cannot be cached as q8: a typed error.
     @Test func q8NeedsHeadsOfMultiplesOf32() {
         let config = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)   // heads of 8

@@ -383,7 +383,7 @@ struct KernelTests {
     func kvQ8RowsQuantizeAsQ8_0(_ n: Int) {
         var r = Rng(s: 3)
         var x = (0..<n).map { _ in r.next() * 4 }
-        for i in 0..<min(32, n) { x[i] = 0 }   // an all-zero block
+        if n >= 64 { for i in 32..<64 { x[i] = 0 } }   // an all-zero block
         var codes = [Int8](repeating: 0, count: n), scales = [Float](repeating: -1, count: n / 32)
         mi_f32_to_kv_q8(x, &codes, &scales, Int32(n))
         for b in 0..<(n / 32) {
@@ -399,10 +399,11 @@ struct KernelTests {
 
     /// Softmax attention of one row over an 8-bit cache against the definition in double
     /// precision over the cache's dequantized values (code × its block's scale): the shapes of
-    /// the f16 test whose heads are a multiple of 32, within 1e-5; position-major and head-major
+    /// the f16 test whose heads are a multiple of 32 and heads of 288 (the scalar path), within
+    /// 1e-5; position-major and head-major
     /// caches, prompt and decode (`cold`) rows give the same bits.
     @Test(arguments: [(9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
-                     (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33)])
+                     (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33), (2, 1, 288, 9)])
     func attentionRowQ8MatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
         var r = Rng(s: 13)
