@@ -53,6 +53,14 @@ ALWAYS_INLINE void prefetch_row(const int q8, const uint8_t *row, const float *s
     if (q8 && ((uintptr_t)scales & 63) < (uintptr_t)(NQ / 2) * 4) _mm_prefetch((const char *)scales, _MM_HINT_T0);
 }
 
+/* Asks for the first AHEAD positions' keys of the KV head starting at element `head` of k. */
+ALWAYS_INLINE void prefetch_head(const int q8, const void *k, const float *ks, int64_t head, int64_t kvStride, int count, int NQ) {
+    for (int p = 0; p < AHEAD && p < count; p++) {
+        const int64_t at = head + p * kvStride;
+        prefetch_row(q8, (const uint8_t *)k + at * (q8 ? 1 : 2), q8 ? ks + at / 32 : NULL, NQ);
+    }
+}
+
 /* The sums of 16 vectors' elements, in order (out[p] = Σ a[p]): pairs of 128-bit lanes added
  * twice (16 vectors → 4, lane l of the i-th holding a partial sum of vector 4i + l), then
  * within lanes, then one permutation back to order. */
@@ -172,14 +180,10 @@ ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, in
             const uint8_t *kh = (const uint8_t *)k + head * esize, *vh = (const uint8_t *)v + head * esize;
             const float *ksh = q8 ? ks + head / 32 : NULL, *vsh = q8 ? vs + head / 32 : NULL;
             float *oh = out + h * Q;
-            if (cold && h == 0)
-                for (int p = 0; p < AHEAD && p < count; p++)
-                    prefetch_row(q8, kh + p * kvStride * esize, q8 ? ksh + p * kvStride / 32 : NULL, NQ);
-            if (cold && h + G < H && (h + G) / group != h / group) {
-                const int64_t next = ((h + G) / group) * headStride;
-                for (int p = 0; p < AHEAD && p < count; p++)
-                    prefetch_row(q8, (const uint8_t *)k + (next + p * kvStride) * esize, q8 ? ks + (next + p * kvStride) / 32 : NULL, NQ);
-            }
+            // A cold row asks for the first KV head's first keys, and the next KV head's before
+            // this one starts.
+            if (cold && h == 0) prefetch_head(q8, k, ks, head, kvStride, count, NQ);
+            if (cold && h + G < H && (h + G) / group != h / group) prefetch_head(q8, k, ks, ((h + G) / group) * headStride, kvStride, count, NQ);
 #define ATTEND(NQ_, G_) (cold ? attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, kvStride, count, scale, scratch, oh, 1) \
                               : attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, kvStride, count, scale, scratch, oh, 0))
             if (NQ == 4) { switch (G) { case 2: ATTEND(4, 2); break; case 3: ATTEND(4, 3); break; case 4: ATTEND(4, 4); break; default: ATTEND(4, 1); } }

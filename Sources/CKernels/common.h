@@ -80,7 +80,7 @@ ALWAYS_INLINE void prefetch_ahead(const uint8_t *p, int n) {
  *   next tile's bytes (the NR panels after these), spread evenly over every step of every
  *   pass, so memory streams the next tile all the while the passes compute. Asking only in
  *   the first pass left memory idle during the others (Q8_0 from memory, 8 rows, 576 x 1536:
- *   48-50 -> 37-39 us, 1536 x 576: 52-54 -> 40-45 us; 32 rows: 143-152 -> 124-126 us). */
+ *   48-50 -> 37-43 us, 1536 x 576: 52-54 -> 40-45 us; 32 rows: 143-152 -> 124-128 us). */
 ALWAYS_INLINE void ask_ahead(const uint8_t *tile, int NR, int64_t panel, int64_t step, int64_t steps, int pass, int passes) {
     if (passes == 1) {
         const int bytes = (int)(panel / steps);

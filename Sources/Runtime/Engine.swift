@@ -15,7 +15,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
 
     /// Checks that a model's heads can be cached as `type`.
     static func check(_ type: KVCacheType, _ config: ModelConfig) throws(EngineError) {
-        guard type == .f16 || config.headDimension % 32 == 0 else { throw .unsupportedKVCache(type, headDimension: config.headDimension) }
+        guard type.holds(headDimension: config.headDimension) else { throw .unsupportedKVCache(type, headDimension: config.headDimension) }
     }
 
     public var description: String {

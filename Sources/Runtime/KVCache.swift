@@ -10,6 +10,12 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 
     /// Bytes per cached key or value element.
     public var bytesPerElement: Double { self == .f16 ? 2 : 1 + 4.0 / 32 }
+
+    /// Bytes of `elements` cached elements (q8: codes, then a scale per 32).
+    public func bytes(elements: Int) -> Int { Int((Double(elements) * bytesPerElement).rounded(.up)) }
+
+    /// Whether heads `headDimension` wide can be cached this way (q8 scales runs of 32).
+    public func holds(headDimension: Int) -> Bool { self == .f16 || headDimension % 32 == 0 }
 }
 
 /// One device's slice of one sequence's key/value cache: per layer, this device's KV heads'
@@ -33,7 +39,7 @@ final class KVCache: @unchecked Sendable {
     var kvDimension: Int { kvHeads * headDimension }
 
     init(type: KVCacheType, layers: Int, kvHeads: Int, headDimension: Int, limit: Int) {
-        precondition(type == .f16 || headDimension % 32 == 0, "a q8 cache needs heads of a multiple of 32")
+        precondition(type.holds(headDimension: headDimension), "a \(type.rawValue) cache cannot hold heads of \(headDimension)")
         self.type = type
         self.layers = layers
         self.kvHeads = kvHeads
@@ -134,7 +140,7 @@ final class KVCache: @unchecked Sendable {
         // from 128 positions spends ~1.2 ms a step on copies and fresh pages, ~3%).
         let newCapacity = min(max(positions, capacity + max(16, capacity / 4)), max(limit, positions))
         let (oldStorage, oldCapacity) = (storage, capacity)
-        let bytes = Int((Double(elements(capacity: newCapacity)) * type.bytesPerElement).rounded(.up))
+        let bytes = type.bytes(elements: elements(capacity: newCapacity))
         let raw = (bytes >= 2 << 20 ? mi_huge_alloc(bytes) : nil) ?? malloc(max(bytes, 1))
         guard let raw else { fatalError("out of memory: a KV cache of \(bytes) bytes") }
         let n = elements(capacity: newCapacity)
@@ -161,5 +167,5 @@ final class KVCache: @unchecked Sendable {
         for (c, p) in last.values { c.reserve(p + 1) }
     }
 
-    var byteCount: Int { Int((Double(elements(capacity: capacity)) * type.bytesPerElement).rounded(.up)) }
+    var byteCount: Int { type.bytes(elements: elements(capacity: capacity)) }
 }

@@ -132,7 +132,7 @@ struct Bench: ParsableCommand {
             }
             // The cost model's prediction for the same run, from `meshinfer calibrate`'s numbers.
             var predictedText = ""
-            if let predicted = try predictedRate(session: session, run: run, format: format, threads: t) {
+            if let predicted = try predictedRate(session: session, run: run, model: modelOptions) {
                 row["predicted_tokens_per_s"] = rounded(predicted, 2)
                 row["predicted_error"] = rounded(predicted / median - 1, 4)
                 predictedText = String(format: "  predicted %.2f tok/s (%+.0f%%)", predicted, (predicted / median - 1) * 100)
@@ -153,24 +153,15 @@ struct Bench: ParsableCommand {
         return rows
     }
 
-    /// Tokens/s the cost model predicts for a run, if this host has been calibrated.
-    func predictedRate(session: Session, run: BenchRun, format: WeightFormat, threads t: Int) throws -> Double? {
-        guard let host = loadHostCalibration() else { return nil }
+    /// Tokens/s the cost model predicts for a run, if this host has been calibrated (the
+    /// session's own host cost model: its weights, threads, transport and KV cache type).
+    func predictedRate(session: Session, run: BenchRun, model: ModelOptions) throws -> Double? {
         let mesh = session.meshEngine.mesh
-        let precision = WeightPrecision(format)
+        guard let costModel = Session.hostCostModel(meshOptions, model: model, mesh: mesh) else { return nil }
         let layout = run.kind == "pp" ? session.meshEngine.prefill : session.meshEngine.decode
-        // The whole-pass efficiencies measured on this model file, if `calibrate` found it.
-        let file = (try? ModelStore().resolve(model)).map { URL(fileURLWithPath: $0).lastPathComponent }
-        // Over MPI one device per rank, each with this host's threads shared by its ranks (nil
-        // until `calibrate --transport mpi` has run).
-        let overMPI = session.meshEngine is ProcessMeshEngine
-        guard var (hardware, calibration) = host.device(weights: precision, devices: mesh.deviceCount, threads: t, overMPI: overMPI,
-                                                        rankThreads: overMPI ? max(1, t / MPIWorld.ranksOnThisHost) : nil,
-                                                        model: file) else { return nil }
-        hardware.kvCacheBytes = kvCache.bytesPerElement
-        return try predictedRunRate(hardware: hardware, calibration: calibration, config: session.engine.config, mesh: mesh,
-                                    layout: layout, precision: precision, test: run.kind, tokens: run.tokens, batch: run.batch,
-                                    depth: run.depth)
+        return try predictedRunRate(hardware: costModel.hardware, calibration: costModel.calibration, config: session.engine.config,
+                                    mesh: mesh, layout: layout, precision: WeightPrecision(model.weights), test: run.kind,
+                                    tokens: run.tokens, batch: run.batch, depth: run.depth)
     }
 }
 
@@ -221,8 +212,7 @@ struct BenchRun {
         for pass in passes {
             for l in 0..<config.layers { positions += pass.upperBound - config.firstAttended(layer: l, position: pass.lowerBound) }
         }
-        let perPosition = Double(2 * config.kvHeads * config.headDimension) * kvCache.bytesPerElement
-        return Double(positions) * perPosition * Double(batch) / Double(passes.count)
+        return Double(kvCache.bytes(elements: positions * 2 * config.kvHeads * config.headDimension)) * Double(batch) / Double(passes.count)
     }
 }
 

@@ -243,7 +243,8 @@ extension Session {
     }
 
     /// This host's hardware and calibration for the run's weights and threads (for MPI its MPI
-    /// measurements), or nil when `meshinfer calibrate` has not run.
+    /// measurements; the model file's whole-pass efficiencies when `calibrate` measured it), its
+    /// KV bytes priced in the run's cache type, or nil when `meshinfer calibrate` has not run.
     static func hostCostModel(_ options: MeshOptions, model: ModelOptions, mesh: Mesh) -> CostModel? {
         let overMPI = options.transport == .mpi
         // Threads per device as the engines split them: in-process over the mesh, MPI per host.

@@ -99,7 +99,7 @@ struct Serve: ParsableCommand {
             let config = session.engine.config
             let context = min(contextFlag ?? min(config.contextLength, 4096), config.contextLength)
             // Keys and values of every layer, in the cache's type (f16: 2 bytes, q8: 1.125).
-            let perPosition = Int((Double(2 * config.layers * config.kvHeads * config.headDimension) * modelOptions.kvCache.bytesPerElement).rounded(.up))
+            let perPosition = modelOptions.kvCache.bytes(elements: 2 * config.layers * config.kvHeads * config.headDimension)
             let devices = try Mesh(parsing: meshOptions.mesh).deviceCount
             let positions = kvMemory.map { $0 / perPosition * devices } ?? maxBatch * context
             let pricer = session.stepPricer(model: modelOptions, mesh: meshOptions)
