@@ -79,6 +79,10 @@ public struct Hardware: Sendable, Equatable {
     /// on device (§3.6). On this host they are real traffic — over a slow link a 262k-word
     /// vocabulary's logits are most of a decode step's bytes.
     public var pricesUnembedding = false
+    /// Whether a weight all-gather's shards are copied on the device's cores into the matrix
+    /// the matmul reads (this runtime, `DeviceProgram.weight`), not received in place. Priced
+    /// as memory traffic added to the gather; not for the paper's hardware.
+    public var copiesGatheredWeights = false
 
     public init(name: String, peakFLOPs: Double, memoryBytes: Double, memoryBandwidth: Double,
                 interconnectBandwidth: Double, torusLinks: Bool = false, activationBytes: Double = 2) {
@@ -299,6 +303,7 @@ public struct HostCalibration: Sendable, Codable, Equatable {
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
         h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) * coreShare }
         h.pricesUnembedding = true
+        h.copiesGatheredWeights = true
         if let rates = collectiveRates {
             h.collectiveRates = Dictionary(uniqueKeysWithValues: rates.compactMap { key, rate in
                 CollectiveKind(rawValue: key).map { ($0, rate) } })

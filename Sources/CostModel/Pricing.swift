@@ -200,6 +200,8 @@ struct PassTotals {
     /// Seconds of latency of collectives whose kind has a measured rate (hops × its latency).
     var measuredLatency = 0.0
     var bytes = 0.0
+    /// Bytes the device copies to assemble gathered weights (`copiesGatheredWeights`).
+    var gatherCopyBytes = 0.0
 
     init(_ tc: TracedConfiguration, hardware: Hardware) {
         let t = tc.trace
@@ -225,6 +227,19 @@ struct PassTotals {
                 }
             } else {
                 hops += collectiveHops
+            }
+            if isWeights && hardware.copiesGatheredWeights {
+                // §3.2.3's weight gathers on this host (WeightGather.swift): the own shard is
+                // copied out to send (read and written once), then the gathered shards into
+                // tiles and the tiles into the joined matrix (the whole matrix read and written
+                // twice), on the cores that multiply. A matrix's tiles (a few MB) are read back
+                // from cache right after they are written, so memory sees the shard's round
+                // trip, the gathered words read and the joined matrix written: priced at the
+                // device's streaming rate. (Measured in-process, SmolLM2 weight-gathered XYZ
+                // decode on 2 devices: 15.4 ms for 359 MB copied, 23 GB/s of copied bytes.)
+                let shard = Double(col.count) * tc.weights.bytes, matrix = shard * Double(col.groupSize)
+                gatherCopyBytes += 2 * shard + 4 * matrix
+                seconds += (2 * shard + 2 * matrix) / hardware.memoryBandwidth
             }
             bytes += b
             if isWeights { weightCommunication += seconds } else { activationCommunication += seconds }

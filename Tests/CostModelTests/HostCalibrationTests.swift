@@ -119,8 +119,9 @@ struct MeasuredCallPricingTests {
         measured.mpiCollectiveRates = Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map { ($0.rawValue, Self.rate) })
         fitted.mpiCollectiveRates = Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map {
             ($0.rawValue, CollectiveRate(latency: 50e-6, bandwidth: 0.5e9)) })
-        func decode(_ host: HostCalibration, _ ffn: FeedForwardLayout = .weightStationary1D) throws -> Prediction {
-            let (hardware, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
+        func decode(_ host: HostCalibration, _ ffn: FeedForwardLayout = .weightStationary1D, copies: Bool = true) throws -> Prediction {
+            var (hardware, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
+            hardware.copiesGatheredWeights = copies
             return try CostModel(hardware: hardware, calibration: calibration).predict(
                 model: DefaultLayoutTests.smol, mesh: Mesh(x: 2), layout: PhaseLayout(ffn, .shardedOverHeads),
                 phase: .decode, batch: 1, inputTokens: 1, generateTokens: 8, weights: .f32)
@@ -130,11 +131,15 @@ struct MeasuredCallPricingTests {
         #expect(m.computeSeconds == f.computeSeconds && m.memorySeconds == f.memorySeconds)
         #expect(m.communicationBytesPerChip == f.communicationBytesPerChip)
         // Weight-gathered decode: its weight all-gathers are priced from the calls back to back
-        // (here twice as slow), its activation collectives from the calls on their own.
+        // (here twice as slow), its activation collectives from the calls on their own; the
+        // copies that assemble the gathered matrix do not depend on the link.
         var slowStreams = measured
         slowStreams.mpiCollectiveRates?["all_gather"]?.backToBackSamples = Self.rate.samples!.map { .init(bytes: $0.bytes, seconds: 2 * $0.seconds) }
-        let plain = try decode(measured, .weightGatheredXYZ), slow = try decode(slowStreams, .weightGatheredXYZ)
+        let plain = try decode(measured, .weightGatheredXYZ, copies: false), slow = try decode(slowStreams, .weightGatheredXYZ, copies: false)
         #expect(slow.communicationSeconds > 1.8 * plain.communicationSeconds)
+        let copied = try decode(measured, .weightGatheredXYZ).communicationSeconds - plain.communicationSeconds
+        #expect(copied > 0)
+        #expect(abs(try decode(slowStreams, .weightGatheredXYZ).communicationSeconds - slow.communicationSeconds - copied) < 1e-9 * copied + 1e-12)
         #expect(try decode(slowStreams).communicationSeconds == m.communicationSeconds)   // no weight gathers in ws1d
     }
 }

@@ -1,6 +1,6 @@
 import Foundation
 import Collectives
-import CostModel
+@testable import CostModel
 import Partitioning
 @testable import Runtime
 import Tensors
@@ -54,6 +54,33 @@ struct TraceTests {
             #expect(profile.entries.values.allSatisfy { $0.seconds > 0 || $0.calls == 0 })
             #expect(profile.totalSeconds <= wall)
         }
+    }
+
+    /// A weight-gathered decode step (§3.2.3) on this host: the bytes the runtime copies to
+    /// assemble its gathered weights (`bench --profile`'s weight_gather class, counted from the
+    /// stored shards) are the bytes the cost model prices for them, from the trace.
+    @Test(arguments: ["2", "2x2"], [FeedForwardLayout.weightGatheredX, .weightGatheredXYZ])
+    func gatheredWeightCopiesArePricedAsExecuted(meshText: String, ffn: FeedForwardLayout) throws {
+        let config = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)
+        let mesh = try Mesh(parsing: meshText)
+        let layout = PhaseLayout(ffn, .shardedOverHeads)
+        let engine = try MeshEngine(source: RandomWeights(config: config, seed: 5), config: config, mesh: mesh,
+                                    prefill: layout, decode: layout, format: .int8, threads: 1)
+        let cache = engine.makeCache()
+        _ = try engine.forward([SequenceInput(cache: cache, tokens: [1, 2, 3])])
+        let profile = OpProfile()
+        engine.profile = profile
+        _ = try engine.forward([SequenceInput(cache: cache, tokens: [4])])
+        var host = Hardware(name: "cpu", peakFLOPs: 1e11, memoryBytes: 1e10, memoryBandwidth: 1e10, interconnectBandwidth: 1e9)
+        host.copiesGatheredWeights = true
+        let traced = try CostModel(hardware: host).trace(model: ModelSpec(config: config, nominalParameters: 1), mesh: mesh, layout: layout,
+                                                         phase: .decode, batch: 1, inputTokens: 1, generateTokens: 1, context: 3,
+                                                         weights: .int8Grouped)
+        let priced = PassTotals(traced, hardware: host).gatherCopyBytes
+        #expect(priced > 0)
+        #expect(profile.entries["weight_gather"]?.bytes == priced, "\(meshText) \(ffn)")
+        host.copiesGatheredWeights = false
+        #expect(PassTotals(traced, hardware: host).gatherCopyBytes == 0)
     }
 
     /// Trace == execution, device by device, for a prefill of B sequences of L tokens and the

@@ -7,13 +7,23 @@
 #   scripts/bench/hosts_grid.sh OUTDIR [BIN]
 #   env: HOSTS="2 4"  RATES="10gbit 1gbit 100mbit"  LAYOUTS="ws1d ws2d wg-xyz"  ATTENTION="heads batch"
 #        MODELS="smollm2-135m gemma3-270m"  BUDGET=20 (seconds: a run predicted longer is cut short)
+#        SLOW_WAIT=300 (seconds the whole grid may wait for the machine to come back to speed)
 #
 # Attention over heads runs 1 sequence; over the batch, one sequence per host (a batch smaller
 # than the devices it is split over is padding). A tg32 or pp128 run the calibration predicts
 # to take longer than BUDGET seconds is measured once — decode with the steps that fit in BUDGET
 # (at least 1), without a warm-up run — and marked so: weight-gathered decode at 100 Mbit/s moves
 # all weights per token. A run predicted at 1 s or more gets no warm-up run (its median of 3
-# leaves out a slow first run). The script prints the minutes it took.
+# leaves out a slow first run). The grid starts with a fresh `meshinfer calibrate` (this
+# machine's file). The script prints the minutes it took.
+#
+# This machine is shared and its speed drifts: the same 1-core run moves by up to 30–40% from
+# one minute to the next (steal time does not show it). So before every cell a canary — the same
+# one-host run each time (SmolLM2, 1 thread, pp64, median of 5, in the root namespace) — is
+# timed against the fastest canary so far; below 85% of it the grid waits 15 s and tries again
+# (SLOW_WAIT seconds in all), then measures anyway. Each row keeps the canaries before and after
+# its cell (`canary_before`, `canary_after`, as fractions of the fastest), so a cell measured
+# while the machine ran slow is marked as such (hosts_table.py) instead of counted silently.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:?usage: hosts_grid.sh OUTDIR [BIN]}"
@@ -23,10 +33,10 @@ ATTENTION="${ATTENTION:-heads batch}"; MODELS="${MODELS:-smollm2-135m gemma3-270
 mkdir -p "$OUT"
 trap 'scripts/hosts.sh down >/dev/null 2>&1 || true' EXIT
 start=$(date +%s)
-record() {   # model hosts rate layout attention batch test note predict-json bench-json
-    python3 - "$@" >> "$OUT/grid.jsonl" <<'EOF'
+record() {   # model hosts rate layout attention batch test note predict-json bench-json (and $before)
+    python3 - "$@" "$before" "$(canary)" >> "$OUT/grid.jsonl" <<'EOF'
 import json, sys
-model, hosts, rate, layout, attention, batch, test, note, predicted, measured = sys.argv[1:]
+model, hosts, rate, layout, attention, batch, test, note, predicted, measured, before, after = sys.argv[1:]
 p = json.loads(predicted)
 try:
     row = json.loads(measured)["results"][0]
@@ -37,18 +47,41 @@ per_run = p["latency_s"] * (1 if test.startswith("pp") else tokens / 32)
 out = {"model": model, "hosts": int(hosts), "rate": rate, "layout": layout, "attention": attention, "batch": int(batch),
        "test": test, "predict_tokens_per_s": int(batch) * tokens / per_run,
        "bench_predicted_tokens_per_s": row.get("predicted_tokens_per_s"), "measured_tokens_per_s": row.get("tokens_per_s_median"),
-       "note": note, "error": row.get("error")}
+       "note": note, "error": row.get("error"), "canary_before": float(before), "canary_after": float(after)}
 if out["measured_tokens_per_s"]:
     out["predicted_error"] = out["predict_tokens_per_s"] / out["measured_tokens_per_s"] - 1
 print(json.dumps(out))
-print(f"{model:13} {hosts} hosts {rate:8} {layout:6} {attention:5} {test:5} predicted {out['predict_tokens_per_s']:8.1f}  measured {out['measured_tokens_per_s'] or float('nan'):8.1f}  {100 * out.get('predicted_error', float('nan')):+5.0f}%  {note}", file=sys.stderr)
+print(f"{model:13} {hosts} hosts {rate:8} {layout:6} {attention:5} {test:5} predicted {out['predict_tokens_per_s']:8.1f}  measured {out['measured_tokens_per_s'] or float('nan'):8.1f}  {100 * out.get('predicted_error', float('nan')):+5.0f}%  canary {float(before):.2f}/{float(after):.2f}  {note}", file=sys.stderr)
 EOF
+}
+# The canary (see the top): prints its tokens/s as a fraction of the fastest so far.
+CANARY_FILE="$HOME/.cache/meshinfer/SmolLM2-135M-Instruct.Q4_1.gguf"
+waited=0; before=1
+echo 0 > "$OUT/canary-best"   # the fastest canary so far (a file: canary runs in subshells)
+canary() {
+    local rate best
+    rate=$("$BIN" bench --model "$CANARY_FILE" --weights native --threads 1 -p 64 -n 0 -r 5 --json 2>/dev/null \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["tokens_per_s_median"])' || echo 0)
+    best=$(python3 -c "print(max($(cat "$OUT/canary-best"), $rate))"); echo "$best" > "$OUT/canary-best"
+    python3 -c "print(round($rate / max($best, 1e-9), 3))"
+}
+# Before a cell: the canary, waiting (SLOW_WAIT seconds in all) while it is below 85% of the fastest.
+settle() {
+    before=$(canary)
+    while python3 -c "import sys; sys.exit(0 if $before < 0.85 else 1)" && [ "$waited" -lt "${SLOW_WAIT:-300}" ]; do
+        sleep 15; waited=$((waited + 15)); before=$(canary)
+    done
 }
 model_file() {
     local file="$HOME/.cache/meshinfer/$( [ "$1" = gemma3-270m ] && echo gemma-3-270m-q4_k_m.gguf || echo SmolLM2-135M-Instruct.Q4_1.gguf)"
     [ -f "$file" ] || { echo "hosts_grid.sh: $file is missing (meshinfer pull $1)" >&2; exit 1; }
     echo "$file"
 }
+# The machine's own measurements (`calibrate`: kernels, streaming, whole passes), the base of
+# every cluster file below, taken now and at speed: three canaries set the reference first.
+for _ in 1 2 3; do canary > /dev/null; done
+settle
+"$BIN" calibrate | tail -1
 # No partitioning: one host (1 core, in its namespace) and the whole machine as one process
 # (all cores); the first priced with a cluster file (one device of it), the second with the
 # machine's own calibration.
@@ -62,9 +95,11 @@ for model in $MODELS; do
         flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
         pargs=(--model "gguf:$file" --chips 1 --phase "$phase" --batch 1 --input-tokens "$([ "$test" = pp ] && echo 128 || echo 1)"
                --generate-tokens 32 --context 0 --ffn-layout ws1d --attention heads --weights native --json)
+        settle
         record "$model" 1 - none heads 1 "$test$tokens" "one host, 1 core" \
             "$("$BIN" predict --hardware cpu --transport mpi --calibration "$OUT/cal-2hosts-unshaped.json" "${pargs[@]}")" \
             "$(scripts/hosts.sh exec 1 "$BIN" bench --model "$file" --weights native --threads 1 "${flags[@]}" -r 3 --json)"
+        settle
         record "$model" 1 - none heads 1 "$test$tokens" "this machine, one process, $(nproc) threads" \
             "$("$BIN" predict --hardware cpu "${pargs[@]}")" \
             "$("$BIN" bench --model "$file" --weights native --threads "$(nproc)" "${flags[@]}" -r 3 --json)"
@@ -106,6 +141,7 @@ for h in $HOSTS; do
                         if [ "$reps" = 1 ] || python3 -c "import sys; sys.exit(0 if $seconds >= 1 else 1)"; then
                             flags+=(--no-warmup); [ "$reps" = 3 ] && note="no warm-up"
                         fi
+                        settle
                         measured=$(timeout 900 scripts/hosts.sh mpirun "$BIN" bench "${args[@]}" "${flags[@]}" -r "$reps" 2>"$OUT/last.err" | tail -1 || true)
                         record "$model" "$h" "$rate" "$layout" "$attention" "$batch" "$test$tokens" "$note" "$predicted" "$measured"
                     done

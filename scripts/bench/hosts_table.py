@@ -9,10 +9,16 @@ out = sys.argv[1]
 rows = [json.loads(l) for l in open(os.path.join(out, sys.argv[2] if len(sys.argv) > 2 else "grid.jsonl"))]
 
 
+def slow(r):
+    """Measured while the machine ran below 85% of its fastest canary (hosts_grid.sh), before or after."""
+    return min(r.get("canary_before", 1), r.get("canary_after", 1)) < 0.85
+
+
 def cell(r):
     if not r or r.get("measured_tokens_per_s") is None:
         return "—" if not r else f"failed: {str(r.get('error'))[:60]}"
     cut = "*" if r["note"].startswith("cut") else ""
+    cut += "†" if slow(r) else ""
     digits = 0 if r["predict_tokens_per_s"] >= 10 else 2
     return (f"{r['predict_tokens_per_s']:.{digits}f} / {r['measured_tokens_per_s']:.{digits}f}{cut} "
             f"({100 * r['predicted_error']:+.0f}%)")
@@ -42,6 +48,11 @@ print()
 print(f"Predicted / measured tokens/s (error). {len(errors)} cells measured ({len(failed)} failed): median |error| "
       f"{100 * statistics.median(errors):.0f}%, {sum(e <= 0.25 for e in errors)} within 25%, max {100 * max(errors):.0f}%. "
       "* = predicted to take over the budget per run: measured once, decode with the steps that fit in it.")
+steady = [abs(r["predicted_error"]) for r in rows if r.get("predicted_error") is not None and not slow(r)]
+if any("canary_before" in r for r in rows) and steady:
+    print(f"† = measured while the machine ran slow (a canary before or after the cell below 85% of the fastest). "
+          f"The other {len(steady)} cells: median |error| {100 * statistics.median(steady):.0f}%, "
+          f"{sum(e <= 0.25 for e in steady)} within 25%, max {100 * max(steady):.0f}%.")
 print()
 print("| model | cluster file | phase | recommended | predicted tok/s | the machine as one process |")
 print("|---|---|---|---|---|---|")

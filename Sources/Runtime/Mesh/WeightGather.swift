@@ -17,7 +17,11 @@ extension DeviceProgram {
         }
         let axes = use.gatheredOver
         if mesh.size(axes) == 1 { return shard }
-        return try timed("weight_gather", bytes: Double(shard.byteCount * mesh.size(axes) * 2)) { try gathered(shard, use, site) }
+        // Bytes copied here (the all-gather itself is timed as a collective): the own shard
+        // read and written into the words sent, then the gathered matrix read and written
+        // twice, into tiles and the tiles into the joined matrix.
+        let copied = 2 * shard.byteCount + 4 * shard.byteCount * mesh.size(axes)
+        return try timed("weight_gather", bytes: Double(copied)) { try gathered(shard, use, site) }
     }
 
     private func gathered(_ shard: LinearWeight, _ use: WeightUse, _ site: CollectiveSite) throws -> LinearWeight {
