@@ -232,11 +232,11 @@ struct PassTotals {
                 // §3.2.3's weight gathers on this host (WeightGather.swift): the own shard is
                 // copied out to send (read and written once), then the gathered shards into
                 // tiles and the tiles into the joined matrix (the whole matrix read and written
-                // twice), on the cores that multiply. A matrix's tiles (a few MB) are read back
-                // from cache right after they are written, so memory sees the shard's round
-                // trip, the gathered words read and the joined matrix written: priced at the
-                // device's streaming rate. (Measured in-process, SmolLM2 weight-gathered XYZ
-                // decode on 2 devices: 15.4 ms for 359 MB copied, 23 GB/s of copied bytes.)
+                // twice), on the cores that multiply. Which bytes reach memory depends on the
+                // caches: priced are the shard's round trip, the gathered words read and the
+                // joined matrix written, at the device's streaming rate, the tiles' round trip
+                // left to the cache — a rule chosen to match one measurement (in-process SmolLM2
+                // weight-gathered XYZ decode on 2 devices: 359 MB copied in 15.4 ms), not derived.
                 let shard = Double(col.count) * tc.weights.bytes, matrix = shard * Double(col.groupSize)
                 gatherCopyBytes += 2 * shard + 4 * matrix
                 seconds += (2 * shard + 2 * matrix) / hardware.memoryBandwidth

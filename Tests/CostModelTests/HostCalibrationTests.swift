@@ -120,7 +120,8 @@ struct MeasuredCallPricingTests {
         fitted.mpiCollectiveRates = Dictionary(uniqueKeysWithValues: CollectiveKind.allCases.map {
             ($0.rawValue, CollectiveRate(latency: 50e-6, bandwidth: 0.5e9)) })
         func decode(_ host: HostCalibration, _ ffn: FeedForwardLayout = .weightStationary1D, copies: Bool = true) throws -> Prediction {
-            var (hardware, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
+            let (cluster, calibration) = try #require(host.clusterHardware(weights: .f32, devices: 2))
+            var hardware = cluster
             hardware.copiesGatheredWeights = copies
             return try CostModel(hardware: hardware, calibration: calibration).predict(
                 model: DefaultLayoutTests.smol, mesh: Mesh(x: 2), layout: PhaseLayout(ffn, .shardedOverHeads),

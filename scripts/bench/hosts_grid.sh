@@ -21,9 +21,11 @@
 # one minute to the next (steal time does not show it). So before every cell a canary — the same
 # one-host run each time (SmolLM2, 1 thread, pp64, median of 5, in the root namespace) — is
 # timed against the fastest canary so far; below 85% of it the grid waits 15 s and tries again
-# (SLOW_WAIT seconds in all), then measures anyway. Each row keeps the canaries before and after
-# its cell (`canary_before`, `canary_after`, as fractions of the fastest), so a cell measured
-# while the machine ran slow is marked as such (hosts_table.py) instead of counted silently.
+# (SLOW_WAIT seconds in all, then no more waiting), then measures anyway. Each row keeps the
+# canaries before and after its cell (`canary_before`, `canary_after`: fractions of the fastest
+# so far; `canary_tokens_per_s`: both rates, to judge again against the whole run's fastest;
+# every canary in order in OUTDIR/canaries), so a cell measured while the machine ran slow is
+# marked as such (hosts_table.py) instead of counted silently.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${1:?usage: hosts_grid.sh OUTDIR [BIN]}"
@@ -34,9 +36,11 @@ mkdir -p "$OUT"
 trap 'scripts/hosts.sh down >/dev/null 2>&1 || true' EXIT
 start=$(date +%s)
 record() {   # model hosts rate layout attention batch test note predict-json bench-json (and $before)
-    python3 - "$@" "$before" "$(canary)" >> "$OUT/grid.jsonl" <<'EOF'
+    canary
+    python3 - "$@" "$before" "$(cat "$OUT/canary-last")" >> "$OUT/grid.jsonl" <<'EOF'
 import json, sys
 model, hosts, rate, layout, attention, batch, test, note, predicted, measured, before, after = sys.argv[1:]
+(before, before_rate), (after, after_rate) = (map(float, c.split()) for c in (before, after))
 p = json.loads(predicted)
 try:
     row = json.loads(measured)["results"][0]
@@ -47,39 +51,46 @@ per_run = p["latency_s"] * (1 if test.startswith("pp") else tokens / 32)
 out = {"model": model, "hosts": int(hosts), "rate": rate, "layout": layout, "attention": attention, "batch": int(batch),
        "test": test, "predict_tokens_per_s": int(batch) * tokens / per_run,
        "bench_predicted_tokens_per_s": row.get("predicted_tokens_per_s"), "measured_tokens_per_s": row.get("tokens_per_s_median"),
-       "note": note, "error": row.get("error"), "canary_before": float(before), "canary_after": float(after)}
+       "note": note, "error": row.get("error"), "canary_before": before, "canary_after": after,
+       "canary_tokens_per_s": [before_rate, after_rate]}
 if out["measured_tokens_per_s"]:
     out["predicted_error"] = out["predict_tokens_per_s"] / out["measured_tokens_per_s"] - 1
 print(json.dumps(out))
-print(f"{model:13} {hosts} hosts {rate:8} {layout:6} {attention:5} {test:5} predicted {out['predict_tokens_per_s']:8.1f}  measured {out['measured_tokens_per_s'] or float('nan'):8.1f}  {100 * out.get('predicted_error', float('nan')):+5.0f}%  canary {float(before):.2f}/{float(after):.2f}  {note}", file=sys.stderr)
+print(f"{model:13} {hosts} hosts {rate:8} {layout:6} {attention:5} {test:5} predicted {out['predict_tokens_per_s']:8.1f}  measured {out['measured_tokens_per_s'] or float('nan'):8.1f}  {100 * out.get('predicted_error', float('nan')):+5.0f}%  canary {before:.2f}/{after:.2f}  {note}", file=sys.stderr)
 EOF
-}
-# The canary (see the top): prints its tokens/s as a fraction of the fastest so far.
-CANARY_FILE="$HOME/.cache/meshinfer/SmolLM2-135M-Instruct.Q4_1.gguf"
-waited=0; before=1
-echo 0 > "$OUT/canary-best"   # the fastest canary so far (a file: canary runs in subshells)
-canary() {
-    local rate best
-    rate=$("$BIN" bench --model "$CANARY_FILE" --weights native --threads 1 -p 64 -n 0 -r 5 --json 2>/dev/null \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["results"][0]["tokens_per_s_median"])' || echo 0)
-    best=$(python3 -c "print(max($(cat "$OUT/canary-best"), $rate))"); echo "$best" > "$OUT/canary-best"
-    python3 -c "print(round($rate / max($best, 1e-9), 3))"
-}
-# Before a cell: the canary, waiting (SLOW_WAIT seconds in all) while it is below 85% of the fastest.
-settle() {
-    before=$(canary)
-    while python3 -c "import sys; sys.exit(0 if $before < 0.85 else 1)" && [ "$waited" -lt "${SLOW_WAIT:-300}" ]; do
-        sleep 15; waited=$((waited + 15)); before=$(canary)
-    done
 }
 model_file() {
     local file="$HOME/.cache/meshinfer/$( [ "$1" = gemma3-270m ] && echo gemma-3-270m-q4_k_m.gguf || echo SmolLM2-135M-Instruct.Q4_1.gguf)"
     [ -f "$file" ] || { echo "hosts_grid.sh: $file is missing (meshinfer pull $1)" >&2; exit 1; }
     echo "$file"
 }
+# The canary (see the top): one run, its tokens/s appended to $OUT/canaries (0 if it failed),
+# and $OUT/canary-last: that run as a fraction of the fastest so far, and its tokens/s. A cell's
+# canary after it is the next cell's before.
+CANARY_FILE=$(model_file smollm2-135m)
+: > "$OUT/canaries"; rm -f "$OUT/canary-last"; waited=0
+canary() {
+    { "$BIN" bench --model "$CANARY_FILE" --weights native --threads 1 -p 64 -n 0 -r 5 --json 2>/dev/null || true; } \
+        | python3 -c '
+import json, sys
+try: print(json.load(sys.stdin)["results"][0]["tokens_per_s_median"])
+except Exception: print(0)' >> "$OUT/canaries"
+    python3 -c "
+r = [float(l) for l in open('$OUT/canaries') if l.strip()]
+print(round(r[-1] / max(max(r), 1e-9), 3), r[-1])" > "$OUT/canary-last"
+}
+# Before a cell: the last canary, waiting (SLOW_WAIT seconds in all) while it is below 85% of the fastest.
+settle() {
+    [ -s "$OUT/canary-last" ] || canary
+    while python3 -c "import sys; sys.exit(0 if $(cut -d' ' -f1 "$OUT/canary-last") < 0.85 else 1)" \
+          && [ "$waited" -lt "${SLOW_WAIT:-300}" ]; do
+        sleep 15; waited=$((waited + 15)); canary
+    done
+    before=$(cat "$OUT/canary-last")
+}
 # The machine's own measurements (`calibrate`: kernels, streaming, whole passes), the base of
 # every cluster file below, taken now and at speed: three canaries set the reference first.
-for _ in 1 2 3; do canary > /dev/null; done
+for _ in 1 2 3; do canary; done
 settle
 "$BIN" calibrate | tail -1
 # No partitioning: one host (1 core, in its namespace) and the whole machine as one process
