@@ -32,6 +32,8 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Skip the untimed warm-up run before the timed ones (like llama-bench --no-warmup): for runs that take minutes.")
     var noWarmup = false
+    @Flag(help: "Skip the streaming measurement (the roofline columns): about a second per launch, for scripts that launch many runs.")
+    var noRoofline = false
     @OptionGroup var meshOptions: MeshOptions
 
     func run() throws {
@@ -81,7 +83,7 @@ struct Bench: ParsableCommand {
         var rng = SplitMix64(seed: 1)
         let randomTokens = { (n: Int) in (0..<n).map { _ in Int(rng.next() % UInt64(config.vocabularySize)) } }
         // An in-process mesh runs at least one thread per device.
-        let streamRate = roofline.bytesPerSecond(threads: runner is MeshEngine ? max(t, runner.mesh.deviceCount) : t)
+        let streamRate = noRoofline ? nil : roofline.bytesPerSecond(threads: runner is MeshEngine ? max(t, runner.mesh.deviceCount) : t)
         let weightBytes = Double(try runner.weightsByDevice().reduce(0) { $0 + $1.weightBytes })   // every device's shards
         var rows: [[String: Any]] = []
         for test in [("pp", promptTokens), ("tg", genTokens)] where test.1 > 0 {
@@ -116,8 +118,13 @@ struct Bench: ParsableCommand {
                 "tokens_per_s_max": rounded(rates.last!, 2), "repetitions": repetitions,
                 "weight_bytes": Int(weightBytes), "kv_bytes_per_pass": Int(kvBytes),
                 "gb_per_s": rounded(gbps, 2), "gflop_per_s": rounded(flopsPerToken * median / 1e9, 2),
-                "roofline_gb_per_s": rounded(streamRate / 1e9, 2), "roofline_percent": rounded(gbps * 1e9 / streamRate * 100, 1),
             ]
+            var rooflineText = ""
+            if let streamRate {
+                row["roofline_gb_per_s"] = rounded(streamRate / 1e9, 2)
+                row["roofline_percent"] = rounded(gbps * 1e9 / streamRate * 100, 1)
+                rooflineText = String(format: " (%.0f%% of %.1f)", gbps * 1e9 / streamRate * 100, streamRate / 1e9)
+            }
             var meshText = ""
             if !commShare.isEmpty {
                 let share = commShare[commShare.count / 2]
@@ -144,9 +151,9 @@ struct Bench: ParsableCommand {
             }
             rows.append(row)
             if !json {
-                print(String(format: "%-12@ %-7@ threads %2d batch %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s (%.0f%% of %.1f)  %7.2f GFLOP/s%@%@",
-                             run.name, kvCache == .f16 ? format.rawValue : "\(format.rawValue)/kv-\(kvCache.rawValue)", t, batch, median, rates.first!, rates.last!, gbps, gbps * 1e9 / streamRate * 100,
-                             streamRate / 1e9, flopsPerToken * median / 1e9, meshText, predictedText))
+                print(String(format: "%-12@ %-7@ threads %2d batch %2d  %8.2f tok/s (min %.2f, max %.2f)  %6.2f GB/s%@  %7.2f GFLOP/s%@%@",
+                             run.name, kvCache == .f16 ? format.rawValue : "\(format.rawValue)/kv-\(kvCache.rawValue)", t, batch, median, rates.first!, rates.last!, gbps,
+                             rooflineText, flopsPerToken * median / 1e9, meshText, predictedText))
                 if profile { print(profiled.table(perPass: perPass, streamRate: streamRate, per: test.0 == "tg" ? "decode step" : "prefill pass")) }
             }
         }
@@ -239,21 +246,23 @@ struct ProfileTotals {
         return classes + [(op: "other", seconds: max(0, wallSeconds - timed) / Double(n), bytes: 0)]
     }
 
-    func json(perPass n: Int, streamRate: Double) -> [String: Any] {
+    func json(perPass n: Int, streamRate: Double?) -> [String: Any] {
         var out: [String: Any] = [:]
         for c in perPass(n) {
-            out[c.op] = ["seconds": rounded(c.seconds, 7), "bytes": Int(c.bytes), "roofline_seconds": rounded(c.bytes / streamRate, 7)]
+            var entry: [String: Any] = ["seconds": rounded(c.seconds, 7), "bytes": Int(c.bytes)]
+            if let streamRate { entry["roofline_seconds"] = rounded(c.bytes / streamRate, 7) }
+            out[c.op] = entry
         }
         return out
     }
 
-    func table(perPass n: Int, streamRate: Double, per: String) -> String {
+    func table(perPass n: Int, streamRate: Double?, per: String) -> String {
         let classes = perPass(n)
         let total = wallSeconds / Double(n)
         var lines = [String(format: "  profile of one %@ (%.3f ms):  %-34@ %9@ %6@ %10@ %12@", per, total * 1e3, "op class", "ms", "share", "MB", "roofline ms")]
         for c in classes {
             lines.append(String(format: "  %@  %-34@ %9.3f %5.1f%% %10.3f %12.3f", String(repeating: " ", count: 25), c.op, c.seconds * 1e3,
-                                c.seconds / total * 100, c.bytes / 1e6, c.bytes / streamRate * 1e3))
+                                c.seconds / total * 100, c.bytes / 1e6, c.bytes / (streamRate ?? .nan) * 1e3))
         }
         return lines.joined(separator: "\n")
     }

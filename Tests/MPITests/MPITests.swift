@@ -138,7 +138,7 @@ extension MPITests {
     }
 
     /// `bench --transport mpi` runs on the ranks and reports the mesh's step split into compute
-    /// and communication.
+    /// and communication, and the roofline unless `--no-roofline`.
     @Test func benchRunsOverMPI() throws {
         let r = try MPI.mpirun(2, ["bench", "--transport", "mpi", "--mesh", "2", "--weights", "f32", "--batch", "2",
                                    "-p", "16", "-n", "4", "-r", "1", "--json"])
@@ -149,7 +149,16 @@ extension MPITests {
             #expect(row["mesh"] as? String == "2x1x1")
             #expect((row["tokens_per_s_median"] as? Double ?? 0) > 0)
             #expect((row["communication_s"] as? Double ?? 0) > 0)
+            #expect((row["roofline_gb_per_s"] as? Double ?? 0) > 0)
         }
+        // --no-roofline leaves the streaming measurement (and its columns) out, nothing else.
+        let quick = try MPI.mpirun(2, ["bench", "--transport", "mpi", "--mesh", "2", "--weights", "f32",
+                                       "-p", "0", "-n", "2", "-r", "1", "--no-warmup", "--no-roofline", "--json"])
+        #expect(quick.status == 0, "\(quick.stderr)")
+        let row = try #require((quick.json.first?["results"] as? [[String: Any]])?.first)
+        #expect(row["test"] as? String == "tg2")
+        #expect((row["tokens_per_s_median"] as? Double ?? 0) > 0)
+        #expect(row["roofline_gb_per_s"] == nil && row["roofline_percent"] == nil)
     }
 }
 

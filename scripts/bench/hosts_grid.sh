@@ -10,7 +10,8 @@
 #        SLOW_WAIT=300 (seconds the whole grid may wait for the machine to come back to speed)
 #
 # Attention over heads runs 1 sequence; over the batch, one sequence per host (a batch smaller
-# than the devices it is split over is padding). A tg32 or pp128 run the calibration predicts
+# than the devices it is split over is padding). pp128 and tg32 of a layout run in one launch
+# (`bench -p 128 -n 32`, without the roofline measurement). A tg32 or pp128 run the calibration predicts
 # to take longer than BUDGET seconds is measured once — decode with the steps that fit in BUDGET
 # (at least 1), without a warm-up run — and marked so: weight-gathered decode at 100 Mbit/s moves
 # all weights per token. A run predicted at 1 s or more gets no warm-up run (its median of 3
@@ -18,7 +19,7 @@
 # machine's file). The script prints the minutes it took.
 #
 # This machine is shared and its speed drifts: the same 1-core run moves by up to 30–40% from
-# one minute to the next (steal time does not show it). So before every cell a canary — the same
+# one minute to the next (steal time does not show it). So before every launch a canary — the same
 # one-host run each time (SmolLM2, 1 thread, pp64, median of 5, in the root namespace) — is
 # timed against the fastest canary so far; below 85% of it the grid waits 15 s and tries again
 # (SLOW_WAIT seconds in all, then no more waiting), then measures anyway. Each row keeps the
@@ -35,17 +36,19 @@ ATTENTION="${ATTENTION:-heads batch}"; MODELS="${MODELS:-smollm2-135m gemma3-270
 mkdir -p "$OUT"
 trap 'scripts/hosts.sh down >/dev/null 2>&1 || true' EXIT
 start=$(date +%s)
-record() {   # model hosts rate layout attention batch test note predict-json bench-json (and $before)
-    canary
+# One cell's row, after its run and the canary after it: the prediction's JSON, the run's JSON and
+# which of its rows (pp first, then tg, when one run measured both).
+record() {   # model hosts rate layout attention batch test note predict-json bench-json row-index (and $before)
     python3 - "$@" "$before" "$(cat "$OUT/canary-last")" >> "$OUT/grid.jsonl" <<'EOF'
 import json, sys
-model, hosts, rate, layout, attention, batch, test, note, predicted, measured, before, after = sys.argv[1:]
+model, hosts, rate, layout, attention, batch, test, note, predicted, measured, index, before, after = sys.argv[1:]
 (before, before_rate), (after, after_rate) = (map(float, c.split()) for c in (before, after))
 p = json.loads(predicted)
 try:
-    row = json.loads(measured)["results"][0]
-except Exception:
-    row = {"error": measured[-300:]}
+    row = json.loads(measured)["results"][int(index)]
+    assert row["test"] == test, f"row {index} is {row['test']}, not {test}"
+except Exception as e:
+    row = {"error": f"{e}: {measured[-300:]}"}
 tokens = int(test[2:])
 per_run = p["latency_s"] * (1 if test.startswith("pp") else tokens / 32)
 out = {"model": model, "hosts": int(hosts), "rate": rate, "layout": layout, "attention": attention, "batch": int(batch),
@@ -70,7 +73,7 @@ model_file() {
 CANARY_FILE=$(model_file smollm2-135m)
 : > "$OUT/canaries"; rm -f "$OUT/canary-last"; waited=0
 canary() {
-    { "$BIN" bench --model "$CANARY_FILE" --weights native --threads 1 -p 64 -n 0 -r 5 --json 2>/dev/null || true; } \
+    { "$BIN" bench --model "$CANARY_FILE" --weights native --threads 1 -p 64 -n 0 -r 5 --no-roofline --json 2>/dev/null || true; } \
         | python3 -c '
 import json, sys
 try: print(json.load(sys.stdin)["results"][0]["tokens_per_s_median"])
@@ -79,7 +82,8 @@ except Exception: print(0)' >> "$OUT/canaries"
 r = [float(l) for l in open('$OUT/canaries') if l.strip()]
 print(round(r[-1] / max(max(r), 1e-9), 3), r[-1])" > "$OUT/canary-last"
 }
-# Before a cell: the last canary, waiting (SLOW_WAIT seconds in all) while it is below 85% of the fastest.
+over() { python3 -c "import sys; sys.exit(0 if $1 > $2 else 1)"; }   # over A B: A > B (decimals)
+# Before a launch: the last canary, waiting (SLOW_WAIT seconds in all) while it is below 85% of the fastest.
 settle() {
     [ -s "$OUT/canary-last" ] || canary
     while python3 -c "import sys; sys.exit(0 if $(cut -d' ' -f1 "$OUT/canary-last") < 0.85 else 1)" \
@@ -101,20 +105,20 @@ scripts/hosts.sh up 2 >/dev/null
 scripts/hosts.sh mpirun "$BIN" calibrate --transport mpi --threads 1 --output "$OUT/cal-2hosts-unshaped.json" | tail -1
 for model in $MODELS; do
     file=$(model_file "$model")
-    for test in pp tg; do
-        tokens=$([ "$test" = pp ] && echo 128 || echo 32); phase=$([ "$test" = pp ] && echo prefill || echo decode)
-        flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
-        pargs=(--model "gguf:$file" --chips 1 --phase "$phase" --batch 1 --input-tokens "$([ "$test" = pp ] && echo 128 || echo 1)"
-               --generate-tokens 32 --context 0 --ffn-layout ws1d --attention heads --weights native --json)
-        settle
-        record "$model" 1 - none heads 1 "$test$tokens" "one host, 1 core" \
-            "$("$BIN" predict --hardware cpu --transport mpi --calibration "$OUT/cal-2hosts-unshaped.json" "${pargs[@]}")" \
-            "$(scripts/hosts.sh exec 1 "$BIN" bench --model "$file" --weights native --threads 1 "${flags[@]}" -r 3 --json)"
-        settle
-        record "$model" 1 - none heads 1 "$test$tokens" "this machine, one process, $(nproc) threads" \
-            "$("$BIN" predict --hardware cpu "${pargs[@]}")" \
-            "$("$BIN" bench --model "$file" --weights native --threads "$(nproc)" "${flags[@]}" -r 3 --json)"
-    done
+    pargs=(--model "gguf:$file" --chips 1 --batch 1 --generate-tokens 32 --context 0 --ffn-layout ws1d --attention heads --weights native --json)
+    pp=(--phase prefill --input-tokens 128); tg=(--phase decode --input-tokens 1)
+    note="one host, 1 core"; cal=(--transport mpi --calibration "$OUT/cal-2hosts-unshaped.json")
+    settle
+    measured=$(scripts/hosts.sh exec 1 "$BIN" bench --model "$file" --weights native --threads 1 -p 128 -n 32 -r 3 --no-roofline --json)
+    canary
+    record "$model" 1 - none heads 1 pp128 "$note" "$("$BIN" predict --hardware cpu "${cal[@]}" "${pargs[@]}" "${pp[@]}")" "$measured" 0
+    record "$model" 1 - none heads 1 tg32 "$note" "$("$BIN" predict --hardware cpu "${cal[@]}" "${pargs[@]}" "${tg[@]}")" "$measured" 1
+    note="this machine, one process, $(nproc) threads"
+    settle
+    measured=$("$BIN" bench --model "$file" --weights native --threads "$(nproc)" -p 128 -n 32 -r 3 --no-roofline --json)
+    canary
+    record "$model" 1 - none heads 1 pp128 "$note" "$("$BIN" predict --hardware cpu "${pargs[@]}" "${pp[@]}")" "$measured" 0
+    record "$model" 1 - none heads 1 tg32 "$note" "$("$BIN" predict --hardware cpu "${pargs[@]}" "${tg[@]}")" "$measured" 1
 done
 for h in $HOSTS; do
     mesh=$([ "$h" = 4 ] && echo 2x2 || echo "$h")
@@ -130,31 +134,47 @@ for h in $HOSTS; do
                 for attention in $ATTENTION; do
                     batch=$([ "$attention" = batch ] && echo "$h" || echo 1)
                     args=(--model "$file" --weights native --threads 1 --batch "$batch" --transport mpi --mesh "$mesh"
-                          --prefill-layout "$layout" --decode-layout "$layout" --attention "$attention" --calibration "$cal" --json)
+                          --prefill-layout "$layout" --decode-layout "$layout" --attention "$attention" --calibration "$cal"
+                          --no-roofline --json)
+                    # Both tests' predictions first: a pair where neither is cut runs as one launch.
+                    declare -A predicted=() seconds=()
                     for test in pp tg; do
-                        tokens=$([ "$test" = pp ] && echo 128 || echo 32); reps=3
-                        phase=$([ "$test" = pp ] && echo prefill || echo decode)
-                        predicted=$("$BIN" predict --hardware cpu --transport mpi --calibration "$cal" --model "gguf:$file" \
-                            --chips "$h" --topology "$([ "$h" = 4 ] && echo 2x2x1 || echo 2x1x1)" --phase "$phase" --batch "$batch" \
+                        predicted[$test]=$("$BIN" predict --hardware cpu --transport mpi --calibration "$cal" --model "gguf:$file" \
+                            --chips "$h" --topology "$([ "$h" = 4 ] && echo 2x2x1 || echo 2x1x1)" \
+                            --phase "$([ "$test" = pp ] && echo prefill || echo decode)" --batch "$batch" \
                             --input-tokens "$([ "$test" = pp ] && echo 128 || echo 1)" --generate-tokens 32 --context 0 \
                             --ffn-layout "$layout" --attention "$attention" --weights native --json)
-                        seconds=$(echo "$predicted" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_s"])')
-                        note=""
-                        if python3 -c "import sys; sys.exit(0 if $seconds > $BUDGET else 1)"; then
-                            # As many decode steps as fit in the budget (at least 1), measured once.
-                            if [ "$test" = tg ]; then tokens=$(python3 -c "print(max(1, int($BUDGET / ($seconds / 32))))"); fi
-                            reps=1; note="cut: predicted $(printf %.0f "$seconds") s per run"
+                        seconds[$test]=$(echo "${predicted[$test]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["latency_s"])')
+                    done
+                    if ! over "${seconds[pp]}" "$BUDGET" && ! over "${seconds[tg]}" "$BUDGET"; then
+                        # One launch measures both (pp128 first): medians of 3, warmed up unless
+                        # either run is predicted at a second or more (its median of 3 leaves out
+                        # a slow first run; warm-ups of long runs took 7 of an early grid's 48 minutes).
+                        flags=(-p 128 -n 32 -r 3); note=""
+                        if over "${seconds[pp]}" 0.999 || over "${seconds[tg]}" 0.999; then flags+=(--no-warmup); note="no warm-up"; fi
+                        settle
+                        measured=$(timeout 900 scripts/hosts.sh mpirun "$BIN" bench "${args[@]}" "${flags[@]}" 2>"$OUT/last.err" | tail -1 || true)
+                        canary
+                        record "$model" "$h" "$rate" "$layout" "$attention" "$batch" pp128 "$note" "${predicted[pp]}" "$measured" 0
+                        record "$model" "$h" "$rate" "$layout" "$attention" "$batch" tg32 "$note" "${predicted[tg]}" "$measured" 1
+                        continue
+                    fi
+                    # A test predicted beyond the budget is measured once, without a warm-up, decode
+                    # with the steps that fit in the budget (at least 1); each test its own launch.
+                    for test in pp tg; do
+                        tokens=$([ "$test" = pp ] && echo 128 || echo 32); reps=3; note=""
+                        if over "${seconds[$test]}" "$BUDGET"; then
+                            if [ "$test" = tg ]; then tokens=$(python3 -c "print(max(1, int($BUDGET / (${seconds[tg]} / 32))))"); fi
+                            reps=1; note="cut: predicted $(printf %.0f "${seconds[$test]}") s per run"
                         fi
                         flags=(-p 0 -n "$tokens"); [ "$test" = pp ] && flags=(-p "$tokens" -n 0)
-                        # A run predicted at a second or more is not warmed up first: the median of
-                        # its 3 runs leaves out a slow first one, and those warm-up runs took 7 of
-                        # the grid's 48 minutes.
-                        if [ "$reps" = 1 ] || python3 -c "import sys; sys.exit(0 if $seconds >= 1 else 1)"; then
+                        if [ "$reps" = 1 ] || over "${seconds[$test]}" 0.999; then
                             flags+=(--no-warmup); [ "$reps" = 3 ] && note="no warm-up"
                         fi
                         settle
                         measured=$(timeout 900 scripts/hosts.sh mpirun "$BIN" bench "${args[@]}" "${flags[@]}" -r "$reps" 2>"$OUT/last.err" | tail -1 || true)
-                        record "$model" "$h" "$rate" "$layout" "$attention" "$batch" "$test$tokens" "$note" "$predicted" "$measured"
+                        canary
+                        record "$model" "$h" "$rate" "$layout" "$attention" "$batch" "$test$tokens" "$note" "${predicted[$test]}" "$measured" 0
                     done
                 done
             done
