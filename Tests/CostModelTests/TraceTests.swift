@@ -57,8 +57,9 @@ struct TraceTests {
     }
 
     /// A weight-gathered decode step (§3.2.3) on this host: the bytes the runtime copies to
-    /// assemble its gathered weights (`bench --profile`'s weight_gather class, counted from the
-    /// stored shards) are the bytes the cost model prices for them, from the trace.
+    /// assemble its gathered weights (`bench --profile`'s weight_gather class, counted at each
+    /// copy from the sizes of the shard, the tiles and the joined matrix) are the bytes the cost
+    /// model prices for them, from the trace.
     @Test(arguments: ["2", "2x2"], [FeedForwardLayout.weightGatheredX, .weightGatheredXYZ])
     func gatheredWeightCopiesArePricedAsExecuted(meshText: String, ffn: FeedForwardLayout) throws {
         let config = ModelConfig.llamaTiny(layers: 2, modelDimension: 64, heads: 8, kvHeads: 2, vocabularySize: 96)

@@ -17,17 +17,18 @@ extension DeviceProgram {
         }
         let axes = use.gatheredOver
         if mesh.size(axes) == 1 { return shard }
-        // Bytes copied here (the all-gather itself is timed as a collective): the own shard
-        // read and written into the words sent, then the gathered matrix read and written
-        // twice, into tiles and the tiles into the joined matrix.
-        let copied = 2 * shard.byteCount + 4 * shard.byteCount * mesh.size(axes)
-        return try timed("weight_gather", bytes: Double(copied)) { try gathered(shard, use, site) }
+        let (matrix, copied) = try timed("weight_gather") { try gathered(shard, use, site) }
+        // The bytes those copies read and wrote (the all-gather itself is timed as a collective).
+        profile?.add("weight_gather", seconds: 0, bytes: Double(copied), calls: 0)
+        return matrix
     }
 
-    private func gathered(_ shard: LinearWeight, _ use: WeightUse, _ site: CollectiveSite) throws -> LinearWeight {
+    /// The joined matrix, and the bytes copied to build it, counted where each copy is made.
+    private func gathered(_ shard: LinearWeight, _ use: WeightUse, _ site: CollectiveSite) throws -> (LinearWeight, Int) {
         let axes = use.gatheredOver
         let members = mesh.group(of: rank, over: axes)
         let words = shard.wireWords
+        var copied = 2 * shard.byteCount   // the own shard read, and written into the words sent
         let all = try collective(.allGather, words, axes, site)
         let (xs, yzs) = ffn.weightGatherGrid(rank: rank, mesh: mesh)
         let (rowKeys, columnKeys) = use.matrix.isInput ? (yzs, xs) : (xs, yzs)
@@ -39,8 +40,11 @@ extension DeviceProgram {
                 let tile = shard.sameShape(wireWords: UnsafeBufferPointer(rebasing: a[(m * words.count)..<((m + 1) * words.count)]),
                                            inputSegments: weights.inputSegments[member]![use.matrix]!)
                 grid[rowKeys.firstIndex(of: rowKey)!][columnKeys.firstIndex(of: columnKey)!] = tile
+                copied += 2 * tile.byteCount   // a member's words read, and written into its tile
             }
         }
-        return try LinearWeight.joining(grid.map { $0.map { $0! } })
+        let joined = try LinearWeight.joining(grid.map { $0.map { $0! } })
+        copied += grid.joined().reduce(0) { $0 + $1!.byteCount } + joined.byteCount   // the tiles read, the matrix written
+        return (joined, copied)
     }
 }
