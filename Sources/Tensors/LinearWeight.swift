@@ -401,9 +401,20 @@ public final class LinearWeight: @unchecked Sendable {
 
     // MARK: joining shards (weight-gathered layouts, Pope et al. §3.2.3)
 
+    /// Bytes read and written by the copies that build a gathered weight, tallied at each copy
+    /// (`bench --profile`'s weight_gather class): a copy of n bytes reads n and writes n.
+    public final class CopyTally {
+        public private(set) var bytes = 0
+        public init() {}
+        func copied(_ n: Int) { bytes += 2 * n }
+    }
+
     /// This weight's stored bytes, as a collective carries them (4-byte words, zero-padded).
-    public var wireWords: [Float] {
-        [Float](unsafeUninitializedCapacity: (byteCount + 3) / 4) { buffer, count in
+    public var wireWords: [Float] { wireWords(tally: nil) }
+
+    public func wireWords(tally: CopyTally?) -> [Float] {
+        tally?.copied(byteCount)
+        return [Float](unsafeUninitializedCapacity: (byteCount + 3) / 4) { buffer, count in
             let raw = UnsafeMutableRawPointer(buffer.baseAddress!)
             raw.copyMemory(from: storage, byteCount: byteCount)
             raw.advanced(by: byteCount).initializeMemory(as: UInt8.self, repeating: 0, count: (byteCount + 3) / 4 * 4 - byteCount)
@@ -414,11 +425,12 @@ public final class LinearWeight: @unchecked Sendable {
     /// A weight of this one's stored shape and format holding another member's stored bytes,
     /// whose logical inputs sit at `inputSegments` of the window (the member's own: its zero
     /// columns, padding head slots, may sit elsewhere than this shard's).
-    public func sameShape(wireWords words: UnsafeBufferPointer<Float>, inputSegments: [Segment]) -> LinearWeight {
+    public func sameShape(wireWords words: UnsafeBufferPointer<Float>, inputSegments: [Segment], tally: CopyTally? = nil) -> LinearWeight {
         precondition(words.count * 4 >= byteCount)
         let w = LinearWeight(kind: kind, format: format, outputs: outputs, inputs: inputs, windowOutputs: windowOutputs,
                              windowInputs: windowInputs, inputSegments: inputSegments, outputSegments: outputSegments)
         w.storage.copyMemory(from: UnsafeRawPointer(words.baseAddress!), byteCount: byteCount)
+        tally?.copied(byteCount)
         w.label = label
         return w
     }
@@ -427,7 +439,7 @@ public final class LinearWeight: @unchecked Sendable {
     /// tiles of a column their input columns. Stored bytes are copied panel by panel, never
     /// converted (a gathered int8 or Q4_1 weight is bitwise its members' shards). Tiles must
     /// agree in format as well as kind (a file's Q8_0 and int8's are both `.q8_0`).
-    public static func joining(_ tiles: [[LinearWeight]]) throws -> LinearWeight {
+    public static func joining(_ tiles: [[LinearWeight]], tally: CopyTally? = nil) throws -> LinearWeight {
         guard let first = tiles.first?.first else { throw WeightError.emptyWeight }
         let kind = first.kind, format = first.format
         for (i, row) in tiles.enumerated() {
@@ -461,6 +473,7 @@ public final class LinearWeight: @unchecked Sendable {
             for p in 0..<(tileRow[0].windowOutputs / kind.panelRows) {
                 for t in tileRow {
                     at.copyMemory(from: t.storage + p * t.panelBytes, byteCount: t.panelBytes)
+                    tally?.copied(t.panelBytes)
                     at += t.panelBytes
                 }
             }

@@ -261,8 +261,9 @@ struct ProfileTotals {
         let total = wallSeconds / Double(n)
         var lines = [String(format: "  profile of one %@ (%.3f ms):  %-34@ %9@ %6@ %10@ %12@", per, total * 1e3, "op class", "ms", "share", "MB", "roofline ms")]
         for c in classes {
-            lines.append(String(format: "  %@  %-34@ %9.3f %5.1f%% %10.3f %12.3f", String(repeating: " ", count: 25), c.op, c.seconds * 1e3,
-                                c.seconds / total * 100, c.bytes / 1e6, c.bytes / (streamRate ?? .nan) * 1e3))
+            let roofline = streamRate.map { String(format: "%12.3f", c.bytes / $0 * 1e3) } ?? String(repeating: " ", count: 11) + "-"
+            lines.append(String(format: "  %@  %-34@ %9.3f %5.1f%% %10.3f %@", String(repeating: " ", count: 25), c.op, c.seconds * 1e3,
+                                c.seconds / total * 100, c.bytes / 1e6, roofline))
         }
         return lines.joined(separator: "\n")
     }

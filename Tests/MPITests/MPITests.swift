@@ -153,12 +153,15 @@ extension MPITests {
         }
         // --no-roofline leaves the streaming measurement (and its columns) out, nothing else.
         let quick = try MPI.mpirun(2, ["bench", "--transport", "mpi", "--mesh", "2", "--weights", "f32",
-                                       "-p", "0", "-n", "2", "-r", "1", "--no-warmup", "--no-roofline", "--json"])
+                                       "-p", "0", "-n", "2", "-r", "1", "--no-warmup", "--no-roofline", "--profile", "--json"])
         #expect(quick.status == 0, "\(quick.stderr)")
         let row = try #require((quick.json.first?["results"] as? [[String: Any]])?.first)
         #expect(row["test"] as? String == "tg2")
         #expect((row["tokens_per_s_median"] as? Double ?? 0) > 0)
         #expect(row["roofline_gb_per_s"] == nil && row["roofline_percent"] == nil)
+        let profile = try #require(row["profile"] as? [String: [String: Any]])
+        #expect(profile["collectives"]?["seconds"] != nil)
+        #expect(profile.values.allSatisfy { $0["roofline_seconds"] == nil && $0["bytes"] != nil })
     }
 }
 

@@ -11,17 +11,19 @@
 #
 # Attention over heads runs 1 sequence; over the batch, one sequence per host (a batch smaller
 # than the devices it is split over is padding). pp128 and tg32 of a layout run in one launch
-# (`bench -p 128 -n 32`, without the roofline measurement). A tg32 or pp128 run the calibration predicts
+# (`bench -p 128 -n 32`, without the roofline measurement) unless one of them is cut (below);
+# then each has its own launch. A tg32 or pp128 run the calibration predicts
 # to take longer than BUDGET seconds is measured once — decode with the steps that fit in BUDGET
 # (at least 1), without a warm-up run — and marked so: weight-gathered decode at 100 Mbit/s moves
 # all weights per token. A run predicted at 1 s or more gets no warm-up run (its median of 3
-# leaves out a slow first run). The grid starts with a fresh `meshinfer calibrate` (this
+# leaves out a slow first run); in a launch of both tests, neither does then. The grid starts with a fresh `meshinfer calibrate` (this
 # machine's file). The script prints the minutes it took.
 #
 # This machine is shared and its speed drifts: the same 1-core run moves by up to 30–40% from
-# one minute to the next (steal time does not show it). So before every launch a canary — the same
-# one-host run each time (SmolLM2, 1 thread, pp64, median of 5, in the root namespace) — is
-# timed against the fastest canary so far; below 85% of it the grid waits 15 s and tries again
+# one minute to the next (steal time does not show it). So a canary — the same one-host run each
+# time (SmolLM2, 1 thread, pp64, median of 5, in the root namespace) — is timed after every
+# launch (and three at the start), and before the next launch the last one is judged against
+# the fastest canary so far; below 85% of it the grid waits 15 s and tries again
 # (SLOW_WAIT seconds in all, then no more waiting), then measures anyway. Each row keeps the
 # canaries before and after its cell (`canary_before`, `canary_after`: fractions of the fastest
 # so far; `canary_tokens_per_s`: both rates, to judge again against the whole run's fastest;
@@ -107,15 +109,15 @@ for model in $MODELS; do
     file=$(model_file "$model")
     pargs=(--model "gguf:$file" --chips 1 --batch 1 --generate-tokens 32 --context 0 --ffn-layout ws1d --attention heads --weights native --json)
     pp=(--phase prefill --input-tokens 128); tg=(--phase decode --input-tokens 1)
-    note="one host, 1 core"; cal=(--transport mpi --calibration "$OUT/cal-2hosts-unshaped.json")
+    note="one host, 1 core"; calargs=(--transport mpi --calibration "$OUT/cal-2hosts-unshaped.json")
     settle
-    measured=$(scripts/hosts.sh exec 1 "$BIN" bench --model "$file" --weights native --threads 1 -p 128 -n 32 -r 3 --no-roofline --json)
+    measured=$(scripts/hosts.sh exec 1 "$BIN" bench --model "$file" --weights native --threads 1 -p 128 -n 32 -r 3 --no-roofline --json || true)
     canary
-    record "$model" 1 - none heads 1 pp128 "$note" "$("$BIN" predict --hardware cpu "${cal[@]}" "${pargs[@]}" "${pp[@]}")" "$measured" 0
-    record "$model" 1 - none heads 1 tg32 "$note" "$("$BIN" predict --hardware cpu "${cal[@]}" "${pargs[@]}" "${tg[@]}")" "$measured" 1
+    record "$model" 1 - none heads 1 pp128 "$note" "$("$BIN" predict --hardware cpu "${calargs[@]}" "${pargs[@]}" "${pp[@]}")" "$measured" 0
+    record "$model" 1 - none heads 1 tg32 "$note" "$("$BIN" predict --hardware cpu "${calargs[@]}" "${pargs[@]}" "${tg[@]}")" "$measured" 1
     note="this machine, one process, $(nproc) threads"
     settle
-    measured=$("$BIN" bench --model "$file" --weights native --threads "$(nproc)" -p 128 -n 32 -r 3 --no-roofline --json)
+    measured=$("$BIN" bench --model "$file" --weights native --threads "$(nproc)" -p 128 -n 32 -r 3 --no-roofline --json || true)
     canary
     record "$model" 1 - none heads 1 pp128 "$note" "$("$BIN" predict --hardware cpu "${pargs[@]}" "${pp[@]}")" "$measured" 0
     record "$model" 1 - none heads 1 tg32 "$note" "$("$BIN" predict --hardware cpu "${pargs[@]}" "${tg[@]}")" "$measured" 1
@@ -182,4 +184,4 @@ for h in $HOSTS; do
         echo "$(( ($(date +%s) - start) / 60 )) min: $h hosts at $rate done" >&2
     done
 done
-echo "hosts_grid.sh: $(wc -l < "$OUT/grid.jsonl") cells in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s" | tee "$OUT/took" >&2
+echo "hosts_grid.sh: $(wc -l < "$OUT/grid.jsonl") cells in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s, $waited s of it waiting for the machine" | tee "$OUT/took" >&2

@@ -17,18 +17,18 @@ extension DeviceProgram {
         }
         let axes = use.gatheredOver
         if mesh.size(axes) == 1 { return shard }
-        let (matrix, copied) = try timed("weight_gather") { try gathered(shard, use, site) }
-        // The bytes those copies read and wrote (the all-gather itself is timed as a collective).
-        profile?.add("weight_gather", seconds: 0, bytes: Double(copied), calls: 0)
+        let tally = LinearWeight.CopyTally()
+        let matrix = try timed("weight_gather") { try gathered(shard, use, site, tally) }
+        // The bytes its copies read and wrote, tallied where each is made (the all-gather itself
+        // is timed as a collective).
+        profile?.add("weight_gather", seconds: 0, bytes: Double(tally.bytes), calls: 0)
         return matrix
     }
 
-    /// The joined matrix, and the bytes copied to build it, counted where each copy is made.
-    private func gathered(_ shard: LinearWeight, _ use: WeightUse, _ site: CollectiveSite) throws -> (LinearWeight, Int) {
+    private func gathered(_ shard: LinearWeight, _ use: WeightUse, _ site: CollectiveSite, _ tally: LinearWeight.CopyTally) throws -> LinearWeight {
         let axes = use.gatheredOver
         let members = mesh.group(of: rank, over: axes)
-        let words = shard.wireWords
-        var copied = 2 * shard.byteCount   // the own shard read, and written into the words sent
+        let words = shard.wireWords(tally: tally)
         let all = try collective(.allGather, words, axes, site)
         let (xs, yzs) = ffn.weightGatherGrid(rank: rank, mesh: mesh)
         let (rowKeys, columnKeys) = use.matrix.isInput ? (yzs, xs) : (xs, yzs)
@@ -38,13 +38,10 @@ extension DeviceProgram {
                 let (x, yz) = (mesh.coordinates(of: member)[0], mesh.yzIndex(of: member))
                 let (rowKey, columnKey) = use.matrix.isInput ? (yz, x) : (x, yz)
                 let tile = shard.sameShape(wireWords: UnsafeBufferPointer(rebasing: a[(m * words.count)..<((m + 1) * words.count)]),
-                                           inputSegments: weights.inputSegments[member]![use.matrix]!)
+                                           inputSegments: weights.inputSegments[member]![use.matrix]!, tally: tally)
                 grid[rowKeys.firstIndex(of: rowKey)!][columnKeys.firstIndex(of: columnKey)!] = tile
-                copied += 2 * tile.byteCount   // a member's words read, and written into its tile
             }
         }
-        let joined = try LinearWeight.joining(grid.map { $0.map { $0! } })
-        copied += grid.joined().reduce(0) { $0 + $1!.byteCount } + joined.byteCount   // the tiles read, the matrix written
-        return (joined, copied)
+        return try LinearWeight.joining(grid.map { $0.map { $0! } }, tally: tally)
     }
 }
