@@ -410,9 +410,7 @@ public final class LinearWeight: @unchecked Sendable {
     }
 
     /// This weight's stored bytes, as a collective carries them (4-byte words, zero-padded).
-    public var wireWords: [Float] { wireWords(tally: nil) }
-
-    public func wireWords(tally: CopyTally?) -> [Float] {
+    public func wireWords(tally: CopyTally? = nil) -> [Float] {
         tally?.copied(byteCount)
         return [Float](unsafeUninitializedCapacity: (byteCount + 3) / 4) { buffer, count in
             let raw = UnsafeMutableRawPointer(buffer.baseAddress!)

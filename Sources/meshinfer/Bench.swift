@@ -121,9 +121,10 @@ struct Bench: ParsableCommand {
             ]
             var rooflineText = ""
             if let streamRate {
+                let percent = gbps * 1e9 / streamRate * 100
                 row["roofline_gb_per_s"] = rounded(streamRate / 1e9, 2)
-                row["roofline_percent"] = rounded(gbps * 1e9 / streamRate * 100, 1)
-                rooflineText = String(format: " (%.0f%% of %.1f)", gbps * 1e9 / streamRate * 100, streamRate / 1e9)
+                row["roofline_percent"] = rounded(percent, 1)
+                rooflineText = String(format: " (%.0f%% of %.1f)", percent, streamRate / 1e9)
             }
             var meshText = ""
             if !commShare.isEmpty {

@@ -119,7 +119,7 @@ struct ShardTests {
             try [0..<64, 64..<128].map { columns in
                 let t = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(c.tensor, rows)], columns: [.source(columns)]),
                                          format: c.format)
-                return t.wireWords.withUnsafeBufferPointer { t.sameShape(wireWords: $0, inputSegments: t.inputSegments) }
+                return t.wireWords().withUnsafeBufferPointer { t.sameShape(wireWords: $0, inputSegments: t.inputSegments) }
             }
         }
         let joined = try LinearWeight.joining(tiles)
@@ -173,7 +173,7 @@ struct ShardTests {
         let tiles = try [0..<24, 24..<40].map { rows in
             try [0..<256, 256..<512].map { columns in
                 let t = try LinearWeight(source: Self.file, spec: ShardSpec(rows: [.tensor(name, rows)], columns: [.source(columns)]), format: .native)
-                return t.wireWords.withUnsafeBufferPointer { t.sameShape(wireWords: $0, inputSegments: t.inputSegments) }
+                return t.wireWords().withUnsafeBufferPointer { t.sameShape(wireWords: $0, inputSegments: t.inputSegments) }
             }
         }
         let joined = try LinearWeight.joining(tiles)

@@ -16,8 +16,9 @@
 # to take longer than BUDGET seconds is measured once — decode with the steps that fit in BUDGET
 # (at least 1), without a warm-up run — and marked so: weight-gathered decode at 100 Mbit/s moves
 # all weights per token. A run predicted at 1 s or more gets no warm-up run (its median of 3
-# leaves out a slow first run); in a launch of both tests, neither does then. The grid starts with a fresh `meshinfer calibrate` (this
-# machine's file). The script prints the minutes it took.
+# leaves out a slow first run); in a launch of both tests, neither does then. The grid starts
+# with a fresh `meshinfer calibrate` (this machine's file). The script prints the minutes it
+# took and the seconds it waited.
 #
 # This machine is shared and its speed drifts: the same 1-core run moves by up to 30–40% from
 # one minute to the next (steal time does not show it). So a canary — the same one-host run each
@@ -88,8 +89,7 @@ over() { python3 -c "import sys; sys.exit(0 if $1 > $2 else 1)"; }   # over A B:
 # Before a launch: the last canary, waiting (SLOW_WAIT seconds in all) while it is below 85% of the fastest.
 settle() {
     [ -s "$OUT/canary-last" ] || canary
-    while python3 -c "import sys; sys.exit(0 if $(cut -d' ' -f1 "$OUT/canary-last") < 0.85 else 1)" \
-          && [ "$waited" -lt "${SLOW_WAIT:-300}" ]; do
+    while over 0.85 "$(cut -d' ' -f1 "$OUT/canary-last")" && [ "$waited" -lt "${SLOW_WAIT:-300}" ]; do
         sleep 15; waited=$((waited + 15)); canary
     done
     before=$(cat "$OUT/canary-last")
