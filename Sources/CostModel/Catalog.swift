@@ -74,6 +74,16 @@ public struct Hardware: Sendable, Equatable {
     public var kvCacheBytes = 2.0
     /// FLOP/s of attention's Q·Kᵀ and P·V (nil: the matmul peak, as on accelerators).
     public var attentionFLOPs: Double?
+    /// The KV cache's type ("f16", "q8"), a key of `decodeAttentionBandwidth`.
+    public var kvCacheType = "f16"
+    /// Bytes/s at which a decode step's attention reads the KV cache, arithmetic included, per
+    /// cache type (this host, measured by `calibrate`). When known, a decode pass's attention is
+    /// priced as a phase of its own after the matmuls (Pricing): a CPU core runs one op after
+    /// the other, so attention's KV reads do not stream beside the weights, and attention reads
+    /// its short per-head streams slower than the weights stream (measured: 8 sequences at 192
+    /// positions, f16, 8-11 GB/s against 15-17). nil (accelerators, the paper): attention's
+    /// FLOPs count with the compute and its KV bytes with the memory.
+    public var decodeAttentionBandwidth: [String: Double]?
     /// Whether this runtime's unembedding gathers (logit rows in, every device's logits out
     /// for sampling) are priced. Not for the paper's hardware: it samples from sharded logits
     /// on device (§3.6). On this host they are real traffic — over a slow link a 262k-word
@@ -183,6 +193,9 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     public var memoryBytes: Double
     /// Achieved attention FLOP/s of one thread (prefill-shaped causal attention).
     public var attentionFLOPsPerThread: Double?
+    /// Bytes/s at which one thread's decode attention reads a KV cache from memory, its
+    /// arithmetic included, per cache type ("f16", "q8"; `Calibrate.decodeAttentionBandwidth`).
+    public var decodeAttentionBandwidthOneThread: [String: Double]?
     /// The in-place Q4_1 kernel (`native` weights): GEMM rate of one thread, and weight
     /// streaming with 1 and with all threads.
     public var nativeOPsPerThread: Double?
@@ -302,6 +315,7 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
         h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) * coreShare }
+        h.decodeAttentionBandwidth = decodeAttentionBandwidthOneThread?.mapValues { $0 * Double(threadsPerDevice) * coreShare }
         h.pricesUnembedding = true
         h.copiesGatheredWeights = true
         if let rates = collectiveRates {

@@ -78,6 +78,9 @@ public struct Prediction: Sendable {
     public var fits: Bool
     public var maxContextTokens: Double
     public var perTokenMs: Double?
+    /// A decode run's attention phase on a host that measured its decode attention
+    /// (Hardware.decodeAttentionBandwidth), seconds; 0 when attention counts with compute and memory.
+    public var attentionSeconds = 0.0
 }
 
 public enum Phase: String, Sendable { case prefill, decode }
@@ -103,6 +106,9 @@ public struct TracedConfiguration: Sendable {
 ///
 ///     pass = max(C + (1 − overlap)·A, M + A, W) + collectiveLatency · hops
 ///
+/// On a host that measured its decode attention (`Hardware.decodeAttentionBandwidth`), a decode
+/// pass adds that attention as a phase of its own, T = max(attention FLOPs at the attention
+/// rate, KV bytes at the measured rate), and C and M are the matmuls' FLOPs and weight bytes.
 /// (with `prefetchesWeights` false: max(C + (1 − overlap)·A, M + A) + W + latency).
 /// Matmuls overlap everything else; activation collectives overlap compute only in part and
 /// memory streaming not at all (at small batch a decode step is memory plus communication plus
@@ -165,7 +171,7 @@ public struct CostModel: Sendable {
         let weightGathers = t.weightCommunication / c.interconnectEfficiency
         let latency = c.collectiveLatency * t.hops + t.measuredLatency
         let streamed = max(compute + (1 - c.overlap) * activations, memory + activations)
-        let pass = (c.prefetchesWeights ? max(streamed, weightGathers) : streamed + weightGathers) + latency
+        let pass = (c.prefetchesWeights ? max(streamed, weightGathers) : streamed + weightGathers) + latency + t.attention
         let n = Double(tc.mesh.deviceCount)
         let seconds = pass * tc.passes
         return Prediction(
@@ -174,7 +180,8 @@ public struct CostModel: Sendable {
             mfu: Formulas.mfu(parameters: tc.model.nominalParameters, tokens: tc.tokens, seconds: seconds, chips: n, peakFLOPs: hardware.peakFLOPs),
             costChipMsPerToken: Formulas.cost(chips: n, seconds: seconds, tokens: tc.tokens) * 1e3,
             memoryPerChipBytes: tc.memoryPerChipBytes, fits: tc.memoryPerChipBytes <= hardware.memoryBytes,
-            maxContextTokens: tc.maxContextTokens, perTokenMs: tc.phase == .decode ? pass * 1e3 : nil)
+            maxContextTokens: tc.maxContextTokens, perTokenMs: tc.phase == .decode ? pass * 1e3 : nil,
+            attentionSeconds: t.attention * tc.passes)
     }
 
     /// Traces and prices one configuration.
@@ -191,6 +198,9 @@ public struct CostModel: Sendable {
 struct PassTotals {
     var compute = 0.0
     var memory = 0.0
+    /// A decode pass's attention priced as its own phase (Hardware.decodeAttentionBandwidth),
+    /// seconds at the measured rate; 0 when attention counts with compute and memory.
+    var attention = 0.0
     /// Activation collectives, seconds at the full interconnect bandwidth.
     var activationCommunication = 0.0
     /// Weight all-gathers (weight-gathered layouts), seconds at the full interconnect bandwidth.
@@ -205,8 +215,18 @@ struct PassTotals {
 
     init(_ tc: TracedConfiguration, hardware: Hardware) {
         let t = tc.trace
-        compute = t.matmulFLOPs / hardware.peakFLOPs + t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs)
-        memory = (t.weightElements * tc.weights.bytes + t.kvElements * hardware.kvCacheBytes) / hardware.memoryBandwidth
+        let attentionCompute = t.attentionFLOPs / (hardware.attentionFLOPs ?? hardware.peakFLOPs)
+        let kvBytes = t.kvElements * hardware.kvCacheBytes
+        compute = t.matmulFLOPs / hardware.peakFLOPs
+        memory = t.weightElements * tc.weights.bytes / hardware.memoryBandwidth
+        if tc.phase == .decode, let rate = hardware.decodeAttentionBandwidth?[hardware.kvCacheType] {
+            // This host's decode attention, a phase of its own (Hardware.decodeAttentionBandwidth):
+            // its KV bytes at the measured rate (arithmetic included), or its FLOPs if slower.
+            attention = max(attentionCompute, kvBytes / rate)
+        } else {
+            compute += attentionCompute
+            memory += kvBytes / hardware.memoryBandwidth
+        }
         // The unembedding's gathers (logit rows in, logits out to every device for sampling) are
         // this runtime's, not the layouts': the paper samples from sharded logits on device
         // (§3.6). Priced only for this host (`pricesUnembedding`).

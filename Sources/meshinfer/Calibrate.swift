@@ -103,6 +103,9 @@ struct Calibrate: ParsableCommand {
         let bytes = Double(big.reduce(0) { $0 + $1.byteCount })
         func stream(_ t: WorkSplitter) -> Double { bytes / median { time { for b in big { _ = b.apply(v, threads: t) } } } }
         let bw1 = stream(one), bwAll = stream(all)
+        let decodeAttention = Dictionary(uniqueKeysWithValues: KVCacheType.allCases.map { type in
+            (type.rawValue, decodeAttentionBandwidth(type, between: { for b in big.prefix(5) { _ = b.apply(v, threads: one) } }))
+        })
         // The same for f32 weights (a different kernel: f32 decode reads 3.2x the bytes per
         // weight and does no dequantization, so it streams at its own rate).
         let bigF32 = (0..<60).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .f32, arena: arena) }
@@ -130,6 +133,7 @@ struct Calibrate: ParsableCommand {
             memoryBandwidthAllThreads: bwAll, threads: threads, collectiveLatency: small, collectiveBandwidth: bandwidth,
             memoryBytes: Double(ProcessInfo.processInfo.physicalMemory))
         result.attentionFLOPsPerThread = attentionRate
+        result.decodeAttentionBandwidthOneThread = decodeAttention
         result.collectiveRates = inProcess
         result.nativeOPsPerThread = nativeRate
         result.nativeBandwidthOneThread = nbw1
@@ -158,10 +162,64 @@ struct Calibrate: ParsableCommand {
         print(String(format: "f32 weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)", fbw1 / 1e9, fbwAll / 1e9, threads))
         print(String(format: "attention %.1f GFLOP/s per thread; native Q4_1 %.1f GOP/s per thread, streaming %.1f / %.1f GB/s",
                      attentionRate / 1e9, nativeRate / 1e9, nbw1 / 1e9, nbwAll / 1e9))
+        print("decode attention (8 sequences of 192 positions, from memory, 1 thread): "
+            + decodeAttention.keys.sorted().map { String(format: "%@ cache %.1f GB/s", $0, decodeAttention[$0]! / 1e9) }.joined(separator: ", "))
         print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)",
                      result.f32FLOPsPerThread / 1e9, result.int8OPsPerThread / 1e9, bw1 / 1e9, bwAll / 1e9, threads))
         print("in-process collectives: " + Self.describe(inProcess))
         print("saved to \(path)")
+    }
+
+    /// Bytes/s at which one thread's decode attention consumes a KV cache of `type`, its
+    /// arithmetic included: 8 sequences of 192 cached positions, the default model's shape (9
+    /// heads of 64 over 3 KV heads, 30 layers, head-major as KVCache keeps it, on huge pages),
+    /// one query row per sequence and layer, as a decode step runs them — after `between` (the
+    /// layer's weights streamed through the caches) at every layer, so each layer's keys and
+    /// values come from memory. The median of 5 steps' attention time (weights not counted).
+    func decodeAttentionBandwidth(_ type: KVCacheType, between: () -> Void) -> Double {
+        let sequences = 8, layers = 30, H = 9, KV = 3, Q = 64, capacity = 256, count = 192
+        let perLayer = 2 * KV * capacity * Q                 // (K/V, KV heads, capacity, Q) elements
+        let elements = layers * perLayer                     // one sequence's cache
+        let codeBytes = type == .f16 ? 2 : 1
+        let bytesPerSequence = elements * codeBytes + (type == .q8 ? elements / 32 * 4 : 0)
+        let caches = (0..<sequences).map { _ in mi_huge_alloc(bytesPerSequence)! }
+        defer { caches.forEach { mi_huge_free($0) } }
+        for c in caches {
+            // Varied keys and values (f16 of ±0.5, or q8 codes with scales of 1/254).
+            let codes = c.assumingMemoryBound(to: UInt8.self)
+            for i in 0..<(elements * codeBytes) { codes[i] = type == .f16 ? (i % 2 == 1 ? 0x38 : UInt8(i % 251)) : UInt8(truncatingIfNeeded: i % 201 - 100) }
+            if type == .q8 {
+                let scales = (c + elements).assumingMemoryBound(to: Float.self)
+                for i in 0..<(elements / 32) { scales[i] = 1.0 / 254 }
+            }
+        }
+        var q = [Float](repeating: 0, count: H * Q), out = [Float](repeating: 0, count: H * Q), scratch = [Float](repeating: 0, count: count * H / KV)
+        for i in q.indices { q[i] = Float(i % 7) / 7 - 0.4 }
+        func step() -> Double {
+            var seconds = 0.0
+            for l in 0..<layers {
+                between()
+                let start = Date()
+                for c in caches {
+                    let k = l * perLayer, v = k + KV * capacity * Q
+                    switch type {
+                    case .f16:
+                        let e = c.assumingMemoryBound(to: UInt16.self)
+                        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, Int64(Q), Int64(capacity * Q), Int32(count),
+                                         0.125, &scratch, &out, 1)
+                    case .q8:
+                        let e = c.assumingMemoryBound(to: Int8.self), scales = (c + elements).assumingMemoryBound(to: Float.self)
+                        mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, scales + k / 32, scales + v / 32, Int64(Q),
+                                            Int64(capacity * Q), Int32(count), 0.125, &scratch, &out, 1)
+                    }
+                }
+                seconds += Date().timeIntervalSince(start)
+            }
+            return seconds
+        }
+        _ = step()
+        let read = Double(sequences * layers * 2 * KV * count * Q) * type.bytesPerElement
+        return read / (0..<5).map { _ in step() }.sorted()[2]
     }
 
     /// Whole-pass efficiencies on the model file (default: the cached default model; skipped if

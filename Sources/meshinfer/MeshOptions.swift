@@ -254,6 +254,7 @@ extension Session {
             model: (try? ModelStore().resolve(model.model)).map { URL(fileURLWithPath: $0).lastPathComponent }) else { return nil }
         var priced = hardware
         priced.kvCacheBytes = model.kvCache.bytesPerElement
+        priced.kvCacheType = model.kvCache.rawValue
         return CostModel(hardware: priced, calibration: calibration)
     }
 }

@@ -94,7 +94,7 @@ struct Predict: ParsableCommand {
                 "fits": p.fits, "memory_per_chip_bytes": p.memoryPerChipBytes, "max_context_tokens": Int(p.maxContextTokens),
                 "topology": mesh.description,
                 "breakdown": ["compute_s": p.computeSeconds, "memory_s": p.memorySeconds, "communication_s": p.communicationSeconds,
-                              "communication_bytes_per_chip": p.communicationBytesPerChip],
+                              "communication_bytes_per_chip": p.communicationBytesPerChip, "attention_s": p.attentionSeconds],
             ]
             if let t = p.perTokenMs { object["per_token_ms"] = t }
             writeJSON(object)
@@ -102,8 +102,9 @@ struct Predict: ParsableCommand {
             print(String(format: "%@ %@ on %d x %@ (%@), %@ B=%d: latency %.4f s%@, MFU %.1f%%, cost %.3f chip-ms/token",
                          spec.config.name, phase.rawValue, chips, hw.name, mesh.description, "\(ffnLayout)+\(attention)", batch,
                          p.latencySeconds, p.perTokenMs.map { String(format: " (%.2f ms/token)", $0) } ?? "", p.mfu * 100, p.costChipMsPerToken))
-            print(String(format: "  compute %.4f s, memory %.4f s, communication %.4f s (%.3g bytes/chip); %.3g bytes/chip, %@; max context %.0f",
-                         p.computeSeconds, p.memorySeconds, p.communicationSeconds, p.communicationBytesPerChip,
+            print(String(format: "  compute %.4f s, memory %.4f s,%@ communication %.4f s (%.3g bytes/chip); %.3g bytes/chip, %@; max context %.0f",
+                         p.computeSeconds, p.memorySeconds, p.attentionSeconds > 0 ? String(format: " attention (decode, own phase) %.4f s,", p.attentionSeconds) : "",
+                         p.communicationSeconds, p.communicationBytesPerChip,
                          p.memoryPerChipBytes, p.fits ? "fits" : "does NOT fit", p.maxContextTokens))
         }
     }

@@ -144,3 +144,58 @@ struct MeasuredCallPricingTests {
         #expect(try decode(slowStreams).communicationSeconds == m.communicationSeconds)   // no weight gathers in ws1d
     }
 }
+
+/// A host that measured its decode attention (`calibrate`: the runtime's attention reading a
+/// KV cache from memory) prices a decode pass's attention as a phase of its own after the
+/// matmuls: the KV bytes it reads at the measured rate of the run's cache type. Prefill, and
+/// hosts without the measurement, price as before.
+struct DecodeAttentionPricingTests {
+    static func host(_ rates: [String: Double]?) -> HostCalibration {
+        var h = HostCalibrationTests.host
+        h.attentionFLOPsPerThread = 50e9
+        h.decodeAttentionBandwidthOneThread = rates
+        return h
+    }
+
+    static func predict(_ host: HostCalibration, phase: Phase, batch: Int = 8, context: Int = 160, cache: (String, Double) = ("f16", 2)) throws -> Prediction {
+        var hardware = host.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1)
+        (hardware.kvCacheType, hardware.kvCacheBytes) = cache
+        return try CostModel(hardware: hardware, calibration: host.calibration(for: .int8Grouped))
+            .predict(model: DefaultLayoutTests.smol, mesh: .single, layout: PhaseLayout(.weightStationary1D, .shardedOverHeads),
+                     phase: phase, batch: batch, inputTokens: phase == .prefill ? 128 : 1, generateTokens: phase == .prefill ? 1 : 32,
+                     context: phase == .prefill ? nil : context, weights: .int8Grouped)
+    }
+
+    @Test func theRateScalesWithThreadsAndCoreShare() {
+        let h = Self.host(["f16": 8e9, "q8": 6e9])
+        #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1).decodeAttentionBandwidth == ["f16": 8e9, "q8": 6e9])
+        #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 2, activeThreads: 2).decodeAttentionBandwidth == ["f16": 16e9, "q8": 12e9])
+        // 4 one-thread devices on the 2 cores: half a core each.
+        #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 4).decodeAttentionBandwidth == ["f16": 4e9, "q8": 3e9])
+        #expect(Self.host(nil).hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1).decodeAttentionBandwidth == nil)
+    }
+
+    @Test func decodeAttentionIsItsOwnPhase() throws {
+        // KV bytes per decode step: 8 sequences × 30 layers × (K, V) × 3 KV heads × 64 × 2 bytes
+        // per attended position, at the run's mean context (160 cached + 16 of the 32 new + the
+        // step's own position).
+        let perPosition = 8.0 * 30 * 2 * 3 * 64
+        let positions = 160.0 + 16 + 1
+        let slow = try Self.predict(Self.host(["f16": 1e9]), phase: .decode), fast = try Self.predict(Self.host(["f16": 2e9]), phase: .decode)
+        let expected = perPosition * positions * 2 * (1 / 1e9 - 1 / 2e9) * 32   // 32 steps
+        #expect(abs((slow.latencySeconds - fast.latencySeconds) / expected - 1) < 0.02)
+        #expect(abs(slow.attentionSeconds / (perPosition * positions * 2 / 1e9 * 32) - 1) < 0.02)
+        // The q8 cache is priced at its own rate and bytes (1.125 per element).
+        let q8 = try Self.predict(Self.host(["f16": 1e9, "q8": 0.5e9]), phase: .decode, cache: ("q8", 1.125))
+        #expect(abs(q8.attentionSeconds / (perPosition * positions * 1.125 / 0.5e9 * 32) - 1) < 0.02)
+        // Without the measurement attention has no phase of its own, and costs less than its
+        // KV bytes at the slow rate (they stream beside the weights, at the weights' rate).
+        let unmeasured = try Self.predict(Self.host(nil), phase: .decode)
+        #expect(unmeasured.attentionSeconds == 0 && unmeasured.latencySeconds < slow.latencySeconds)
+    }
+
+    @Test func prefillIsPricedAsBefore() throws {
+        let measured = try Self.predict(Self.host(["f16": 1e9]), phase: .prefill), unmeasured = try Self.predict(Self.host(nil), phase: .prefill)
+        #expect(measured.latencySeconds == unmeasured.latencySeconds && measured.attentionSeconds == 0)
+    }
+}
