@@ -84,6 +84,26 @@ public struct Hardware: Sendable, Equatable {
     /// positions, f16, 8-11 GB/s against 15-17). nil (accelerators, the paper): attention's
     /// FLOPs count with the compute and its KV bytes with the memory.
     public var decodeAttentionBandwidth: [String: Double]?
+    /// Weight streaming with r activation rows as a fraction of `memoryBandwidth` (one row's),
+    /// measured at a few row counts (this host's `calibrate`: the kernels themselves, weights
+    /// from memory). When known, a decode pass's memory time is its weight bytes at
+    /// `memoryBandwidth × rowsStreaming(r)` for r rows per weight (still against the compute
+    /// time, max(C, M)): with more rows the kernels' arithmetic hides behind the streaming less
+    /// than fully (measured: int8 at 8 rows 0.86 of one row's rate, at 32 rows 0.40; Q4_1 0.84
+    /// and 0.23). nil (accelerators, the paper): the memory at the full bandwidth.
+    public var decodeRowsStreaming: [Int: Double]?
+
+    /// `decodeRowsStreaming` at `rows` rows: linear between the measured row counts (1 row: 1),
+    /// and beyond the largest the time per row of the largest (the rate falls as 1/rows).
+    public func rowsStreaming(_ rows: Double) -> Double {
+        guard let table = decodeRowsStreaming, rows > 1 else { return 1 }
+        let points = ([(1, 1.0)] + table.map { ($0.key, $0.value) }).sorted { $0.0 < $1.0 }
+        let last = points[points.count - 1]
+        if rows >= Double(last.0) { return last.1 * Double(last.0) / rows }
+        let i = points.firstIndex { Double($0.0) >= rows }!
+        let (a, b) = (points[i - 1], points[i])
+        return a.1 + (b.1 - a.1) * (rows - Double(a.0)) / Double(b.0 - a.0)
+    }
     /// Whether this runtime's unembedding gathers (logit rows in, every device's logits out
     /// for sampling) are priced. Not for the paper's hardware: it samples from sharded logits
     /// on device (§3.6). On this host they are real traffic — over a slow link a 262k-word
@@ -196,6 +216,9 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// Bytes/s at which one thread's decode attention reads a KV cache from memory, its
     /// arithmetic included, per cache type ("f16", "q8"; `Calibrate.decodeAttentionBandwidth`).
     public var decodeAttentionBandwidthOneThread: [String: Double]?
+    /// Weight streaming with 2–32 activation rows (a decode step of that many sequences) as a
+    /// fraction of one row's rate, per format and thread count (`passKey`), keyed by rows.
+    public var decodeRowsStreaming: [String: [String: Double]]?
     /// The in-place Q4_1 kernel (`native` weights): GEMM rate of one thread, and weight
     /// streaming with 1 and with all threads.
     public var nativeOPsPerThread: Double?
@@ -316,6 +339,10 @@ public struct HostCalibration: Sendable, Codable, Equatable {
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
         h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) * coreShare }
         h.decodeAttentionBandwidth = decodeAttentionBandwidthOneThread?.mapValues { $0 * Double(threadsPerDevice) * coreShare }
+        let streamingKey = Self.passKey(native ? .native : weights == .int8Grouped ? .int8Grouped : .f32, threads: activeThreads > 1 ? threads : 1)
+        h.decodeRowsStreaming = decodeRowsStreaming?[streamingKey].map { table in
+            Dictionary(uniqueKeysWithValues: table.compactMap { key, value in Int(key).map { ($0, value) } })
+        }
         h.pricesUnembedding = true
         h.copiesGatheredWeights = true
         if let rates = collectiveRates {

@@ -108,7 +108,9 @@ public struct TracedConfiguration: Sendable {
 ///
 /// On a host that measured its decode attention (`Hardware.decodeAttentionBandwidth`), a decode
 /// pass adds that attention as a phase of its own, T = max(attention FLOPs at the attention
-/// rate, KV bytes at the measured rate), and C and M are the matmuls' FLOPs and weight bytes.
+/// rate, KV bytes at the measured rate), and C and M are the matmuls' FLOPs and weight bytes;
+/// with `Hardware.decodeRowsStreaming` a decode pass's M is its weight bytes at the streaming
+/// rate measured for its rows per weight.
 /// (with `prefetchesWeights` false: max(C + (1 − overlap)·A, M + A) + W + latency).
 /// Matmuls overlap everything else; activation collectives overlap compute only in part and
 /// memory streaming not at all (at small batch a decode step is memory plus communication plus
@@ -219,6 +221,11 @@ struct PassTotals {
         let kvBytes = t.kvElements * hardware.kvCacheBytes
         compute = t.matmulFLOPs / hardware.peakFLOPs
         memory = t.weightElements * tc.weights.bytes / hardware.memoryBandwidth
+        if tc.phase == .decode, t.weightElements > 0 {
+            // A decode pass streams its weights at the rate measured for its rows per weight,
+            // when known (Hardware.decodeRowsStreaming; 1 row: the full bandwidth).
+            memory /= hardware.rowsStreaming(t.matmulFLOPs / (2 * t.weightElements))
+        }
         if tc.phase == .decode, let rate = hardware.decodeAttentionBandwidth?[hardware.kvCacheType] {
             // This host's decode attention, a phase of its own (Hardware.decodeAttentionBandwidth):
             // its KV bytes at the measured rate (arithmetic included), or its FLOPs if slower.

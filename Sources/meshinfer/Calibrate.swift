@@ -99,19 +99,21 @@ struct Calibrate: ParsableCommand {
         let arena = WeightArena()
         let pattern = (0..<(1536 * 576)).map { Float(($0 % 251) - 125) / 200 }
         let big = (0..<212).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .int8, arena: arena) }
+        // Bytes/s of `weights` streamed through matvecs of `rows` activation rows (a decode step
+        // of `rows` sequences).
+        func stream(_ weights: [LinearWeight], rows: Int = 1, _ t: WorkSplitter) -> Double {
+            let x = Matrix(rows: rows, columns: 576, values: (0..<(rows * 576)).map { Float($0 % 13) / 13 })
+            return Double(weights.reduce(0) { $0 + $1.byteCount }) / median { time { for b in weights { _ = b.apply(x, threads: t) } } }
+        }
         let v = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
-        let bytes = Double(big.reduce(0) { $0 + $1.byteCount })
-        func stream(_ t: WorkSplitter) -> Double { bytes / median { time { for b in big { _ = b.apply(v, threads: t) } } } }
-        let bw1 = stream(one), bwAll = stream(all)
+        let bw1 = stream(big, one), bwAll = stream(big, all)
         let decodeAttention = Dictionary(uniqueKeysWithValues: KVCacheType.allCases.map { type in
             (type.rawValue, decodeAttentionBandwidth(type, between: { for b in big.prefix(5) { _ = b.apply(v, threads: one) } }))
         })
         // The same for f32 weights (a different kernel: f32 decode reads 3.2x the bytes per
         // weight and does no dequantization, so it streams at its own rate).
         let bigF32 = (0..<60).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .f32, arena: arena) }
-        let bytesF32 = Double(bigF32.reduce(0) { $0 + $1.byteCount })
-        func streamF32(_ t: WorkSplitter) -> Double { bytesF32 / median { time { for b in bigF32 { _ = b.apply(v, threads: t) } } } }
-        let fbw1 = streamF32(one), fbwAll = streamF32(all)
+        let fbw1 = stream(bigF32, one), fbwAll = stream(bigF32, all)
         // The same two measurements for the in-place Q4_1 kernel (`--weights native`), on a
         // Q4_1 tensor written to an in-memory GGUF file.
         let q4 = try nativeWeights(rows: 1536, columns: 576)
@@ -120,10 +122,17 @@ struct Calibrate: ParsableCommand {
         let nativeRate = 2 * Double(M * 1536 * 576) / median { time { _ = q4.apply(qx, threads: one) } }
         let nativeRateAll = 2 * Double(M * 1536 * 576) / median { time { _ = q4.apply(qx, threads: all) } }
         let nativeBig = try (0..<180).map { _ in try nativeWeights(rows: 1536, columns: 576, arena: arena) }
-        let nativeBytes = Double(nativeBig.reduce(0) { $0 + $1.byteCount })
-        let qv = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
-        func nativeStream(_ t: WorkSplitter) -> Double { nativeBytes / median { time { for b in nativeBig { _ = b.apply(qv, threads: t) } } } }
-        let nbw1 = nativeStream(one), nbwAll = nativeStream(all)
+        let nbw1 = stream(nativeBig, one), nbwAll = stream(nativeBig, all)
+        // Batched decode: the same streams with 2–32 activation rows, as a fraction of one row's
+        // rate (per format, with one thread and with all: `passKey`).
+        var rowsStreaming: [String: [String: Double]] = [:]
+        for (precision, weights) in [(WeightPrecision.int8Grouped, big), (.f32, bigF32), (.native, nativeBig)] {
+            for t in [one, all] {
+                let single = stream(weights, t)
+                rowsStreaming[HostCalibration.passKey(precision, threads: t.threads)] = Dictionary(uniqueKeysWithValues: [2, 4, 8, 16, 32].map {
+                    (String($0), stream(weights, rows: $0, t) / single) })
+            }
+        }
         // In-process collectives between two devices: every kind, and all-gather as the default.
         let inProcess = try collectiveRates { kind, count, calls in try meshTime(kind, count: count, calls: calls) }
         let small = inProcess[CollectiveKind.allGather.rawValue]!.latency
@@ -134,6 +143,7 @@ struct Calibrate: ParsableCommand {
             memoryBytes: Double(ProcessInfo.processInfo.physicalMemory))
         result.attentionFLOPsPerThread = attentionRate
         result.decodeAttentionBandwidthOneThread = decodeAttention
+        result.decodeRowsStreaming = rowsStreaming
         result.collectiveRates = inProcess
         result.nativeOPsPerThread = nativeRate
         result.nativeBandwidthOneThread = nbw1
@@ -162,6 +172,8 @@ struct Calibrate: ParsableCommand {
         print(String(format: "f32 weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)", fbw1 / 1e9, fbwAll / 1e9, threads))
         print(String(format: "attention %.1f GFLOP/s per thread; native Q4_1 %.1f GOP/s per thread, streaming %.1f / %.1f GB/s",
                      attentionRate / 1e9, nativeRate / 1e9, nbw1 / 1e9, nbwAll / 1e9))
+        print("weight streaming with 8 and 32 rows, as a fraction of 1 row's: " + rowsStreaming.keys.sorted().map {
+            String(format: "%@ %.2f, %.2f", $0, rowsStreaming[$0]!["8"]!, rowsStreaming[$0]!["32"]!) }.joined(separator: "; "))
         print("decode attention (8 sequences of 192 positions, from memory, 1 thread): "
             + decodeAttention.keys.sorted().map { String(format: "%@ cache %.1f GB/s", $0, decodeAttention[$0]! / 1e9) }.joined(separator: ", "))
         print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)",

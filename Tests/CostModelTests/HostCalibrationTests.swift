@@ -199,3 +199,39 @@ struct DecodeAttentionPricingTests {
         #expect(measured.latencySeconds == unmeasured.latencySeconds && measured.attentionSeconds == 0)
     }
 }
+
+/// A host that measured weight streaming with several activation rows prices a decode pass's
+/// weights at the rate for its rows per weight (the batch, on one device); prefill and hosts
+/// without the table price as before.
+struct RowsStreamingPricingTests {
+    static func host(_ table: [String: Double]?) -> HostCalibration {
+        var h = HostCalibrationTests.host
+        h.decodeRowsStreaming = table.map { ["int8-g32": $0, "int8-g32@2": $0.mapValues { $0 / 2 }] }
+        h.decodeAttentionBandwidthOneThread = ["f16": 8e9]   // KV reads priced apart: memory is the weights alone
+        return h
+    }
+
+    @Test func theTableIsReadPerThreadCountAndInterpolated() {
+        let h = Self.host(["2": 0.9, "8": 0.6, "32": 0.2])
+        let one = h.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1)
+        #expect(one.decodeRowsStreaming == [2: 0.9, 8: 0.6, 32: 0.2])
+        #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 2, activeThreads: 2).decodeRowsStreaming == [2: 0.45, 8: 0.3, 32: 0.1])
+        #expect(h.hardware(weights: .f32, threadsPerDevice: 1, activeThreads: 1).decodeRowsStreaming == nil)   // not measured for f32 here
+        #expect(one.rowsStreaming(1) == 1 && one.rowsStreaming(2) == 0.9 && one.rowsStreaming(8) == 0.6)
+        #expect(abs(one.rowsStreaming(5) - 0.75) < 1e-12)      // halfway between 2 and 8
+        #expect(abs(one.rowsStreaming(64) - 0.1) < 1e-12)      // beyond 32: the time per row of 32
+    }
+
+    @Test func decodeWeightsStreamAtTheirRowsRate() throws {
+        func latency(_ h: HostCalibration, batch: Int, phase: Phase = .decode) throws -> Prediction {
+            try DecodeAttentionPricingTests.predict(h, phase: phase, batch: batch, context: 0)
+        }
+        let plain = Self.host(nil), halved = Self.host(["8": 0.5, "32": 0.25])
+        // Batch 8 on one device: 8 rows per weight, half the rate, twice the memory time.
+        let (a, b) = (try latency(plain, batch: 8), try latency(halved, batch: 8))
+        #expect(abs(b.memorySeconds / a.memorySeconds - 2) < 1e-9)
+        // Batch 1: one row, the full rate; prefill: unchanged.
+        #expect(try latency(halved, batch: 1).memorySeconds == (try latency(plain, batch: 1)).memorySeconds)
+        #expect(try latency(halved, batch: 8, phase: .prefill).latencySeconds == (try latency(plain, batch: 8, phase: .prefill)).latencySeconds)
+    }
+}
