@@ -107,8 +107,8 @@ struct Calibrate: ParsableCommand {
         }
         let v = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
         let bw1 = stream(big, one), bwAll = stream(big, all)
-        let decodeAttention = Dictionary(uniqueKeysWithValues: KVCacheType.allCases.map { type in
-            (type.rawValue, decodeAttentionBandwidth(type, between: { for b in big.prefix(5) { _ = b.apply(v, threads: one) } }))
+        let decodeAttention = Dictionary(uniqueKeysWithValues: try KVCacheType.allCases.map { type in
+            (type.rawValue, try decodeAttentionBandwidth(type, between: { for b in big.prefix(5) { _ = b.apply(v, threads: one) } }))
         })
         // The same for f32 weights (a different kernel: f32 decode reads 3.2x the bytes per
         // weight and does no dequantization, so it streams at its own rate).
@@ -188,16 +188,22 @@ struct Calibrate: ParsableCommand {
     /// one query row per sequence and layer, as a decode step runs them — after `between` (the
     /// layer's weights streamed through the caches) at every layer, so each layer's keys and
     /// values come from memory. The median of 5 steps' attention time (weights not counted).
-    func decodeAttentionBandwidth(_ type: KVCacheType, between: () -> Void) -> Double {
+    func decodeAttentionBandwidth(_ type: KVCacheType, between: () -> Void) throws -> Double {
         let sequences = 8, layers = 30, H = 9, KV = 3, Q = 64, capacity = 256, count = 192
         let perLayer = 2 * KV * capacity * Q                 // (K/V, KV heads, capacity, Q) elements
         let elements = layers * perLayer                     // one sequence's cache
         let codeBytes = type == .f16 ? 2 : 1
         let bytesPerSequence = elements * codeBytes + (type == .q8 ? elements / 32 * 4 : 0)
-        let caches = (0..<sequences).map { _ in mi_huge_alloc(bytesPerSequence)! }
+        var caches: [UnsafeMutableRawPointer] = []
         defer { caches.forEach { mi_huge_free($0) } }
+        for _ in 0..<sequences {
+            guard let c = mi_huge_alloc(bytesPerSequence) else {
+                throw ValidationError("calibrate: no memory for the decode-attention measurement's KV caches (\(sequences) × \(bytesPerSequence) bytes)")
+            }
+            caches.append(c)
+        }
         for c in caches {
-            // Varied keys and values (f16 of ±0.5, or q8 codes with scales of 1/254).
+            // Varied keys and values (f16 between 0.5 and 0.56, or q8 codes of ±100 with scales of 1/254).
             let codes = c.assumingMemoryBound(to: UInt8.self)
             for i in 0..<(elements * codeBytes) { codes[i] = type == .f16 ? (i % 2 == 1 ? 0x38 : UInt8(i % 251)) : UInt8(truncatingIfNeeded: i % 201 - 100) }
             if type == .q8 {
