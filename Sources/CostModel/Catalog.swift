@@ -76,13 +76,18 @@ public struct Hardware: Sendable, Equatable {
     public var attentionFLOPs: Double?
     /// The KV cache's type ("f16", "q8"), a key of `decodeAttentionBandwidth`.
     public var kvCacheType = "f16"
-    /// Bytes/s at which a decode step's attention reads the KV cache, arithmetic included, per
-    /// cache type (this host, measured by `calibrate`). When known, a decode pass's attention is
-    /// priced as a phase of its own after the matmuls (Pricing): a CPU core runs one op after
-    /// the other, so attention's KV reads do not stream beside the weights, and attention reads
-    /// its short per-head streams slower than the weights stream (measured: 8 sequences at 192
-    /// positions, f16, 8-11 GB/s against 15-17). nil (accelerators, the paper): attention's
-    /// FLOPs count with the compute and its KV bytes with the memory.
+    /// Threads each device runs (a CPU host; decode attention runs its sequences in parallel
+    /// over them).
+    public var threadsPerDevice = 1
+    /// Bytes/s at which one thread's decode attention reads the KV cache, arithmetic included,
+    /// per cache type (this host, measured by `calibrate`; times the thread's core share). When
+    /// known, a decode pass's attention is priced as a phase of its own after the matmuls
+    /// (Pricing), on min(threads, sequences) threads and at most the device's memory bandwidth:
+    /// a CPU core runs one op after the other, so attention's KV reads do not stream beside the
+    /// weights, and attention reads its short per-head streams slower than the weights stream
+    /// (measured: 8 sequences at 192 positions, f16, 8-12 GB/s against 14-17). nil
+    /// (accelerators, the paper): attention's FLOPs count with the compute and its KV bytes
+    /// with the memory.
     public var decodeAttentionBandwidth: [String: Double]?
     /// Weight streaming with r activation rows as a fraction of `memoryBandwidth` (one row's),
     /// measured at a few row counts (this host's `calibrate`: the kernels themselves, weights
@@ -94,12 +99,14 @@ public struct Hardware: Sendable, Equatable {
     public var decodeRowsStreaming: [Int: Double]?
 
     /// `decodeRowsStreaming` at `rows` rows: linear between the measured row counts (1 row: 1),
-    /// and beyond the largest the time per row of the largest (the rate falls as 1/rows).
+    /// and beyond the largest the largest's (where the compute term prices the matmuls). Entries
+    /// that are not positive are ignored.
     public func rowsStreaming(_ rows: Double) -> Double {
-        guard let table = decodeRowsStreaming, rows > 1 else { return 1 }
-        let points = ([(1, 1.0)] + table.map { ($0.key, $0.value) }).sorted { $0.0 < $1.0 }
+        let measured = (decodeRowsStreaming ?? [:]).filter { $0.key > 1 && $0.value > 0 }
+        guard !measured.isEmpty, rows > 1 else { return 1 }
+        let points = ([(1, 1.0)] + measured.map { ($0.key, $0.value) }).sorted { $0.0 < $1.0 }
         let last = points[points.count - 1]
-        if rows >= Double(last.0) { return last.1 * Double(last.0) / rows }
+        if rows >= Double(last.0) { return last.1 }
         let i = points.firstIndex { Double($0.0) >= rows }!
         let (a, b) = (points[i - 1], points[i])
         return a.1 + (b.1 - a.1) * (rows - Double(a.0)) / Double(b.0 - a.0)
@@ -338,10 +345,11 @@ public struct HostCalibration: Sendable, Codable, Equatable {
         var h = Hardware(name: "cpu", peakFLOPs: peak, memoryBytes: memoryBytes, memoryBandwidth: bw / Double(devices),
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
         h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) * coreShare }
-        h.decodeAttentionBandwidth = decodeAttentionBandwidthOneThread?.mapValues { $0 * Double(threadsPerDevice) * coreShare }
+        h.threadsPerDevice = threadsPerDevice
+        h.decodeAttentionBandwidth = decodeAttentionBandwidthOneThread?.filter { $0.value > 0 }.mapValues { $0 * coreShare }
         let streamingKey = Self.passKey(native ? .native : weights == .int8Grouped ? .int8Grouped : .f32, threads: activeThreads > 1 ? threads : 1)
         h.decodeRowsStreaming = decodeRowsStreaming?[streamingKey].map { table in
-            Dictionary(uniqueKeysWithValues: table.compactMap { key, value in Int(key).map { ($0, value) } })
+            Dictionary(table.compactMap { key, value in Int(key).map { ($0, value) } }, uniquingKeysWith: { first, _ in first })
         }
         h.pricesUnembedding = true
         h.copiesGatheredWeights = true

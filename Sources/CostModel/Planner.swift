@@ -124,12 +124,17 @@ public struct Planner: Sendable {
     /// Why a configuration costs what it does: its dominant term.
     public static func explain(_ c: PlanCandidate, phase: Phase) -> String {
         let p = c.prediction
-        let terms = [("compute", p.computeSeconds), ("memory (weights and KV cache)", p.memorySeconds), ("communication", p.communicationSeconds)]
+        var terms = [("compute", p.computeSeconds), ("memory (weights and KV cache)", p.memorySeconds), ("communication", p.communicationSeconds)]
+        if p.attentionSeconds > 0 {   // a host that prices decode attention as its own phase
+            terms[1].0 = "memory (weights)"
+            terms.append(("attention (KV cache)", p.attentionSeconds))
+        }
         let top = terms.max { $0.1 < $1.1 }!
         let latency = phase == .decode ? String(format: "%.2f ms per token", c.latency) : String(format: "%.3f s", c.latency)
-        return String(format: "%d chips (%@), batch %d, %@ with attention over %@, %@ weights: %@, %.2f chip-ms/token, MFU %.1f%%. Bound by %@ (%.0f%% of the summed terms: compute %.3g s, memory %.3g s, communication %.3g s).",
+        return String(format: "%d chips (%@), batch %d, %@ with attention over %@, %@ weights: %@, %.2f chip-ms/token, MFU %.1f%%. Bound by %@ (%.0f%% of the summed terms: %@).",
                       c.chips, c.topology.description, c.batch, c.layout.feedForward.rawValue, c.layout.attention.rawValue, c.weights.rawValue,
                       latency, p.costChipMsPerToken, p.mfu * 100, top.0,
-                      top.1 / max(1e-30, terms.reduce(0) { $0 + $1.1 }) * 100, p.computeSeconds, p.memorySeconds, p.communicationSeconds)
+                      top.1 / max(1e-30, terms.reduce(0) { $0 + $1.1 }) * 100,
+                      terms.map { String(format: "%@ %.3g s", $0.0.split(separator: " ").first.map(String.init) ?? $0.0, $0.1) }.joined(separator: ", "))
     }
 }

@@ -226,9 +226,14 @@ struct PassTotals {
             // when known (Hardware.decodeRowsStreaming; 1 row: the full bandwidth).
             memory /= hardware.rowsStreaming(t.matmulFLOPs / (2 * t.weightElements))
         }
-        if tc.phase == .decode, let rate = hardware.decodeAttentionBandwidth?[hardware.kvCacheType] {
+        if tc.phase == .decode, let perThread = hardware.decodeAttentionBandwidth?[hardware.kvCacheType] {
             // This host's decode attention, a phase of its own (Hardware.decodeAttentionBandwidth):
-            // its KV bytes at the measured rate (arithmetic included), or its FLOPs if slower.
+            // its KV bytes at the measured rate (arithmetic included) on as many threads as it
+            // has sequences (the runtime splits decode attention by sequence; the pass's whole
+            // batch bounds a device's share), at most the device's memory bandwidth — or its
+            // FLOPs, if slower.
+            let sequences = max(1, (tc.tokens / max(1, tc.passes)).rounded(.down))
+            let rate = min(perThread * min(Double(hardware.threadsPerDevice), sequences), hardware.memoryBandwidth)
             attention = max(attentionCompute, kvBytes / rate)
         } else {
             compute += attentionCompute

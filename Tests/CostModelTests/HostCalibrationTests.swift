@@ -36,6 +36,7 @@ struct HostCalibrationTests {
         object["modelPassEfficiency"] = nil
         let old = try JSONDecoder().decode(HostCalibration.self, from: JSONSerialization.data(withJSONObject: object))
         #expect(old.modelPassEfficiency == nil)
+        #expect(old.decodeAttentionBandwidthOneThread == nil && old.decodeRowsStreaming == nil)   // files from before them
         #expect(old.calibration(for: .native, activeThreads: 1, model: "gemma.gguf").computeEfficiency == 0.8)
     }
 }
@@ -157,8 +158,9 @@ struct DecodeAttentionPricingTests {
         return h
     }
 
-    static func predict(_ host: HostCalibration, phase: Phase, batch: Int = 8, context: Int = 160, cache: (String, Double) = ("f16", 2)) throws -> Prediction {
-        var hardware = host.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1)
+    static func predict(_ host: HostCalibration, phase: Phase, batch: Int = 8, context: Int = 160, cache: (String, Double) = ("f16", 2),
+                        threads: Int = 1) throws -> Prediction {
+        var hardware = host.hardware(weights: .int8Grouped, threadsPerDevice: threads, activeThreads: threads)
         (hardware.kvCacheType, hardware.kvCacheBytes) = cache
         return try CostModel(hardware: hardware, calibration: host.calibration(for: .int8Grouped))
             .predict(model: DefaultLayoutTests.smol, mesh: .single, layout: PhaseLayout(.weightStationary1D, .shardedOverHeads),
@@ -166,28 +168,35 @@ struct DecodeAttentionPricingTests {
                      context: phase == .prefill ? nil : context, weights: .int8Grouped)
     }
 
-    @Test func theRateScalesWithThreadsAndCoreShare() {
+    @Test func theRateIsPerThreadTimesItsCoreShare() throws {
         let h = Self.host(["f16": 8e9, "q8": 6e9])
         #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1).decodeAttentionBandwidth == ["f16": 8e9, "q8": 6e9])
-        #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 2, activeThreads: 2).decodeAttentionBandwidth == ["f16": 16e9, "q8": 12e9])
+        let two = h.hardware(weights: .int8Grouped, threadsPerDevice: 2, activeThreads: 2)
+        #expect(two.decodeAttentionBandwidth == ["f16": 8e9, "q8": 6e9] && two.threadsPerDevice == 2)
         // 4 one-thread devices on the 2 cores: half a core each.
         #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 4).decodeAttentionBandwidth == ["f16": 4e9, "q8": 3e9])
         #expect(Self.host(nil).hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1).decodeAttentionBandwidth == nil)
+        // The runtime splits decode attention by sequence: 2 threads read one sequence's cache
+        // at one thread's rate, and 8 sequences' at two threads' (within the memory bandwidth).
+        let slow = Self.host(["f16": 1e9])
+        let (one, oneTwo) = (try Self.predict(slow, phase: .decode, batch: 1), try Self.predict(slow, phase: .decode, batch: 1, threads: 2))
+        #expect(one.attentionSeconds == oneTwo.attentionSeconds)
+        let (eight, eightTwo) = (try Self.predict(slow, phase: .decode), try Self.predict(slow, phase: .decode, threads: 2))
+        #expect(abs(eight.attentionSeconds / eightTwo.attentionSeconds - 2) < 1e-9)
     }
 
     @Test func decodeAttentionIsItsOwnPhase() throws {
-        // KV bytes per decode step: 8 sequences × 30 layers × (K, V) × 3 KV heads × 64 × 2 bytes
-        // per attended position, at the run's mean context (160 cached + 16 of the 32 new + the
-        // step's own position).
+        // KV elements per decode step: 8 sequences × 30 layers × (K, V) × 3 KV heads × 64 per
+        // attended position, priced at the run's mean context (160 cached + 16 of the 32 new).
         let perPosition = 8.0 * 30 * 2 * 3 * 64
-        let positions = 160.0 + 16 + 1
+        let positions = 160.0 + 16
         let slow = try Self.predict(Self.host(["f16": 1e9]), phase: .decode), fast = try Self.predict(Self.host(["f16": 2e9]), phase: .decode)
         let expected = perPosition * positions * 2 * (1 / 1e9 - 1 / 2e9) * 32   // 32 steps
-        #expect(abs((slow.latencySeconds - fast.latencySeconds) / expected - 1) < 0.02)
-        #expect(abs(slow.attentionSeconds / (perPosition * positions * 2 / 1e9 * 32) - 1) < 0.02)
+        #expect(abs((slow.latencySeconds - fast.latencySeconds) / expected - 1) < 1e-9)
+        #expect(abs(slow.attentionSeconds / (perPosition * positions * 2 / 1e9 * 32) - 1) < 1e-9)
         // The q8 cache is priced at its own rate and bytes (1.125 per element).
         let q8 = try Self.predict(Self.host(["f16": 1e9, "q8": 0.5e9]), phase: .decode, cache: ("q8", 1.125))
-        #expect(abs(q8.attentionSeconds / (perPosition * positions * 1.125 / 0.5e9 * 32) - 1) < 0.02)
+        #expect(abs(q8.attentionSeconds / (perPosition * positions * 1.125 / 0.5e9 * 32) - 1) < 1e-9)
         // Without the measurement attention has no phase of its own, and costs less than its
         // KV bytes at the slow rate (they stream beside the weights, at the weights' rate).
         let unmeasured = try Self.predict(Self.host(nil), phase: .decode)
@@ -219,7 +228,10 @@ struct RowsStreamingPricingTests {
         #expect(h.hardware(weights: .f32, threadsPerDevice: 1, activeThreads: 1).decodeRowsStreaming == nil)   // not measured for f32 here
         #expect(one.rowsStreaming(1) == 1 && one.rowsStreaming(2) == 0.9 && one.rowsStreaming(8) == 0.6)
         #expect(abs(one.rowsStreaming(5) - 0.75) < 1e-12)      // halfway between 2 and 8
-        #expect(abs(one.rowsStreaming(64) - 0.1) < 1e-12)      // beyond 32: the time per row of 32
+        #expect(one.rowsStreaming(64) == 0.2)                  // beyond 32: 32's (the compute term prices the matmuls there)
+        var empty = one
+        empty.decodeRowsStreaming = [:]                         // no usable entry: the full rate
+        #expect(empty.rowsStreaming(8) == 1)
     }
 
     @Test func decodeWeightsStreamAtTheirRowsRate() throws {
