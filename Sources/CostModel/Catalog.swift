@@ -223,6 +223,8 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// Bytes/s at which one thread's decode attention reads a KV cache from memory, its
     /// arithmetic included, per cache type ("f16", "q8"; `Calibrate.decodeAttentionBandwidth`).
     public var decodeAttentionBandwidthOneThread: [String: Double]?
+    /// The same with all `threads` threads, the sequences split over them.
+    public var decodeAttentionBandwidthAllThreads: [String: Double]?
     /// Weight streaming with 2–32 activation rows (a decode step of that many sequences) as a
     /// fraction of one row's rate, per format and thread count (`passKey`), keyed by rows.
     public var decodeRowsStreaming: [String: [String: Double]]?
@@ -346,7 +348,12 @@ public struct HostCalibration: Sendable, Codable, Equatable {
                          interconnectBandwidth: collectiveBandwidth, activationBytes: 4)
         h.attentionFLOPs = attentionFLOPsPerThread.map { $0 * Double(threadsPerDevice) * coreShare }
         h.threadsPerDevice = threadsPerDevice
-        h.decodeAttentionBandwidth = decodeAttentionBandwidthOneThread?.filter { $0.value > 0 }.mapValues { $0 * coreShare }
+        // Per thread: alone, or its share of all threads' rate when more than one is busy (as
+        // the GEMM rates above), times its core share.
+        let attentionPerThread = activeThreads > 1
+            ? decodeAttentionBandwidthAllThreads?.mapValues { $0 / Double(max(1, threads)) } ?? decodeAttentionBandwidthOneThread
+            : decodeAttentionBandwidthOneThread
+        h.decodeAttentionBandwidth = attentionPerThread?.filter { $0.value > 0 }.mapValues { $0 * coreShare }
         let streamingKey = Self.passKey(native ? .native : weights == .int8Grouped ? .int8Grouped : .f32, threads: activeThreads > 1 ? threads : 1)
         h.decodeRowsStreaming = decodeRowsStreaming?[streamingKey].map { table in
             Dictionary(table.compactMap { key, value in Int(key).map { ($0, value) } }, uniquingKeysWith: { first, _ in first })

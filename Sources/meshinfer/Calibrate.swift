@@ -107,9 +107,12 @@ struct Calibrate: ParsableCommand {
         }
         let v = Matrix(rows: 1, columns: 576, values: (0..<576).map { Float($0 % 13) / 13 })
         let bw1 = stream(big, one), bwAll = stream(big, all)
-        let decodeAttention = Dictionary(uniqueKeysWithValues: try KVCacheType.allCases.map { type in
-            (type.rawValue, try decodeAttentionBandwidth(type, between: { for b in big.prefix(5) { _ = b.apply(v, threads: one) } }))
-        })
+        func decodeAttention(_ t: WorkSplitter) throws -> [String: Double] {
+            Dictionary(uniqueKeysWithValues: try KVCacheType.allCases.map { type in
+                (type.rawValue, try decodeAttentionBandwidth(type, threads: t, between: { for b in big.prefix(5) { _ = b.apply(v, threads: t) } }))
+            })
+        }
+        let decodeAttentionOne = try decodeAttention(one), decodeAttentionAll = try decodeAttention(all)
         // The same for f32 weights (a different kernel: f32 decode reads 3.2x the bytes per
         // weight and does no dequantization, so it streams at its own rate).
         let bigF32 = (0..<60).map { _ in LinearWeight(values: pattern, outputs: 1536, inputs: 576, format: .f32, arena: arena) }
@@ -142,7 +145,8 @@ struct Calibrate: ParsableCommand {
             memoryBandwidthAllThreads: bwAll, threads: threads, collectiveLatency: small, collectiveBandwidth: bandwidth,
             memoryBytes: Double(ProcessInfo.processInfo.physicalMemory))
         result.attentionFLOPsPerThread = attentionRate
-        result.decodeAttentionBandwidthOneThread = decodeAttention
+        result.decodeAttentionBandwidthOneThread = decodeAttentionOne
+        result.decodeAttentionBandwidthAllThreads = decodeAttentionAll
         result.decodeRowsStreaming = rowsStreaming
         result.collectiveRates = inProcess
         result.nativeOPsPerThread = nativeRate
@@ -174,21 +178,23 @@ struct Calibrate: ParsableCommand {
                      attentionRate / 1e9, nativeRate / 1e9, nbw1 / 1e9, nbwAll / 1e9))
         print("weight streaming with 8 and 32 rows, as a fraction of 1 row's: " + rowsStreaming.keys.sorted().map {
             String(format: "%@ %.2f, %.2f", $0, rowsStreaming[$0]!["8"]!, rowsStreaming[$0]!["32"]!) }.joined(separator: "; "))
-        print("decode attention (8 sequences of 192 positions, from memory, 1 thread): "
-            + decodeAttention.keys.sorted().map { String(format: "%@ cache %.1f GB/s", $0, decodeAttention[$0]! / 1e9) }.joined(separator: ", "))
+        print("decode attention (8 sequences of 192 positions, from memory; 1 / \(threads) threads): "
+            + decodeAttentionOne.keys.sorted().map { String(format: "%@ cache %.1f / %.1f GB/s", $0, decodeAttentionOne[$0]! / 1e9,
+                                                             (decodeAttentionAll[$0] ?? 0) / 1e9) }.joined(separator: ", "))
         print(String(format: "f32 %.1f GFLOP/s and int8 %.1f GOP/s per thread; weight streaming %.1f GB/s (1 thread), %.1f GB/s (%d threads)",
                      result.f32FLOPsPerThread / 1e9, result.int8OPsPerThread / 1e9, bw1 / 1e9, bwAll / 1e9, threads))
         print("in-process collectives: " + Self.describe(inProcess))
         print("saved to \(path)")
     }
 
-    /// Bytes/s at which one thread's decode attention consumes a KV cache of `type`, its
+    /// Bytes/s at which decode attention on `threads` consumes a KV cache of `type`, its
     /// arithmetic included: 8 sequences of 192 cached positions, the default model's shape (9
     /// heads of 64 over 3 KV heads, 30 layers, head-major as KVCache keeps it, on huge pages),
-    /// one query row per sequence and layer, as a decode step runs them — after `between` (the
-    /// layer's weights streamed through the caches) at every layer, so each layer's keys and
-    /// values come from memory. The median of 5 steps' attention time (weights not counted).
-    func decodeAttentionBandwidth(_ type: KVCacheType, between: () -> Void) throws -> Double {
+    /// one query row per sequence and layer, the sequences split over the threads, as a decode
+    /// step runs them — after `between` (the layer's weights streamed through the caches) at
+    /// every layer, so each layer's keys and values come from memory. The median of 5 steps'
+    /// attention time (weights not counted).
+    func decodeAttentionBandwidth(_ type: KVCacheType, threads: WorkSplitter, between: () -> Void) throws -> Double {
         let sequences = 8, layers = 30, H = 9, KV = 3, Q = 64, capacity = 256, count = 192
         let perLayer = 2 * KV * capacity * Q                 // (K/V, KV heads, capacity, Q) elements
         let elements = layers * perLayer                     // one sequence's cache
@@ -211,24 +217,27 @@ struct Calibrate: ParsableCommand {
                 for i in 0..<(elements / 32) { scales[i] = 1.0 / 254 }
             }
         }
-        var q = [Float](repeating: 0, count: H * Q), out = [Float](repeating: 0, count: H * Q), scratch = [Float](repeating: 0, count: count * H / KV)
-        for i in q.indices { q[i] = Float(i % 7) / 7 - 0.4 }
+        let q = (0..<(H * Q)).map { Float($0 % 7) / 7 - 0.4 }
         func step() -> Double {
             var seconds = 0.0
             for l in 0..<layers {
                 between()
                 let start = Date()
-                for c in caches {
-                    let k = l * perLayer, v = k + KV * capacity * Q
-                    switch type {
-                    case .f16:
-                        let e = c.assumingMemoryBound(to: UInt16.self)
-                        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, Int64(Q), Int64(capacity * Q), Int32(count),
-                                         0.125, &scratch, &out, 1)
-                    case .q8:
-                        let e = c.assumingMemoryBound(to: Int8.self), scales = (c + elements).assumingMemoryBound(to: Float.self)
-                        mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, scales + k / 32, scales + v / 32, Int64(Q),
-                                            Int64(capacity * Q), Int32(count), 0.125, &scratch, &out, 1)
+                threads.parallelFor(sequences) { range in
+                    // Each thread its own scratch (count · H / KV floats) and output row.
+                    var out = [Float](repeating: 0, count: H * Q), scratch = [Float](repeating: 0, count: count * H / KV)
+                    for c in caches[range] {
+                        let k = l * perLayer, v = k + KV * capacity * Q
+                        switch type {
+                        case .f16:
+                            let e = c.assumingMemoryBound(to: UInt16.self)
+                            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, Int64(Q), Int64(capacity * Q), Int32(count),
+                                             0.125, &scratch, &out, 1)
+                        case .q8:
+                            let e = c.assumingMemoryBound(to: Int8.self), scales = (c + elements).assumingMemoryBound(to: Float.self)
+                            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, scales + k / 32, scales + v / 32, Int64(Q),
+                                                Int64(capacity * Q), Int32(count), 0.125, &scratch, &out, 1)
+                        }
                     }
                 }
                 seconds += Date().timeIntervalSince(start)

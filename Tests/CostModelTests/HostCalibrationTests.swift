@@ -36,7 +36,8 @@ struct HostCalibrationTests {
         object["modelPassEfficiency"] = nil
         let old = try JSONDecoder().decode(HostCalibration.self, from: JSONSerialization.data(withJSONObject: object))
         #expect(old.modelPassEfficiency == nil)
-        #expect(old.decodeAttentionBandwidthOneThread == nil && old.decodeRowsStreaming == nil)   // files from before them
+        #expect(old.decodeAttentionBandwidthOneThread == nil && old.decodeAttentionBandwidthAllThreads == nil
+                && old.decodeRowsStreaming == nil)   // files from before them
         #expect(old.calibration(for: .native, activeThreads: 1, model: "gemma.gguf").computeEfficiency == 0.8)
     }
 }
@@ -176,6 +177,13 @@ struct DecodeAttentionPricingTests {
         // 4 one-thread devices on the 2 cores: half a core each.
         #expect(h.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 4).decodeAttentionBandwidth == ["f16": 4e9, "q8": 3e9])
         #expect(Self.host(nil).hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1).decodeAttentionBandwidth == nil)
+        // Measured with all (2) threads as well: with more than one thread busy, a thread gets
+        // its share of that rate; alone, its own.
+        var both = h
+        both.decodeAttentionBandwidthAllThreads = ["f16": 12e9, "q8": 10e9]
+        #expect(both.hardware(weights: .int8Grouped, threadsPerDevice: 2, activeThreads: 2).decodeAttentionBandwidth == ["f16": 6e9, "q8": 5e9])
+        #expect(both.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 4).decodeAttentionBandwidth == ["f16": 3e9, "q8": 2.5e9])
+        #expect(both.hardware(weights: .int8Grouped, threadsPerDevice: 1, activeThreads: 1).decodeAttentionBandwidth == ["f16": 8e9, "q8": 6e9])
         // The runtime splits decode attention by sequence: 2 threads read one sequence's cache
         // at one thread's rate, and 8 sequences' at two threads' (within the memory bandwidth).
         let slow = Self.host(["f16": 1e9])
