@@ -333,8 +333,10 @@ public struct HostCalibration: Sendable, Codable, Equatable {
     /// thread gets cores/activeThreads of one.
     public func hardware(weights: WeightPrecision, threadsPerDevice: Int, activeThreads: Int) -> Hardware {
         let native = weights == .native && nativeOPsPerThread != nil
+        // The kernel family whose measurements price these weights (the keys of the tables below).
+        let kernel: WeightPrecision = native ? .native : weights == .int8Grouped ? .int8Grouped : .f32
         var perThread = native ? nativeOPsPerThread! : weights == .int8Grouped ? int8OPsPerThread : f32FLOPsPerThread
-        if activeThreads > 1, let all = allThreadsOPs?[native ? "native" : weights == .int8Grouped ? "int8-g32" : "f32"] {
+        if activeThreads > 1, let all = allThreadsOPs?[kernel.rawValue] {
             perThread = all / Double(max(1, threads))
         }
         let coreShare = min(1, Double(max(1, threads)) / Double(max(1, activeThreads)))
@@ -354,8 +356,7 @@ public struct HostCalibration: Sendable, Codable, Equatable {
             ? decodeAttentionBandwidthAllThreads?.mapValues { $0 / Double(max(1, threads)) } ?? decodeAttentionBandwidthOneThread
             : decodeAttentionBandwidthOneThread
         h.decodeAttentionBandwidth = attentionPerThread?.filter { $0.value > 0 }.mapValues { $0 * coreShare }
-        let streamingKey = Self.passKey(native ? .native : weights == .int8Grouped ? .int8Grouped : .f32, threads: activeThreads > 1 ? threads : 1)
-        h.decodeRowsStreaming = decodeRowsStreaming?[streamingKey].map { table in
+        h.decodeRowsStreaming = decodeRowsStreaming?[Self.passKey(kernel, threads: activeThreads > 1 ? threads : 1)].map { table in
             Dictionary(table.compactMap { key, value in Int(key).map { ($0, value) } }, uniquingKeysWith: { first, _ in first })
         }
         h.pricesUnembedding = true

@@ -8,6 +8,9 @@ import Runtime
 import Tensors
 import CKernels
 
+/// The median of 5 runs of `f` (calibrate's measurements).
+private func median(_ f: () throws -> Double) rethrows -> Double { try (0..<5).map { _ in try f() }.sorted()[2] }
+
 /// The file `--calibration FILE` named (set when the command line is validated).
 nonisolated(unsafe) private var calibrationFile: String?
 
@@ -58,7 +61,6 @@ struct Calibrate: ParsableCommand {
         if transport == .mpi { return try calibrateMPI() }
         try MeshOptions.parse([]).checkLaunch()
         let threads = ProcessInfo.processInfo.activeProcessorCount
-        func median(_ f: () -> Double) -> Double { (0..<5).map { _ in f() }.sorted()[2] }
         func time(_ body: () -> Void) -> Double { let s = Date(); body(); return Date().timeIntervalSince(s) }
 
         // GEMM rates on one thread: a prefill-shaped (512 x 576) x (576 -> 1536) product.
@@ -246,7 +248,7 @@ struct Calibrate: ParsableCommand {
         }
         _ = step()
         let read = Double(sequences * layers * 2 * KV * count * Q) * type.bytesPerElement
-        return read / (0..<5).map { _ in step() }.sorted()[2]
+        return read / median(step)
     }
 
     /// Whole-pass efficiencies on the model file (default: the cached default model; skipped if
@@ -291,7 +293,7 @@ struct Calibrate: ParsableCommand {
                 func efficiency(_ test: String, _ n: Int) throws -> Double {
                     let run = BenchRun(kind: test, tokens: n, depth: 0, batch: 1)
                     _ = try run.time(loaded.engine, [Array(tokens.prefix(n))], profile: nil)
-                    let measured = try (0..<5).map { _ in try run.time(loaded.engine, [Array(tokens.prefix(n))], profile: nil).0 }.sorted()[2]
+                    let measured = try median { try run.time(loaded.engine, [Array(tokens.prefix(n))], profile: nil).0 }
                     let predicted = try predictedRunRate(hardware: host.hardware(weights: precision, threadsPerDevice: t, activeThreads: t),
                                                          calibration: host.calibration(), config: config, mesh: .single,
                                                          layout: layout, precision: precision, test: test, tokens: n, batch: 1)
