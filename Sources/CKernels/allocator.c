@@ -31,6 +31,35 @@ void *mi_huge_alloc(size_t bytes) {
 
 void mi_huge_free(void *p) { free(p); }
 
+void *mi_reserve(size_t bytes) {
+#if defined(__linux__)
+    /* 2 MiB-aligned, so the kernel can back all of it with huge pages: map 2 MiB more and
+     * unmap the slack on either side. */
+    const size_t huge = (size_t)2 << 20, n = (bytes + huge - 1) / huge * huge;
+    uint8_t *m = mmap(NULL, n + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) return NULL;
+    uint8_t *p = (uint8_t *)(((uintptr_t)m + huge - 1) / huge * huge);
+    if (p > m) munmap(m, (size_t)(p - m));
+    if (m + n + huge > p + n) munmap(p + n, (size_t)(m + n + huge - (p + n)));
+#if defined(MADV_HUGEPAGE)
+    madvise(p, n, MADV_HUGEPAGE);
+#endif
+    return p;
+#else
+    (void)bytes;
+    return NULL;
+#endif
+}
+
+void mi_unreserve(void *p, size_t bytes) {
+#if defined(__linux__)
+    const size_t huge = (size_t)2 << 20;
+    if (p) munmap(p, (bytes + huge - 1) / huge * huge);
+#else
+    (void)p; (void)bytes;
+#endif
+}
+
 uint64_t mi_stream_read(const void *p, size_t bytes) {
 #if MI_AVX512
     // Four independent accumulators so loads are not serialized behind one dependency chain.

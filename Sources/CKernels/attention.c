@@ -4,6 +4,12 @@
 // and the conversions that write either cache.
 #include "common.h"
 
+/* Element offset of cached position p within its KV head (chunks of MI_KV_CHUNK positions,
+ * chunkStride elements apart; rows of Q within a chunk). */
+ALWAYS_INLINE int64_t kv_row(int64_t p, int Q, int64_t chunkStride) {
+    return p / MI_KV_CHUNK * chunkStride + p % MI_KV_CHUNK * Q;
+}
+
 void mi_f32_to_f16(const float *x, uint16_t *out, int n) {
     int i = 0;
 #if defined(MI_AVX512)
@@ -53,10 +59,12 @@ ALWAYS_INLINE void prefetch_row(const int q8, const uint8_t *row, const float *s
     if (q8 && ((uintptr_t)scales & 63) < (uintptr_t)(NQ / 2) * 4) _mm_prefetch((const char *)scales, _MM_HINT_T0);
 }
 
-/* Asks for the first AHEAD positions' keys of the KV head starting at element `head` of k. */
-ALWAYS_INLINE void prefetch_head(const int q8, const void *k, const float *ks, int64_t head, int64_t kvStride, int count, int NQ) {
+/* Asks for the first AHEAD positions' keys (from `first`) of the KV head starting at element
+ * `head` of k. */
+ALWAYS_INLINE void prefetch_head(const int q8, const void *k, const float *ks, int64_t head, int64_t chunkStride, int first,
+                                 int count, int NQ) {
     for (int p = 0; p < AHEAD && p < count; p++) {
-        const int64_t at = head + p * kvStride;
+        const int64_t at = head + kv_row(first + p, 16 * NQ, chunkStride);
         prefetch_row(q8, (const uint8_t *)k + at * (q8 ? 1 : 2), q8 ? ks + at / 32 : NULL, NQ);
     }
 }
@@ -81,13 +89,13 @@ ALWAYS_INLINE __m512 sums16(const __m512 *a) {
  * default model: 3 heads of 64): each key and value row is loaded once for all G heads. Per
  * head: scores 16 positions at a time (each position's products summed in a vector, 16 of them
  * reduced together), softmax with the vector exp, then the weighted values accumulated in NQ
- * registers and scaled once; a head's arithmetic does not depend on G. Position j's row starts
- * at element j·stride of k and v (bytes: j·stride·(q8 ? 1 : 2)), its q8 scales at j·stride/32 of
- * ks and vs. scratch: G·count floats. */
+ * registers and scaled once; a head's arithmetic does not depend on G. Positions first..<first
+ * + count; position p's row starts at element kv_row(p) of k and v (bytes: times q8 ? 1 : 2),
+ * its q8 scales at kv_row(p)/32 of ks and vs. scratch: G·count floats. */
 ALWAYS_INLINE void attend_group(const int NQ, const int G, const int q8, const float *q, const void *k, const void *v,
-                                const float *ks, const float *vs, int64_t stride, int count, float scale, float *scratch,
-                                float *out, const int cold) {
-    const int64_t rowBytes = stride * (q8 ? 1 : 2), scaleStride = stride / 32;
+                                const float *ks, const float *vs, int64_t chunkStride, int first, int count, float scale,
+                                float *scratch, float *out, const int cold) {
+    const int esize = q8 ? 1 : 2, Q = 16 * NQ;
     const uint8_t *kb = (const uint8_t *)k, *vb = (const uint8_t *)v;
     __m512 qv[16];
     for (int h = 0; h < G; h++)
@@ -98,12 +106,15 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const int q8, const f
     for (int j = 0; j < count; j += 16) {
         int n = count - j < 16 ? count - j : 16;
         for (int p = 0; p < n; p++) {
-            const int64_t at = j + p;
-            const uint8_t *kj = kb + at * rowBytes;
-            const float *ksj = q8 ? ks + at * scaleStride : NULL;
+            const int64_t at = kv_row(first + j + p, Q, chunkStride);
+            const uint8_t *kj = kb + at * esize;
+            const float *ksj = q8 ? ks + at / 32 : NULL;
             if (cold) {
-                if (at + AHEAD < count) prefetch_row(q8, kj + AHEAD * rowBytes, q8 ? ksj + AHEAD * scaleStride : NULL, NQ);
-                prefetch_row(q8, vb + at * rowBytes, q8 ? vs + at * scaleStride : NULL, NQ);
+                if (j + p + AHEAD < count) {
+                    const int64_t ahead = kv_row(first + j + p + AHEAD, Q, chunkStride);
+                    prefetch_row(q8, kb + ahead * esize, q8 ? ks + ahead / 32 : NULL, NQ);
+                }
+                prefetch_row(q8, vb + at * esize, q8 ? vs + at / 32 : NULL, NQ);
             }
             __m512 kc[16];
             for (int c = 0; c < NQ; c++) kc[c] = load_kv(q8, kj, ksj, c);
@@ -143,8 +154,9 @@ ALWAYS_INLINE void attend_group(const int NQ, const int G, const int q8, const f
     __m512 acc[16];
     for (int i = 0; i < G * NQ; i++) acc[i] = _mm512_setzero_ps();
     for (int j = 0; j < count; j++) {
-        const uint8_t *vj = vb + (int64_t)j * rowBytes;
-        const float *vsj = q8 ? vs + (int64_t)j * scaleStride : NULL;
+        const int64_t at = kv_row(first + j, Q, chunkStride);
+        const uint8_t *vj = vb + at * esize;
+        const float *vsj = q8 ? vs + at / 32 : NULL;
         for (int c = 0; c < NQ; c++) {
             __m512 vc = load_kv(q8, vj, vsj, c);
             for (int h = 0; h < G; h++) acc[h * NQ + c] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[(int64_t)h * count + j]), vc, acc[h * NQ + c]);
@@ -166,8 +178,8 @@ ALWAYS_INLINE float kv_at(const int q8, const void *base, const float *scales, i
  * positions. The scalar path below is the reference arithmetic; with AVX-512 and Q a multiple
  * of 16 up to 256, attend_group computes the same function in another order (and a 2-ulp exp). */
 ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, int Q, const void *k, const void *v,
-                                 const float *ks, const float *vs, int64_t kvStride, int64_t headStride, int count,
-                                 float scale, float *scratch, float *out, int cold) {
+                                 const float *ks, const float *vs, int64_t headStride, int64_t chunkStride, int first,
+                                 int count, float scale, float *scratch, float *out, int cold) {
     int group = H / KV;
     const int esize = q8 ? 1 : 2;
 #if defined(MI_AVX512)
@@ -182,10 +194,11 @@ ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, in
             float *oh = out + h * Q;
             // A cold row asks for the first KV head's first keys, and the next KV head's before
             // this one starts.
-            if (cold && h == 0) prefetch_head(q8, k, ks, head, kvStride, count, NQ);
-            if (cold && h + G < H && (h + G) / group != h / group) prefetch_head(q8, k, ks, ((h + G) / group) * headStride, kvStride, count, NQ);
-#define ATTEND(NQ_, G_) (cold ? attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, kvStride, count, scale, scratch, oh, 1) \
-                              : attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, kvStride, count, scale, scratch, oh, 0))
+            if (cold && h == 0) prefetch_head(q8, k, ks, head, chunkStride, first, count, NQ);
+            if (cold && h + G < H && (h + G) / group != h / group)
+                prefetch_head(q8, k, ks, ((h + G) / group) * headStride, chunkStride, first, count, NQ);
+#define ATTEND(NQ_, G_) (cold ? attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, chunkStride, first, count, scale, scratch, oh, 1) \
+                              : attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, chunkStride, first, count, scale, scratch, oh, 0))
             if (NQ == 4) { switch (G) { case 2: ATTEND(4, 2); break; case 3: ATTEND(4, 3); break; case 4: ATTEND(4, 4); break; default: ATTEND(4, 1); } }
             else if (NQ == 8) ATTEND(8, 1);
             else if (NQ == 16) ATTEND(16, 1);
@@ -201,7 +214,7 @@ ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, in
         float mx = -INFINITY;
         for (int j = 0; j < count; j++) {
             float sc = 0;
-            for (int i = 0; i < Q; i++) sc += qh[i] * kv_at(q8, k, ks, g + j * kvStride + i);
+            for (int i = 0; i < Q; i++) sc += qh[i] * kv_at(q8, k, ks, g + kv_row(first + j, Q, chunkStride) + i);
             sc *= scale;
             scratch[j] = sc;
             mx = sc > mx ? sc : mx;
@@ -212,18 +225,18 @@ ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, in
         memset(oh, 0, sizeof(float) * Q);
         float inv = 1.0f / sum;
         for (int j = 0; j < count; j++)
-            for (int i = 0; i < Q; i++) oh[i] += scratch[j] * inv * kv_at(q8, v, vs, g + j * kvStride + i);
+            for (int i = 0; i < Q; i++) oh[i] += scratch[j] * inv * kv_at(q8, v, vs, g + kv_row(first + j, Q, chunkStride) + i);
     }
 }
 
 void mi_attention_row(const float *q, int H, int KV, int Q,
-                      const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
+                      const uint16_t *k, const uint16_t *v, int64_t headStride, int64_t chunkStride, int first, int count,
                       float scale, float *scratch, float *out, int cold) {
-    attention_row(0, q, H, KV, Q, k, v, NULL, NULL, kvStride, headStride, count, scale, scratch, out, cold);
+    attention_row(0, q, H, KV, Q, k, v, NULL, NULL, headStride, chunkStride, first, count, scale, scratch, out, cold);
 }
 
 void mi_attention_row_q8(const float *q, int H, int KV, int Q,
-                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t kvStride, int64_t headStride,
-                         int count, float scale, float *scratch, float *out, int cold) {
-    attention_row(1, q, H, KV, Q, k, v, ks, vs, kvStride, headStride, count, scale, scratch, out, cold);
+                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t headStride,
+                         int64_t chunkStride, int first, int count, float scale, float *scratch, float *out, int cold) {
+    attention_row(1, q, H, KV, Q, k, v, ks, vs, headStride, chunkStride, first, count, scale, scratch, out, cold);
 }

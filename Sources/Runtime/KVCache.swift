@@ -19,58 +19,75 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 }
 
 /// One device's slice of one sequence's key/value cache: per layer, this device's KV heads'
-/// keys and values (f16 or q8), head-major — layout (kvHeads, capacity, Q) per layer for keys
-/// and the same for values — so attention reads each KV head's positions as one contiguous
-/// stream (a position-major row interleaves the heads, and the head-by-head reads of it stride
-/// through memory at a third of the rate: measured 7 vs 18 GB/s at batch 32). A q8 cache keeps
-/// its scales, (layers, 2, kvHeads, capacity, Q/32) floats, after its codes. All layers live
-/// in one allocation, on huge pages once it reaches 2 MiB. Written by position; how many
-/// positions the sequence holds is its `MeshSequence`'s count, not the cache's. Grows by a
-/// quarter up to the context limit.
+/// keys and values (f16 or q8), in chunks of C = `MI_KV_CHUNK` (256) positions — layout
+/// (chunks, layers, 2, kvHeads, C, Q), a q8 cache's scales (chunks, layers, 2, kvHeads, C,
+/// Q/32) floats in a second allocation — so attention reads each KV head's positions as
+/// contiguous runs of C (32 KiB for an f16 head of 64; a position-major row interleaves the
+/// heads, and the head-by-head reads of it stride through memory at a third of the rate:
+/// measured 7 vs 18 GB/s at batch 32; runs of 64 positions made 32-sequence attention ~25%
+/// slower), and the cache grows by whole chunks at its end: what it holds never moves. Written
+/// by position; how many positions the sequence holds is its `MeshSequence`'s count, not the
+/// cache's.
+///
+/// The allocations are address space for the whole limit, made (zeroed, on huge pages where
+/// the kernel allows them) as they are first written: a position's first write makes its whole
+/// chunk, so a cache holds at most one chunk (SmolLM2: 5.9 MB) beyond its positions. Before, a
+/// cache of (layers, 2, kvHeads, capacity, Q) grew by copying into a larger allocation: ~1.3
+/// ms of a 14 ms decode step of 8 sequences at 128 positions in copies and fresh pages (`bench
+/// --profile`, SmolLM2 int8, 1 thread); the same cache on 4 KiB pages, never copied, read ~15%
+/// slower at 32 sequences. Where the system refuses the address space (strict overcommit), the
+/// cache grows by a quarter at a time, copying its chunks.
 final class KVCache: @unchecked Sendable {
     let type: KVCacheType
     let layers: Int
     let kvHeads: Int         // KV heads on this device
     let headDimension: Int   // Q
     let limit: Int           // context length
-    private(set) var capacity = 0
-    private var storage: UnsafeMutableRawPointer?   // f16 bits or q8 codes (layers, 2, kvHeads, capacity, Q); q8: then scales
+    private(set) var capacity = 0                     // positions, whole chunks
+    private var storage: UnsafeMutableRawPointer?     // f16 bits or q8 codes (chunks, layers, 2, kvHeads, C, Q)
+    private var scaleStorage: UnsafeMutablePointer<Float>?   // q8: (chunks, layers, 2, kvHeads, C, Q/32)
+    private var reserved = false                      // the allocations are mi_reserve's, for the whole limit
+    private let reservesLimit: Bool
+
+    static let chunk = Int(MI_KV_CHUNK)
 
     var kvDimension: Int { kvHeads * headDimension }
 
-    init(type: KVCacheType, layers: Int, kvHeads: Int, headDimension: Int, limit: Int) {
+    /// `reservesLimit: false` skips the address-space reservation and grows by copying (the
+    /// path taken where the system refuses it; for tests).
+    init(type: KVCacheType, layers: Int, kvHeads: Int, headDimension: Int, limit: Int, reservesLimit: Bool = true) {
         precondition(type.holds(headDimension: headDimension), "a \(type.rawValue) cache cannot hold heads of \(headDimension)")
         self.type = type
         self.layers = layers
         self.kvHeads = kvHeads
         self.headDimension = headDimension
         self.limit = limit
+        self.reservesLimit = reservesLimit
     }
 
     convenience init(type: KVCacheType, config: ModelConfig, kvHeads: Int, limit: Int) {
         self.init(type: type, layers: config.layers, kvHeads: kvHeads, headDimension: config.headDimension, limit: limit)
     }
 
-    deinit { free(storage) }
+    deinit { release(storage, scaleStorage, capacity: capacity, reserved: reserved) }
 
-    /// Elements between consecutive KV heads of one layer's keys (or values).
-    var headStride: Int { capacity * headDimension }
+    private var elementBytes: Int { type == .f16 ? 2 : 1 }
+    /// Elements (codes or f16 values) of `positions` positions (whole chunks).
+    private func elements(positions: Int) -> Int { layers * 2 * kvHeads * positions * headDimension }
+    /// Elements between consecutive chunks.
+    private var chunkStride: Int { elements(positions: Self.chunk) }
+    /// Elements between consecutive KV heads within a chunk.
+    private var headStride: Int { Self.chunk * headDimension }
 
-    /// Where (layer, keys (0) or values (1), head, position) starts, in elements, in storage of
-    /// `capacity` positions: layout (layers, 2, kvHeads, capacity, Q).
-    private func offset(_ layer: Int, _ part: Int, _ head: Int, _ position: Int, capacity: Int) -> Int {
-        (((layer * 2 + part) * kvHeads + head) * capacity + position) * headDimension
+    /// Where (layer, keys (0) or values (1), head, position) starts, in elements.
+    private func offset(_ layer: Int, _ part: Int, _ head: Int, _ position: Int) -> Int {
+        (position / Self.chunk) * chunkStride + ((layer * 2 + part) * kvHeads + head) * headStride + (position % Self.chunk) * headDimension
     }
-
-    /// Elements (codes or f16 values) in storage of `capacity` positions.
-    private func elements(capacity: Int) -> Int { layers * 2 * kvHeads * capacity * headDimension }
 
     private func f16(_ at: Int) -> UnsafeMutablePointer<UInt16> { storage!.assumingMemoryBound(to: UInt16.self) + at }
     private func codes(_ at: Int) -> UnsafeMutablePointer<Int8> { storage!.assumingMemoryBound(to: Int8.self) + at }
     /// q8: the scale of the 32 elements starting at element `at`.
-    private func scales(_ at: Int) -> UnsafeMutablePointer<Float> {
-        (storage! + elements(capacity: capacity)).assumingMemoryBound(to: Float.self) + at / 32
-    }
+    private func scales(_ at: Int) -> UnsafeMutablePointer<Float> { scaleStorage! + at / 32 }
 
     /// Stores `count` KV heads' keys and values (each `count`·Q floats, head after head) at
     /// `position` of `layer`, as heads `firstHead`..., rounded to the cache's type.
@@ -83,8 +100,8 @@ final class KVCache: @unchecked Sendable {
             }
         }
         for h in 0..<count {
-            store(keys + h * Q, offset(layer, 0, firstHead + h, position, capacity: capacity))
-            store(values + h * Q, offset(layer, 1, firstHead + h, position, capacity: capacity))
+            store(keys + h * Q, offset(layer, 0, firstHead + h, position))
+            store(values + h * Q, offset(layer, 1, firstHead + h, position))
         }
     }
 
@@ -94,68 +111,84 @@ final class KVCache: @unchecked Sendable {
     func attend(_ q: UnsafePointer<Float>, heads: Int, kvHeads: Int, layer: Int, firstHead: Int, first: Int, count: Int,
                 scale: Float, scratch: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, cold: Int32) {
         let Q = headDimension
-        let k = offset(layer, 0, firstHead, first, capacity: capacity), v = offset(layer, 1, firstHead, first, capacity: capacity)
+        let k = offset(layer, 0, firstHead, 0), v = offset(layer, 1, firstHead, 0)
         switch type {
         case .f16:
-            mi_attention_row(q, Int32(heads), Int32(kvHeads), Int32(Q), f16(k), f16(v), Int64(Q), Int64(headStride), Int32(count),
-                             scale, scratch, out, cold)
+            mi_attention_row(q, Int32(heads), Int32(kvHeads), Int32(Q), f16(k), f16(v), Int64(headStride), Int64(chunkStride),
+                             Int32(first), Int32(count), scale, scratch, out, cold)
         case .q8:
-            mi_attention_row_q8(q, Int32(heads), Int32(kvHeads), Int32(Q), codes(k), codes(v), scales(k), scales(v), Int64(Q),
-                                Int64(headStride), Int32(count), scale, scratch, out, cold)
+            mi_attention_row_q8(q, Int32(heads), Int32(kvHeads), Int32(Q), codes(k), codes(v), scales(k), scales(v),
+                                Int64(headStride), Int64(chunkStride), Int32(first), Int32(count), scale, scratch, out, cold)
         }
     }
 
     /// A new cache holding this one's first `positions` positions (for a sequence of `limit`).
     func copy(prefix positions: Int, limit: Int) -> KVCache {
-        let c = KVCache(type: type, layers: layers, kvHeads: kvHeads, headDimension: headDimension, limit: limit)
+        let c = KVCache(type: type, layers: layers, kvHeads: kvHeads, headDimension: headDimension, limit: limit,
+                        reservesLimit: reservesLimit)
         guard positions > 0 else { return c }
         c.reserve(min(max(limit, positions), positions + max(16, positions / 4)))   // room to go on, as it grows
-        c.copyPositions(positions, from: storage!, capacity: capacity)
+        c.copyChunks(positions, from: storage!, scaleStorage)
         return c
     }
 
-    /// Copies the first `positions` positions of every layer, part and head (and their q8
-    /// scales) from `source`, storage of the same heads and type laid out for `sourceCapacity`
-    /// positions.
-    private func copyPositions(_ positions: Int, from source: UnsafeMutableRawPointer, capacity sourceCapacity: Int) {
-        let elementBytes = type == .f16 ? 2 : 1
-        let sourceScales = (source + elements(capacity: sourceCapacity) * elementBytes).assumingMemoryBound(to: Float.self)
-        for l in 0..<layers {
-            for part in 0..<2 {
-                for h in 0..<kvHeads {
-                    let to = offset(l, part, h, 0, capacity: capacity), from = offset(l, part, h, 0, capacity: sourceCapacity)
-                    (storage! + to * elementBytes).copyMemory(from: source + from * elementBytes, byteCount: positions * headDimension * elementBytes)
-                    if type == .q8 { scales(to).update(from: sourceScales + from / 32, count: positions * headDimension / 32) }
-                }
-            }
-        }
+    /// Copies the chunks holding the first `positions` positions (and their q8 scales): one
+    /// contiguous run each, the same in every cache of these heads and type.
+    private func copyChunks(_ positions: Int, from source: UnsafeMutableRawPointer, _ sourceScales: UnsafeMutablePointer<Float>?) {
+        let n = elements(positions: (positions + Self.chunk - 1) / Self.chunk * Self.chunk)
+        storage!.copyMemory(from: source, byteCount: n * elementBytes)
+        if let sourceScales { scaleStorage!.update(from: sourceScales, count: n / 32) }
     }
 
     /// Makes room for `positions` in total.
     func reserve(_ positions: Int) {
         guard positions > capacity else { return }
-        // A quarter more than now (at least 16 positions): finished sequences are kept for
-        // their prefixes, so what a cache holds beyond its positions is memory the KV budget
-        // does not see; copying on growth costs little beside a step (a 32-sequence decode
-        // from 128 positions spends ~1.2 ms a step on copies and fresh pages, ~3%).
-        let newCapacity = min(max(positions, capacity + max(16, capacity / 4)), max(limit, positions))
-        let (oldStorage, oldCapacity) = (storage, capacity)
-        let bytes = type.bytes(elements: elements(capacity: newCapacity))
-        let raw = (bytes >= 2 << 20 ? mi_huge_alloc(bytes) : nil) ?? malloc(max(bytes, 1))
-        guard let raw else { fatalError("out of memory: a KV cache of \(bytes) bytes") }
-        let n = elements(capacity: newCapacity)
-        switch type {
-        case .f16: raw.bindMemory(to: UInt16.self, capacity: n)
-        case .q8:
-            raw.bindMemory(to: Int8.self, capacity: n)
-            (raw + n).bindMemory(to: Float.self, capacity: n / 32)
+        let wholeLimit = (max(limit, positions) + Self.chunk - 1) / Self.chunk * Self.chunk
+        if storage == nil, reservesLimit, let (codes, scales) = allocate(positions: wholeLimit, reserve: true) {
+            (storage, scaleStorage, capacity, reserved) = (codes, scales, wholeLimit, true)
+            return
         }
-        storage = raw
-        capacity = newCapacity
+        // A quarter more than now (at least a chunk): finished sequences are kept for their
+        // prefixes, so what a cache holds beyond its positions is memory the KV budget does not see.
+        let wanted = min(max(positions, capacity + max(Self.chunk, capacity / 4)), wholeLimit)
+        let newCapacity = (wanted + Self.chunk - 1) / Self.chunk * Self.chunk
+        guard let (codes, scales) = allocate(positions: newCapacity, reserve: false) else {
+            fatalError("out of memory: a KV cache of \(type.bytes(elements: elements(positions: newCapacity))) bytes")
+        }
+        let old = (storage, scaleStorage, capacity, reserved)
+        (storage, scaleStorage, capacity, reserved) = (codes, scales, newCapacity, false)
         // Everything written so far (positions are written, never counted, here).
-        if let oldStorage {
-            copyPositions(oldCapacity, from: oldStorage, capacity: oldCapacity)
-            free(oldStorage)
+        if let oldStorage = old.0 {
+            copyChunks(old.2, from: oldStorage, old.1)
+            release(old.0, old.1, capacity: old.2, reserved: old.3)
+        }
+    }
+
+    /// Storage for `positions` positions (whole chunks): codes, and q8 scales. reserve: address
+    /// space made as it is written (nil where refused); else allocated now, on huge pages from 2 MiB.
+    private func allocate(positions: Int, reserve: Bool) -> (UnsafeMutableRawPointer, UnsafeMutablePointer<Float>?)? {
+        let n = elements(positions: positions)
+        func make(_ bytes: Int) -> UnsafeMutableRawPointer? {
+            reserve ? mi_reserve(bytes) : (bytes >= 2 << 20 ? mi_huge_alloc(bytes) : nil) ?? malloc(max(bytes, 1))
+        }
+        guard let codes = make(n * elementBytes) else { return nil }
+        if type == .f16 { codes.bindMemory(to: UInt16.self, capacity: n) } else { codes.bindMemory(to: Int8.self, capacity: n) }
+        guard type == .q8 else { return (codes, nil) }
+        guard let scales = make(n / 32 * 4) else {
+            release(codes, nil, capacity: positions, reserved: reserve)
+            return nil
+        }
+        return (codes, scales.bindMemory(to: Float.self, capacity: n / 32))
+    }
+
+    private func release(_ codes: UnsafeMutableRawPointer?, _ scales: UnsafeMutablePointer<Float>?, capacity: Int, reserved: Bool) {
+        let n = elements(positions: capacity)
+        if reserved {
+            mi_unreserve(codes, n * elementBytes)
+            mi_unreserve(scales, n / 32 * 4)
+        } else {
+            free(codes)
+            free(scales)
         }
     }
 
@@ -166,6 +199,4 @@ final class KVCache: @unchecked Sendable {
         for (c, p) in zip(caches, positions) { last[ObjectIdentifier(c)] = (c, max(last[ObjectIdentifier(c)]?.1 ?? 0, p)) }
         for (c, p) in last.values { c.reserve(p + 1) }
     }
-
-    var byteCount: Int { type.bytes(elements: elements(capacity: capacity)) }
 }

@@ -76,7 +76,7 @@ struct Calibrate: ParsableCommand {
             ratesAll[format.rawValue] = 2 * Double(M * N * K) / median { time { _ = weight.apply(x, threads: all) } }
         }
         // Causal attention of 512 positions, 9 heads of 64 over 3 KV heads (the default model's
-        // shape), from a head-major cache as the runtime keeps it (KVCache).
+        // shape), from one run of positions per KV head, (KV, L, Q), as a KV cache's chunk holds them.
         let L = 512, H = 9, KV = 3, Q = 64
         let qkv = (0..<(L * H * Q)).map { Float($0 % 17) / 17 }, kv = (0..<(L * KV * Q)).map { Float16(Float($0 % 13) / 13).bitPattern }
         var scratch = [Float](repeating: 0, count: L * H / KV), out = [Float](repeating: 0, count: H * Q)
@@ -84,8 +84,8 @@ struct Calibrate: ParsableCommand {
             time {
                 for i in 0..<L {
                     qkv.withUnsafeBufferPointer { q in
-                        mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, kv, Int64(Q), Int64(L * Q), Int32(i + 1),
-                                         0.125, &scratch, &out, 0)
+                        mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, kv, Int64(L * Q), Int64(MI_KV_CHUNK) * Int64(Q),
+                                         0, Int32(i + 1), 0.125, &scratch, &out, 0)
                     }
                 }
             }
@@ -197,9 +197,10 @@ struct Calibrate: ParsableCommand {
     /// every layer, so each layer's keys and values come from memory. The median of 5 steps'
     /// attention time (weights not counted).
     func decodeAttentionBandwidth(_ type: KVCacheType, threads: WorkSplitter, between: () -> Void) throws -> Double {
-        let sequences = 8, layers = 30, H = 9, KV = 3, Q = 64, capacity = 256, count = 192
-        let perLayer = 2 * KV * capacity * Q                 // (K/V, KV heads, capacity, Q) elements
-        let elements = layers * perLayer                     // one sequence's cache
+        let sequences = 8, layers = 30, H = 9, KV = 3, Q = 64, capacity = 256, count = 192, C = Int(MI_KV_CHUNK)
+        // KVCache's layout: (chunks, layers, K/V, KV heads, C, Q) elements, q8 scales after them.
+        let perLayer = 2 * KV * C * Q, chunkStride = layers * perLayer
+        let elements = capacity / C * chunkStride            // one sequence's cache
         let codeBytes = type == .f16 ? 2 : 1
         let bytesPerSequence = elements * codeBytes + (type == .q8 ? elements / 32 * 4 : 0)
         var caches: [UnsafeMutableRawPointer] = []
@@ -229,16 +230,16 @@ struct Calibrate: ParsableCommand {
                     // Each thread its own scratch (count · H / KV floats) and output row.
                     var out = [Float](repeating: 0, count: H * Q), scratch = [Float](repeating: 0, count: count * H / KV)
                     for c in caches[range] {
-                        let k = l * perLayer, v = k + KV * capacity * Q
+                        let k = l * perLayer, v = k + KV * C * Q
                         switch type {
                         case .f16:
                             let e = c.assumingMemoryBound(to: UInt16.self)
-                            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, Int64(Q), Int64(capacity * Q), Int32(count),
-                                             0.125, &scratch, &out, 1)
+                            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, Int64(C * Q), Int64(chunkStride), 0,
+                                             Int32(count), 0.125, &scratch, &out, 1)
                         case .q8:
                             let e = c.assumingMemoryBound(to: Int8.self), scales = (c + elements).assumingMemoryBound(to: Float.self)
-                            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, scales + k / 32, scales + v / 32, Int64(Q),
-                                                Int64(capacity * Q), Int32(count), 0.125, &scratch, &out, 1)
+                            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, scales + k / 32, scales + v / 32,
+                                                Int64(C * Q), Int64(chunkStride), 0, Int32(count), 0.125, &scratch, &out, 1)
                         }
                     }
                 }

@@ -64,14 +64,15 @@ struct KVCacheTypeTests {
         }
     }
 
-    /// A cache grown position by position (each growth copies every code and scale) attends
-    /// bitwise as one made large enough at once, for both types (2 layers, 3 KV heads of 64,
-    /// 9 query heads, 70 positions).
+    /// A cache grown position by position (each growth copies every chunk of codes and scales:
+    /// the path where the system refuses to reserve the whole limit) attends bitwise as one
+    /// reserved for its whole limit at once, and so does a copy of its first 300 positions, for
+    /// both types (2 layers, 3 KV heads of 64, 9 query heads, 600 positions: three chunks).
     @Test(arguments: KVCacheType.allCases)
     func grownCacheAttendsAsOneMadeAtOnce(_ type: KVCacheType) {
-        let (layers, kv, Q, H, n) = (2, 3, 64, 9, 70)
-        let grown = KVCache(type: type, layers: layers, kvHeads: kv, headDimension: Q, limit: 128)
-        let atOnce = KVCache(type: type, layers: layers, kvHeads: kv, headDimension: Q, limit: 128)
+        let (layers, kv, Q, H, n) = (2, 3, 64, 9, 600)
+        let grown = KVCache(type: type, layers: layers, kvHeads: kv, headDimension: Q, limit: 1024, reservesLimit: false)
+        let atOnce = KVCache(type: type, layers: layers, kvHeads: kv, headDimension: Q, limit: 1024)
         atOnce.reserve(n)
         var x = (0..<(2 * kv * Q)).map { Float(($0 * 37) % 101) / 50 - 1 }
         for p in 0..<n {
@@ -81,14 +82,18 @@ struct KVCacheTypeTests {
                 for c in [grown, atOnce] { c.write(layer: l, position: p, count: kv, keys: x, values: Array(x[(kv * Q)...])) }
             }
         }
-        #expect(grown.capacity != atOnce.capacity, "the two caches are laid out alike")   // grown: 16, 32, 48, 64, 80
+        #expect(grown.capacity == 768 && atOnce.capacity == 1024, "grown: 256, 512, 768")
+        let prefix = grown.copy(prefix: 300, limit: 1024)
+        #expect(prefix.capacity == 512, "a copy has room for a quarter more, in whole chunks")
         let q = (0..<(H * Q)).map { Float(($0 * 11) % 17) / 17 - 0.5 }
         var scratch = [Float](repeating: 0, count: n * H / kv)
         for l in 0..<layers {
-            var a = [Float](repeating: 0, count: H * Q), b = a
-            grown.attend(q, heads: H, kvHeads: kv, layer: l, firstHead: 0, first: 0, count: n, scale: 0.125, scratch: &scratch, out: &a, cold: 1)
-            atOnce.attend(q, heads: H, kvHeads: kv, layer: l, firstHead: 0, first: 0, count: n, scale: 0.125, scratch: &scratch, out: &b, cold: 1)
-            #expect(a == b, "layer \(l)")
+            for (cache, count) in [(grown, n), (prefix, 300)] {
+                var a = [Float](repeating: 0, count: H * Q), b = a
+                cache.attend(q, heads: H, kvHeads: kv, layer: l, firstHead: 0, first: 0, count: count, scale: 0.125, scratch: &scratch, out: &a, cold: 1)
+                atOnce.attend(q, heads: H, kvHeads: kv, layer: l, firstHead: 0, first: 0, count: count, scale: 0.125, scratch: &scratch, out: &b, cold: 1)
+                #expect(a == b, "layer \(l), \(count) positions")
+            }
         }
     }
 

@@ -328,52 +328,68 @@ struct KernelTests {
         #expect(sums == eK.2)
     }
 
+    /// Positions 0..<count of KV heads of Q elements, element (g, j, d) = at(g, j, d), laid out as
+    /// the kernels read a cache (KVCache's chunks): chunks of MI_KV_CHUNK positions `chunkStride`
+    /// elements apart, in each one run of positions per head (headStride = MI_KV_CHUNK · Q);
+    /// `fill` everywhere else. chunkStride = MI_KV_CHUNK · Q with headStride = capacity · Q is
+    /// one run per head, (KV, capacity, Q).
+    static func cacheLayout<T>(KV: Int, Q: Int, count: Int, headStride: Int, chunkStride: Int, fill: T,
+                               _ at: (Int, Int, Int) -> T) -> [T] {
+        let C = Int(MI_KV_CHUNK)
+        var out = [T](repeating: fill, count: (KV - 1) * headStride + (count + C - 1) / C * chunkStride + C * Q)
+        for g in 0..<KV {
+            for j in 0..<count {
+                for d in 0..<Q { out[g * headStride + j / C * chunkStride + j % C * Q + d] = at(g, j, d) }
+            }
+        }
+        return out
+    }
+
     /// Softmax attention of one row over an f16 cache against the definition in double
     /// precision (over the cache's f16 values): head sizes of both models (64, 256) and others,
     /// groups of 1 to 4 query heads per KV head, position counts below, at and beyond the
-    /// 16-position blocks (tails included); within 1e-5 absolute. Position-major rows and a
-    /// head-major cache (the runtime's KVCache, with room beyond `count`), read as a prompt's
-    /// rows or as a decode row's (`cold`), give the same bits.
+    /// 16-position blocks (tails included) and across a chunk of the cache (MI_KV_CHUNK), from
+    /// position 0 and from a later first position (a sliding window); within 1e-5 absolute.
+    /// One run of positions per head and a cache's chunks (with other layers' chunks between
+    /// them), read as a prompt's rows or as a decode row's (`cold`), give the same bits.
     @Test(arguments: [(4, 2, 16, 5), (9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
-                     (4, 1, 64, 47), (3, 3, 64, 18), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33)])
+                     (4, 1, 64, 47), (3, 3, 64, 18), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33), (9, 3, 64, 300), (4, 1, 256, 270)])
     func attentionRowMatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
+        let C = Int(MI_KV_CHUNK)
         var r = Rng(s: 11)
         let q = (0..<(H * Q)).map { _ in r.next() }
-        let k = (0..<(count * KV * Q)).map { _ in Float16(r.next()) }
+        let k = (0..<(count * KV * Q)).map { _ in Float16(r.next()) }   // (count, KV, Q)
         let v = (0..<(count * KV * Q)).map { _ in Float16(r.next()) }
-        var scratch = [Float](repeating: 0, count: count * H / KV)
-        var out = [Float](repeating: 0, count: H * Q)
+        let nan: UInt16 = 0x7E00   // beyond the positions
+        let runK = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: (count + 3) * Q, chunkStride: C * Q, fill: nan) { k[($1 * KV + $0) * Q + $2].bitPattern }
+        let runV = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: (count + 3) * Q, chunkStride: C * Q, fill: nan) { v[($1 * KV + $0) * Q + $2].bitPattern }
+        let chunkStride = 2 * KV * C * Q + 16   // this layer's keys, values, and more between chunks
+        let chunkK = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: C * Q, chunkStride: chunkStride, fill: nan) { k[($1 * KV + $0) * Q + $2].bitPattern }
+        let chunkV = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: C * Q, chunkStride: chunkStride, fill: nan) { v[($1 * KV + $0) * Q + $2].bitPattern }
         let scale = 1 / Float(Q).squareRoot()
-        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), k.map(\.bitPattern), v.map(\.bitPattern), Int64(KV * Q), Int64(Q), Int32(count),
-                         scale, &scratch, &out, 0)
-        for h in 0..<H {
-            let g = h / (H / KV)
-            let s = (0..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * Double(k[j * KV * Q + g * Q + $1]) } * Double(scale) }
-            let e = s.map { Foundation.exp($0 - s.max()!) }
-            let p = e.map { $0 / e.reduce(0, +) }
-            for d in 0..<Q {
-                let expected = (0..<count).reduce(0.0) { $0 + p[$1] * Double(v[$1 * KV * Q + g * Q + d]) }
-                #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "head \(h) column \(d)")
-            }
-        }
-        // The same cache head-major: (KV, capacity, Q), capacity = count + 3.
-        let capacity = count + 3
-        var kh = [UInt16](repeating: 0x7E00, count: KV * capacity * Q), vh = kh   // NaN beyond the positions
-        for g in 0..<KV {
-            for j in 0..<count {
+        for first in Set([0, count / 3]) {
+            var scratch = [Float](repeating: 0, count: count * H / KV)
+            var out = [Float](repeating: 0, count: H * Q)
+            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), runK, runV, Int64((count + 3) * Q), Int64(C * Q), Int32(first),
+                             Int32(count - first), scale, &scratch, &out, 0)
+            for h in 0..<H {
+                let g = h / (H / KV)
+                let s = (first..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * Double(k[(j * KV + g) * Q + $1]) } * Double(scale) }
+                let e = s.map { Foundation.exp($0 - s.max()!) }
+                let p = e.map { $0 / e.reduce(0, +) }
                 for d in 0..<Q {
-                    kh[(g * capacity + j) * Q + d] = k[j * KV * Q + g * Q + d].bitPattern
-                    vh[(g * capacity + j) * Q + d] = v[j * KV * Q + g * Q + d].bitPattern
+                    let expected = (first..<count).reduce(0.0) { $0 + p[$1 - first] * Double(v[($1 * KV + g) * Q + d]) }
+                    #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "first \(first) head \(h) column \(d)")
                 }
             }
+            for cold: Int32 in [0, 1] {
+                var outChunks = [Float](repeating: 0, count: H * Q)
+                mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), chunkK, chunkV, Int64(C * Q), Int64(chunkStride), Int32(first),
+                                 Int32(count - first), scale, &scratch, &outChunks, cold)
+                #expect(outChunks == out, "first \(first) cold \(cold)")
+            }
         }
-        var outHeadMajor = [Float](repeating: 0, count: H * Q), outCold = outHeadMajor
-        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), kh, vh, Int64(Q), Int64(capacity * Q), Int32(count), scale, &scratch, &outHeadMajor, 0)
-        #expect(outHeadMajor == out)
-        // A decode row's (cold) requests ahead change nothing in what is computed.
-        mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), kh, vh, Int64(Q), Int64(capacity * Q), Int32(count), scale, &scratch, &outCold, 1)
-        #expect(outCold == out)
     }
 
     /// The 8-bit cache's rows: per 32 elements, scale absmax / 127 (0 for an all-zero block) and
@@ -400,57 +416,59 @@ struct KernelTests {
     /// Softmax attention of one row over an 8-bit cache against the definition in double
     /// precision over the cache's dequantized values (code × its block's scale): the shapes of
     /// the f16 test whose heads are a multiple of 32 and heads of 288 (the scalar path), within
-    /// 1e-5; position-major and head-major
-    /// caches, prompt and decode (`cold`) rows give the same bits.
+    /// 1e-5; one run per head and a cache's chunks (odd codes and NaN scales between them),
+    /// prompt and decode (`cold`) rows give the same bits.
     @Test(arguments: [(9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
-                     (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33), (2, 1, 288, 9)])
+                     (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33), (2, 1, 288, 9), (9, 3, 64, 300)])
     func attentionRowQ8MatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
+        let C = Int(MI_KV_CHUNK)
         var r = Rng(s: 13)
         let q = (0..<(H * Q)).map { _ in r.next() }
-        let kf = (0..<(count * KV * Q)).map { _ in r.next() }, vf = (0..<(count * KV * Q)).map { _ in r.next() }
+        let kf = (0..<(count * KV * Q)).map { _ in r.next() }, vf = (0..<(count * KV * Q)).map { _ in r.next() }   // (count, KV, Q)
         var k = [Int8](repeating: 0, count: kf.count), v = k
         var ks = [Float](repeating: 0, count: kf.count / 32), vs = ks
         mi_f32_to_kv_q8(kf, &k, &ks, Int32(kf.count))
         mi_f32_to_kv_q8(vf, &v, &vs, Int32(vf.count))
         func kAt(_ i: Int) -> Double { Double(k[i]) * Double(ks[i / 32]) }
         func vAt(_ i: Int) -> Double { Double(v[i]) * Double(vs[i / 32]) }
-        var scratch = [Float](repeating: 0, count: count * H / KV)
-        var out = [Float](repeating: 0, count: H * Q)
+        // Codes (KV, Q per row) and scales (Q/32 per row) in the same layout, strides / 32.
+        func layout(headStride: Int, chunkStride: Int) -> ([Int8], [Int8], [Float], [Float]) {
+            func codes(_ x: [Int8]) -> [Int8] {
+                Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: headStride, chunkStride: chunkStride, fill: 77) { x[($1 * KV + $0) * Q + $2] }
+            }
+            func scales(_ x: [Float]) -> [Float] {
+                Self.cacheLayout(KV: KV, Q: Q / 32, count: count, headStride: headStride / 32, chunkStride: chunkStride / 32, fill: .nan) {
+                    x[(($1 * KV + $0) * Q) / 32 + $2]
+                }
+            }
+            return (codes(k), codes(v), scales(ks), scales(vs))
+        }
+        let run = layout(headStride: (count + 3) * Q, chunkStride: C * Q)
+        let chunkStride = 2 * KV * C * Q + 64
+        let chunks = layout(headStride: C * Q, chunkStride: chunkStride)
         let scale = 1 / Float(Q).squareRoot()
-        mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), k, v, ks, vs, Int64(KV * Q), Int64(Q), Int32(count), scale, &scratch, &out, 0)
-        for h in 0..<H {
-            let g = h / (H / KV)
-            let s = (0..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * kAt(j * KV * Q + g * Q + $1) } * Double(scale) }
-            let e = s.map { Foundation.exp($0 - s.max()!) }
-            let p = e.map { $0 / e.reduce(0, +) }
-            for d in 0..<Q {
-                let expected = (0..<count).reduce(0.0) { $0 + p[$1] * vAt($1 * KV * Q + g * Q + d) }
-                #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "head \(h) column \(d)")
-            }
-        }
-        // The same cache head-major, (KV, capacity, Q) codes and (KV, capacity, Q/32) scales,
-        // with NaN scales and odd codes beyond the positions.
-        let capacity = count + 3
-        var kh = [Int8](repeating: 77, count: KV * capacity * Q), vh = kh
-        var ksh = [Float](repeating: .nan, count: KV * capacity * Q / 32), vsh = ksh
-        for g in 0..<KV {
-            for j in 0..<count {
+        for first in Set([0, count / 3]) {
+            var scratch = [Float](repeating: 0, count: count * H / KV)
+            var out = [Float](repeating: 0, count: H * Q)
+            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), run.0, run.1, run.2, run.3, Int64((count + 3) * Q), Int64(C * Q),
+                                Int32(first), Int32(count - first), scale, &scratch, &out, 0)
+            for h in 0..<H {
+                let g = h / (H / KV)
+                let s = (first..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * kAt((j * KV + g) * Q + $1) } * Double(scale) }
+                let e = s.map { Foundation.exp($0 - s.max()!) }
+                let p = e.map { $0 / e.reduce(0, +) }
                 for d in 0..<Q {
-                    kh[(g * capacity + j) * Q + d] = k[j * KV * Q + g * Q + d]
-                    vh[(g * capacity + j) * Q + d] = v[j * KV * Q + g * Q + d]
-                }
-                for b in 0..<(Q / 32) {
-                    ksh[((g * capacity + j) * Q) / 32 + b] = ks[(j * KV * Q + g * Q) / 32 + b]
-                    vsh[((g * capacity + j) * Q) / 32 + b] = vs[(j * KV * Q + g * Q) / 32 + b]
+                    let expected = (first..<count).reduce(0.0) { $0 + p[$1 - first] * vAt(($1 * KV + g) * Q + d) }
+                    #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "first \(first) head \(h) column \(d)")
                 }
             }
-        }
-        for cold: Int32 in [0, 1] {
-            var outHeadMajor = [Float](repeating: 0, count: H * Q)
-            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), kh, vh, ksh, vsh, Int64(Q), Int64(capacity * Q), Int32(count), scale,
-                                &scratch, &outHeadMajor, cold)
-            #expect(outHeadMajor == out, "cold \(cold)")
+            for cold: Int32 in [0, 1] {
+                var outChunks = [Float](repeating: 0, count: H * Q)
+                mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), chunks.0, chunks.1, chunks.2, chunks.3, Int64(C * Q),
+                                    Int64(chunkStride), Int32(first), Int32(count - first), scale, &scratch, &outChunks, cold)
+                #expect(outChunks == out, "first \(first) cold \(cold)")
+            }
         }
     }
 

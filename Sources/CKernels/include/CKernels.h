@@ -95,21 +95,25 @@ void mi_rope(float *x, const float *cs, int half, int neox);
 /// out = gelu_tanh(gate) * up, elementwise (n floats).
 void mi_geglu(const float *gate, const float *up, int n, float *out);
 
-/// Causal attention of one query row against `count` cached positions for all heads, from an
-/// f16 cache. q: H*Q floats; k, v: f16 bits, KV head g's position j at offset
-/// g*headStride + j*kvStride elements
-/// (a head-major cache: kvStride = Q; position-major rows: kvStride = KV*Q, headStride = Q);
+/// Cached positions come in chunks of MI_KV_CHUNK: a cache grows by whole chunks at its end,
+/// and within a chunk each KV head's positions are one contiguous run.
+#define MI_KV_CHUNK 256
+
+/// Causal attention of one query row against cached positions first..<first+count for all
+/// heads, from an f16 cache. q: H*Q floats; k, v: f16 bits, KV head g's position p at element
+/// g*headStride + (p / MI_KV_CHUNK)*chunkStride + (p % MI_KV_CHUNK)*Q (one run of positions
+/// per head, (KV, positions, Q): headStride = positions*Q, chunkStride = MI_KV_CHUNK*Q);
 /// query head h reads KV head h / (H / KV). scratch: >= count * (H / KV) floats. out: H*Q floats.
 /// cold: the cache is read once and is not expected in the core's caches (a decode step's
 /// rows, one per sequence): keys and values are requested ahead of their use.
 void mi_attention_row(const float *q, int H, int KV, int Q,
-                      const uint16_t *k, const uint16_t *v, int64_t kvStride, int64_t headStride, int count,
+                      const uint16_t *k, const uint16_t *v, int64_t headStride, int64_t chunkStride, int first, int count,
                       float scale, float *scratch, float *out, int cold);
 /// The same from an 8-bit cache (q8): k, v int8 codes at the same element offsets, each run of
 /// 32 elements (offset / 32) scaled by ks, vs (f32). Q must be a multiple of 32.
 void mi_attention_row_q8(const float *q, int H, int KV, int Q,
-                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t kvStride, int64_t headStride,
-                         int count, float scale, float *scratch, float *out, int cold);
+                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t headStride,
+                         int64_t chunkStride, int first, int count, float scale, float *scratch, float *out, int cold);
 
 /* Keeps freed blocks of up to 32 MiB in the heap instead of returning them to the kernel, and
  * trims the heap only beyond 1 GiB free (glibc; no-op elsewhere). Per-op activation buffers then
@@ -135,6 +139,14 @@ uint64_t mi_stream_read(const void *p, size_t bytes);
  * (`madvise` mode). NULL when out of memory. Free with mi_huge_free. */
 void *mi_huge_alloc(size_t bytes);
 void mi_huge_free(void *p);
+
+/* 2 MiB-aligned address space for `bytes`, zero-filled, advised MADV_HUGEPAGE: the kernel makes
+ * its pages only as they are first written, and does not count the rest against memory
+ * (MAP_NORESERVE): a buffer that grows at its end into it holds at most one 2 MiB page beyond
+ * what it has written. NULL where the system refuses (strict overcommit, no address space) or
+ * off Linux. Free with mi_unreserve and the same size. */
+void *mi_reserve(size_t bytes);
+void mi_unreserve(void *p, size_t bytes);
 
 #ifdef __cplusplus
 }
