@@ -12,6 +12,7 @@ void mi_keep_freed_memory(void) {
 #endif
 }
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __linux__
@@ -31,8 +32,20 @@ void *mi_huge_alloc(size_t bytes) {
 
 void mi_huge_free(void *p) { free(p); }
 
+/* Whether the kernel counts MAP_NORESERVE mappings against memory (vm.overcommit_memory = 2,
+ * strict accounting): there a reservation would hold its whole size. */
+static int strict_overcommit(void) {
+    FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
+    if (!f) return 0;
+    int mode = 0;
+    if (fscanf(f, "%d", &mode) != 1) mode = 0;
+    fclose(f);
+    return mode == 2;
+}
+
 void *mi_reserve(size_t bytes) {
 #if defined(__linux__)
+    if (strict_overcommit()) return NULL;
     /* 2 MiB-aligned, so the kernel can back all of it with huge pages: map 2 MiB more and
      * unmap the slack on either side. */
     const size_t huge = (size_t)2 << 20, n = (bytes + huge - 1) / huge * huge;

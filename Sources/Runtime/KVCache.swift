@@ -35,8 +35,9 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 /// cache of (layers, 2, kvHeads, capacity, Q) grew by copying into a larger allocation: ~1.3
 /// ms of a 14 ms decode step of 8 sequences at 128 positions in copies and fresh pages (`bench
 /// --profile`, SmolLM2 int8, 1 thread); the same cache on 4 KiB pages, never copied, read ~15%
-/// slower at 32 sequences. Where the system refuses the address space (strict overcommit), the
-/// cache grows by a quarter at a time, copying its chunks.
+/// slower at 32 sequences. Under strict overcommit accounting (where a reservation would hold
+/// its whole size), or where the system refuses the address space, the cache grows by a
+/// quarter at a time, copying its chunks.
 final class KVCache: @unchecked Sendable {
     let type: KVCacheType
     let layers: Int

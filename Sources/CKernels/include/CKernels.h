@@ -143,8 +143,9 @@ void mi_huge_free(void *p);
 /* 2 MiB-aligned address space for `bytes`, zero-filled, advised MADV_HUGEPAGE: the kernel makes
  * its pages only as they are first written, and does not count the rest against memory
  * (MAP_NORESERVE): a buffer that grows at its end into it holds at most one 2 MiB page beyond
- * what it has written. NULL where the system refuses (strict overcommit, no address space) or
- * off Linux. Free with mi_unreserve and the same size. */
+ * what it has written. NULL under strict overcommit accounting (vm.overcommit_memory = 2,
+ * where it would hold its whole size), where the system refuses it, or off Linux. Free with
+ * mi_unreserve and the same size. */
 void *mi_reserve(size_t bytes);
 void mi_unreserve(void *p, size_t bytes);
 
