@@ -33,8 +33,13 @@ public struct Sampler: Sendable {
     }
 
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: [Int]) -> Int {
-        var l = Array(logits)
         let p = parameters
+        // Plain greedy (what a batch of temperature-0 requests asks every step) reads the
+        // logits where they are: nothing below changes them.
+        if p.temperature <= 0, p.logitBias.isEmpty, p.presencePenalty == 0, p.frequencyPenalty == 0, p.repetitionPenalty == 1 {
+            return Sampler.argmax(logits)
+        }
+        var l = Array(logits)
         for (t, b) in p.logitBias where t >= 0 && t < l.count { l[t] += b }
         if p.presencePenalty != 0 || p.frequencyPenalty != 0 {
             var counts: [Int: Int] = [:]
@@ -119,10 +124,11 @@ public struct Sampler: Sendable {
         return heap
     }
 
-    public static func argmax(_ l: [Float]) -> Int {
-        var best = 0
-        for i in 1..<l.count where l[i] > l[best] { best = i }
-        return best
+    /// The first index of the largest value (NaN is never larger).
+    public static func argmax<C: RandomAccessCollection>(_ l: C) -> Int where C.Element == Float, C.Index == Int {
+        var best = l.startIndex
+        for i in l.indices.dropFirst() where l[i] > l[best] { best = i }
+        return best - l.startIndex
     }
 
     static func softmax(_ x: [Float]) -> [Float] {
