@@ -16,6 +16,9 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 
     /// Whether heads `headDimension` wide can be cached this way (q8 scales runs of 32).
     public func holds(headDimension: Int) -> Bool { self == .f16 || headDimension % 32 == 0 }
+
+    /// A sequence's cache is made in whole chunks of this many positions (`KVCache`).
+    public static let chunkPositions = Int(MI_KV_CHUNK)
 }
 
 /// One device's slice of one sequence's key/value cache: per layer, this device's KV heads'
@@ -50,7 +53,7 @@ final class KVCache: @unchecked Sendable {
     private var reserved = false                      // the allocations are mi_reserve's, for the whole limit
     private let reservesLimit: Bool
 
-    static let chunk = Int(MI_KV_CHUNK)
+    static let chunk = KVCacheType.chunkPositions
 
     var kvDimension: Int { kvHeads * headDimension }
 

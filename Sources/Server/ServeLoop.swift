@@ -64,7 +64,7 @@ public final class ServeLoop: @unchecked Sendable {
     /// The prefix cache (LRU within the KV budget, which it shares with running sequences).
     private var prefixes: [CachedPrefix] = []
     private var useClock = 0
-    private var cachedPositions: Int { prefixes.reduce(0) { $0 + $1.tokens.count } }
+    private var cachedPositions: Int { prefixes.reduce(0) { $0 + limits.footprint($1.tokens.count) } }
 
     /// The KV copy each job starts from (a cached prefix, another choice's prefill), made by the
     /// loop thread just before the first step that runs the job — so the copy is counted in the
@@ -136,7 +136,7 @@ public final class ServeLoop: @unchecked Sendable {
             if c > 0 && c == prefixes[best].tokens.count {
                 reused = prefixes.remove(at: best)
                 apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
-            } else if c > 0 && held(on: entryDevice) + job.prompt.count + job.generation.maxTokens <= limits.kvPositions / devices {
+            } else if c > 0 && held(on: entryDevice) + limits.footprint(job.prompt.count + job.generation.maxTokens) <= limits.kvPositions / devices {
                 // A copy lives beside its source: only while that device has room for it.
                 useClock += 1
                 prefixes[best].used = useClock
@@ -167,8 +167,9 @@ public final class ServeLoop: @unchecked Sendable {
     /// Puts a sequence's KV into the prefix cache, evicting the least recently used entries so
     /// that running sequences' reservations and the cache stay within the KV budget.
     private func keep(_ tokens: [Int], _ cache: MeshSequence) {
-        guard !tokens.isEmpty, tokens.count <= limits.kvPositions - scheduler.reservedPositions else { return }
-        while cachedPositions + tokens.count > limits.kvPositions - scheduler.reservedPositions, !prefixes.isEmpty { evictOldest() }
+        let footprint = limits.footprint(tokens.count)
+        guard !tokens.isEmpty, footprint <= limits.kvPositions - scheduler.reservedPositions else { return }
+        while cachedPositions + footprint > limits.kvPositions - scheduler.reservedPositions, !prefixes.isEmpty { evictOldest() }
         useClock += 1
         prefixes.append(CachedPrefix(tokens: tokens, cache: cache, used: useClock))
         apply(scheduler.handle(.prefixCacheHolds(cachedPositions)))
@@ -184,8 +185,8 @@ public final class ServeLoop: @unchecked Sendable {
 
     /// KV positions reserved by the sequences homed on `device`.
     private func held(on device: Int) -> Int {
-        jobs.values.filter { $0.cache.home(devices: devices) == device }.reduce(0) { $0 + $1.job.prompt.count + $1.job.generation.maxTokens }
-            + prefixes.filter { $0.cache.home(devices: devices) == device }.reduce(0) { $0 + $1.tokens.count }
+        jobs.values.filter { $0.cache.home(devices: devices) == device }.reduce(0) { $0 + limits.footprint($1.job.prompt.count + $1.job.generation.maxTokens) }
+            + prefixes.filter { $0.cache.home(devices: devices) == device }.reduce(0) { $0 + limits.footprint($1.tokens.count) }
     }
 
     private func evictOldest() {

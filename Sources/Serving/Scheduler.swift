@@ -51,14 +51,22 @@ public struct Scheduler: Sendable {
         /// Seconds a step may take by the scheduler's `price` (the inter-token latency of the
         /// running streams), or nil: no target.
         public var latencyTarget: Double?
-        public init(maxBatch: Int, maxQueue: Int, kvPositions: Int, context: Int, stepTokens: Int, latencyTarget: Double? = nil) {
+        /// A sequence's KV is held in whole chunks of this many positions (the engine's cache
+        /// layout): the budget counts its positions rounded up to them.
+        public var kvChunk: Int
+        public init(maxBatch: Int, maxQueue: Int, kvPositions: Int, context: Int, stepTokens: Int, latencyTarget: Double? = nil,
+                    kvChunk: Int = 1) {
             self.maxBatch = max(1, maxBatch)
             self.maxQueue = max(0, maxQueue)
             self.kvPositions = kvPositions
             self.context = context
             self.stepTokens = max(1, stepTokens)
             self.latencyTarget = latencyTarget
+            self.kvChunk = max(1, kvChunk)
         }
+
+        /// The KV budget a sequence of `positions` positions takes: whole chunks.
+        public func footprint(_ positions: Int) -> Int { (positions + kvChunk - 1) / kvChunk * kvChunk }
     }
 
     public struct Request: Sendable, Equatable {
@@ -159,7 +167,7 @@ public struct Scheduler: Sendable {
     }
 
     /// KV positions reserved by the running sequences.
-    public var reservedPositions: Int { running.reduce(0) { $0 + $1.request.positions } }
+    public var reservedPositions: Int { running.reduce(0) { $0 + limits.footprint($1.request.positions) } }
 
     public func phase(of id: RequestID) -> Phase? {
         if waiting.contains(where: { $0.id == id }) { return .waiting }
@@ -171,7 +179,7 @@ public struct Scheduler: Sendable {
         var actions: [Action] = []
         switch event {
         case let .arrived(r):
-            if r.positions > limits.context || r.positions > limits.kvPositions || r.promptTokens < 1 {
+            if r.positions > limits.context || limits.footprint(r.positions) > limits.kvPositions || r.promptTokens < 1 {
                 return [.reject(r.id, .tooLong)]
             }
             if waiting.count >= limits.maxQueue && !(waiting.isEmpty && canAdmit(r) && decodeFitsTarget(adding: r)) {
@@ -225,7 +233,7 @@ public struct Scheduler: Sendable {
     }
 
     private func canAdmit(_ r: Request) -> Bool {
-        running.count < limits.maxBatch && reservedPositions + r.positions + prefixPositions <= limits.kvPositions
+        running.count < limits.maxBatch && reservedPositions + limits.footprint(r.positions) + prefixPositions <= limits.kvPositions
     }
 
     /// Admits what fits (asking the prefix cache to give way when only it stands in the way),
@@ -241,8 +249,8 @@ public struct Scheduler: Sendable {
         let copies = sharePrefills()
         var evict: Action?
         if let r = waiting.first, running.count < limits.maxBatch, prefixPositions > 0, !evictionAsked,
-           reservedPositions + r.positions <= limits.kvPositions, decodeFitsTarget(adding: r) {
-            evict = .evictPrefixes(atLeast: reservedPositions + r.positions + prefixPositions - limits.kvPositions)
+           reservedPositions + limits.footprint(r.positions) <= limits.kvPositions, decodeFitsTarget(adding: r) {
+            evict = .evictPrefixes(atLeast: reservedPositions + limits.footprint(r.positions) + prefixPositions - limits.kvPositions)
             evictionAsked = true
         }
         let decodes: [(id: RequestID, work: Work)] = running.filter { $0.phase == .decoding }.map { ($0.request.id, .decode) }

@@ -101,7 +101,9 @@ struct Serve: ParsableCommand {
             // Keys and values of every layer, in the cache's type (f16: 2 bytes, q8: 1.125).
             let perPosition = modelOptions.kvCache.bytes(elements: 2 * config.layers * config.kvHeads * config.headDimension)
             let devices = try Mesh(parsing: meshOptions.mesh).deviceCount
-            let positions = kvMemory.map { $0 / perPosition * devices } ?? maxBatch * context
+            // The cache is made in whole chunks: the budget counts them (a 100-token chat holds 256 positions).
+            let chunk = KVCacheType.chunkPositions
+            let positions = kvMemory.map { $0 / perPosition * devices } ?? maxBatch * ((context + chunk - 1) / chunk * chunk)
             let pricer = session.stepPricer(model: modelOptions, mesh: meshOptions)
             var price: Scheduler.Price?
             if let pricer {
@@ -109,7 +111,7 @@ struct Serve: ParsableCommand {
             }
             let loop = ServeLoop(engine: session.meshEngine, tokenizer: session.tokenizer,
                                  limits: .init(maxBatch: maxBatch, maxQueue: maxQueue, kvPositions: positions, context: context, stepTokens: stepTokens,
-                                               latencyTarget: latencyTargetMs.map { $0 / 1000 }),
+                                               latencyTarget: latencyTargetMs.map { $0 / 1000 }, kvChunk: chunk),
                                  metrics: metrics, price: price)
             loop.onFatal = { error in
                 // A rank is gone: answer 503, end the HTTP server, exit non-zero.

@@ -63,6 +63,25 @@ struct SchedulerTests {
         #expect(after.first == .release(1) && s.phase(of: 2) == .prefilling(prefilled: 0))
     }
 
+    /// KV held in whole chunks (the engine's cache: 256 positions): the budget counts each
+    /// sequence's positions rounded up to them. Budget 600: two 100-position requests (256
+    /// each) run, a third waits for one to finish (counted by positions all three would fit);
+    /// a request of 550 positions (768) is rejected at arrival, though 550 ≤ 600.
+    @Test func kvBudgetCountsWholeChunks() {
+        var limits = Self.limits(kv: 600, context: 2000, step: 64)
+        limits.kvChunk = 256
+        var s = S(limits: limits)
+        _ = s.handle(.arrived(.init(id: 1, promptTokens: 60, maxTokens: 40)))
+        _ = s.handle(.arrived(.init(id: 2, promptTokens: 60, maxTokens: 40)))
+        _ = s.handle(.arrived(.init(id: 3, promptTokens: 60, maxTokens: 40)))
+        _ = s.handle(.stepFinished(finished: []))   // 1 prefilled; 2 admitted beside it
+        #expect(s.reservedPositions == 512 && s.phase(of: 3) == .waiting)
+        let after = s.handle(.stepFinished(finished: [1]))
+        #expect(after.first == .release(1) && s.phase(of: 3) != .waiting && s.reservedPositions == 512)
+        #expect(s.handle(.arrived(.init(id: 4, promptTokens: 500, maxTokens: 50))) == [.reject(4, .tooLong)])
+        #expect(limits.footprint(550) == 768 && limits.footprint(256) == 256 && limits.footprint(0) == 0)
+    }
+
     @Test func fullQueueAndOverlongRequestsAreRejected() {
         var s = S(limits: Self.limits(maxBatch: 1, maxQueue: 1, context: 50))
         _ = s.handle(.arrived(.init(id: 1, promptTokens: 5, maxTokens: 5)))   // runs
