@@ -27,8 +27,8 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 /// Q/32) floats in a second allocation — so attention reads each KV head's positions as
 /// contiguous runs of C (32 KiB for an f16 head of 64; a position-major row interleaves the
 /// heads, and the head-by-head reads of it stride through memory at a third of the rate:
-/// measured 7 vs 18 GB/s at batch 32; runs of 64 positions made 32-sequence attention ~25%
-/// slower), and the cache grows by whole chunks at its end: what it holds never moves. Written
+/// measured 7 vs 18 GB/s at batch 32; runs of 64 positions made 32-sequence attention ~45%
+/// slower than runs of 256), and the cache grows by whole chunks at its end: what it holds never moves. Written
 /// by position; how many positions the sequence holds is its `MeshSequence`'s count, not the
 /// cache's.
 ///
@@ -37,7 +37,7 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 /// chunk, so a cache holds at most one chunk (SmolLM2: 5.9 MB) beyond its positions. Before, a
 /// cache of (layers, 2, kvHeads, capacity, Q) grew by copying into a larger allocation: ~1.3
 /// ms of a 14 ms decode step of 8 sequences at 128 positions in copies and fresh pages (`bench
-/// --profile`, SmolLM2 int8, 1 thread); the same cache on 4 KiB pages, never copied, read ~15%
+/// --profile`, SmolLM2 int8, 1 thread); the same cache on 4 KiB pages, never copied, read ~10%
 /// slower at 32 sequences. Under strict overcommit accounting (where a reservation would hold
 /// its whole size), or where the system refuses the address space, the cache grows by a
 /// quarter at a time, copying its chunks.
