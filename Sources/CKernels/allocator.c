@@ -12,6 +12,7 @@ void mi_keep_freed_memory(void) {
 #endif
 }
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,14 +34,19 @@ void *mi_huge_alloc(size_t bytes) {
 void mi_huge_free(void *p) { free(p); }
 
 /* Whether the kernel counts MAP_NORESERVE mappings against memory (vm.overcommit_memory = 2,
- * strict accounting): there a reservation would hold its whole size. */
-static int strict_overcommit(void) {
+ * strict accounting): there a reservation would hold its whole size. Read once per process. */
+static int strict = 0;
+static void read_overcommit_mode(void) {
     FILE *f = fopen("/proc/sys/vm/overcommit_memory", "r");
-    if (!f) return 0;
+    if (!f) return;
     int mode = 0;
-    if (fscanf(f, "%d", &mode) != 1) mode = 0;
+    if (fscanf(f, "%d", &mode) == 1) strict = mode == 2;
     fclose(f);
-    return mode == 2;
+}
+static int strict_overcommit(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, read_overcommit_mode);
+    return strict;
 }
 
 void *mi_reserve(size_t bytes) {

@@ -19,6 +19,9 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 
     /// A sequence's cache is made in whole chunks of this many positions (`KVCache`).
     public static let chunkPositions = Int(MI_KV_CHUNK)
+
+    /// `positions` rounded up to whole chunks: what a cache of that many positions holds.
+    public static func wholeChunks(_ positions: Int) -> Int { (positions + chunkPositions - 1) / chunkPositions * chunkPositions }
 }
 
 /// One device's slice of one sequence's key/value cache: per layer, this device's KV heads'
@@ -28,9 +31,9 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 /// contiguous runs of C (32 KiB for an f16 head of 64; a position-major row interleaves the
 /// heads, and the head-by-head reads of it stride through memory at a third of the rate:
 /// measured 7 vs 18 GB/s at batch 32; runs of 64 positions made 32-sequence attention ~45%
-/// slower than runs of 256), and the cache grows by whole chunks at its end: what it holds never moves. Written
-/// by position; how many positions the sequence holds is its `MeshSequence`'s count, not the
-/// cache's.
+/// slower than runs of 256), and the cache grows by whole chunks at its end: what it holds
+/// never moves. Written by position; how many positions the sequence holds is its
+/// `MeshSequence`'s count, not the cache's.
 ///
 /// The allocations are address space for the whole limit, made (zeroed, on huge pages where
 /// the kernel allows them) as they are first written: a position's first write makes its whole
@@ -139,7 +142,7 @@ final class KVCache: @unchecked Sendable {
     /// Copies the chunks holding the first `positions` positions (and their q8 scales): one
     /// contiguous run each, the same in every cache of these heads and type.
     private func copyChunks(_ positions: Int, from source: UnsafeMutableRawPointer, _ sourceScales: UnsafeMutablePointer<Float>?) {
-        let n = elements(positions: (positions + Self.chunk - 1) / Self.chunk * Self.chunk)
+        let n = elements(positions: KVCacheType.wholeChunks(positions))
         storage!.copyMemory(from: source, byteCount: n * elementBytes)
         if let sourceScales { scaleStorage!.update(from: sourceScales, count: n / 32) }
     }
@@ -147,15 +150,14 @@ final class KVCache: @unchecked Sendable {
     /// Makes room for `positions` in total.
     func reserve(_ positions: Int) {
         guard positions > capacity else { return }
-        let wholeLimit = (max(limit, positions) + Self.chunk - 1) / Self.chunk * Self.chunk
+        let wholeLimit = KVCacheType.wholeChunks(max(limit, positions))
         if storage == nil, reservesLimit, let (codes, scales) = allocate(positions: wholeLimit, reserve: true) {
             (storage, scaleStorage, capacity, reserved) = (codes, scales, wholeLimit, true)
             return
         }
         // A quarter more than now (at least a chunk): finished sequences are kept for their
         // prefixes, so what a cache holds beyond its positions is memory the KV budget does not see.
-        let wanted = min(max(positions, capacity + max(Self.chunk, capacity / 4)), wholeLimit)
-        let newCapacity = (wanted + Self.chunk - 1) / Self.chunk * Self.chunk
+        let newCapacity = KVCacheType.wholeChunks(min(max(positions, capacity + max(Self.chunk, capacity / 4)), wholeLimit))
         guard let (codes, scales) = allocate(positions: newCapacity, reserve: false) else {
             fatalError("out of memory: a KV cache of \(type.bytes(elements: elements(positions: newCapacity))) bytes")
         }

@@ -102,8 +102,7 @@ struct Serve: ParsableCommand {
             let perPosition = modelOptions.kvCache.bytes(elements: 2 * config.layers * config.kvHeads * config.headDimension)
             let devices = try Mesh(parsing: meshOptions.mesh).deviceCount
             // The cache is made in whole chunks: the budget counts them (a 100-token chat holds 256 positions).
-            let chunk = KVCacheType.chunkPositions
-            let positions = kvMemory.map { $0 / perPosition * devices } ?? maxBatch * ((context + chunk - 1) / chunk * chunk)
+            let positions = kvMemory.map { $0 / perPosition * devices } ?? maxBatch * KVCacheType.wholeChunks(context)
             let pricer = session.stepPricer(model: modelOptions, mesh: meshOptions)
             var price: Scheduler.Price?
             if let pricer {
@@ -111,7 +110,7 @@ struct Serve: ParsableCommand {
             }
             let loop = ServeLoop(engine: session.meshEngine, tokenizer: session.tokenizer,
                                  limits: .init(maxBatch: maxBatch, maxQueue: maxQueue, kvPositions: positions, context: context, stepTokens: stepTokens,
-                                               latencyTarget: latencyTargetMs.map { $0 / 1000 }, kvChunk: chunk),
+                                               latencyTarget: latencyTargetMs.map { $0 / 1000 }, kvChunk: KVCacheType.chunkPositions),
                                  metrics: metrics, price: price)
             loop.onFatal = { error in
                 // A rank is gone: answer 503, end the HTTP server, exit non-zero.
