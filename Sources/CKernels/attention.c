@@ -1,13 +1,44 @@
 // Attention of one query row over cached positions, from an f16 cache (llama.cpp's default
 // cache: half the bytes of f32, widened to f32 by vcvtph2ps as it loads) or an 8-bit one (q8:
-// int8 codes with an f32 scale per 32 elements, widened by vpmovsxbd + vcvtdq2ps and scaled),
-// and the conversions that write either cache.
+// int8 codes with an f32 scale per 32 elements), and the writes that fill either cache.
 #include "common.h"
 
-/* Element offset of cached position p within its KV head (chunks of MI_KV_CHUNK positions,
- * chunkStride elements apart; rows of Q within a chunk). */
-ALWAYS_INLINE int64_t kv_row(int64_t p, int Q, int64_t chunkStride) {
-    return p / MI_KV_CHUNK * chunkStride + p % MI_KV_CHUNK * Q;
+/* The cache layout (KVCache; element offsets, bytes times 2 for f16). Positions come in chunks
+ * of C = MI_KV_CHUNK, chunkStride apart; a chunk holds each layer's positions in tiles of 16,
+ * tileStride apart, and a tile every KV head's keys and values for its 16 positions, KV head g
+ * at g·headStride: keys (16·Q elements), then values (16·Q rows of Q). A sequence's layer is
+ * then one contiguous run of tiles, which a decode step reads front to back: measured on this
+ * AMD host (32 sequences x 30 layers, 160 positions of 3 KV heads of 64, from memory), such
+ * runs stream at 19-22 GB/s on one core, a run per head and K/V (10 KB each) at 11-12.
+ * - f16: keys transposed (element d of the 16 positions at 16·d + p%16: one load holds the
+ *   16 positions' element d, so a tile's scores need no horizontal sums), values as rows.
+ * - q8: values as rows of signed codes; keys transposed in pairs, 2 elements of each of the 16
+ *   positions per 32 bytes, byte (d/2)·32 + (p%16)·2 + d%2 — widened to 16-bit (vpmovsxbw),
+ *   the lanes vpdpwssd multiplies by a pair of broadcast 16-bit query codes. Scales in a
+ *   second allocation mirroring the codes divided by 32: the 16·Q codes at element E have
+ *   their scales at float E/32, block b of position p at b·16 + p%16. */
+ALWAYS_INLINE int64_t kv_tile(int64_t p, int64_t tileStride, int64_t chunkStride) {
+    return p / MI_KV_CHUNK * chunkStride + (p % MI_KV_CHUNK) / 16 * tileStride;
+}
+/* Where a q8 key's code (p%16 = r, element d) sits within its tile's keys. */
+ALWAYS_INLINE int q8_key(int r, int d) { return d / 2 * 32 + r * 2 + d % 2; }
+
+/* A query head's Q floats as 16-bit codes per block of 32 (scale absmax / 32767, codes rounded
+ * to nearest even): the q8 cache's scores multiply them by the keys' codes exactly, and their
+ * rounding (2^-16 of a block's largest element) leaves a score within float rounding of the
+ * float query's. */
+ALWAYS_INLINE void query_i16(const float *x, int Q, int16_t *codes, float *scales) {
+    for (int b = 0; b < Q / 32; b++) {
+        const float amax = abs_max(x + 32 * b, 32), d = amax / 32767, inv = d > 0 ? 1 / d : 0;
+        int i = 32 * b;
+#if defined(MI_AVX512)
+        // vcvtps2dq rounds to nearest even (the default rounding mode), as lrintf does.
+        for (; i < 32 * b + 32; i += 16)
+            _mm256_storeu_si256((__m256i *)(codes + i), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(inv)))));
+#endif
+        for (; i < 32 * b + 32; i++) codes[i] = (int16_t)lrintf(x[i] * inv);
+        scales[b] = d;
+    }
 }
 
 void mi_f32_to_f16(const float *x, uint16_t *out, int n) {
@@ -29,192 +60,221 @@ void mi_f32_to_kv_q8(const float *x, int8_t *codes, float *scales, int n) {
     }
 }
 
+void mi_kv_write_f16(const float *k, const float *v, int Q, uint16_t *head, int64_t tileStride, int64_t chunkStride,
+                     int position) {
+    uint16_t *keys = head + kv_tile(position, tileStride, chunkStride), bits[Q];
+    const int r = position % 16;
+    mi_f32_to_f16(k, bits, Q);
+    for (int i = 0; i < Q; i++) keys[16 * i + r] = bits[i];
+    mi_f32_to_f16(v, keys + 16 * Q + r * Q, Q);
+}
+
+void mi_kv_write_q8(const float *k, const float *v, int Q, int8_t *head, float *scales, int64_t tileStride,
+                    int64_t chunkStride, int position) {
+    const int64_t keys = kv_tile(position, tileStride, chunkStride), values = keys + 16 * Q;
+    const int r = position % 16;
+    int8_t codes[Q];
+    float d[Q / 32];
+    mi_f32_to_kv_q8(k, codes, d, Q);
+    for (int i = 0; i < Q; i++) head[keys + q8_key(r, i)] = codes[i];
+    for (int b = 0; b < Q / 32; b++) scales[keys / 32 + b * 16 + r] = d[b];
+    mi_f32_to_kv_q8(v, head + values + r * Q, d, Q);
+    for (int b = 0; b < Q / 32; b++) scales[values / 32 + b * 16 + r] = d[b];
+}
+
 #if defined(MI_AVX512)
 ALWAYS_INLINE __m512 load_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
-/* Elements 16c..16c+15 of a cached row as f32: f16 bits, or (q8) int8 codes times their block's
- * scale (scales: the row's Q/32 floats). */
-ALWAYS_INLINE __m512 load_kv(const int q8, const void *row, const float *scales, int c) {
-    if (!q8) return load_f16((const uint16_t *)row + 16 * c);
-    __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)row + 16 * c))));
-    return _mm512_mul_ps(x, _mm512_set1_ps(scales[c / 2]));
-}
-
-/* A decode step reads each sequence's keys and values once, from memory, as short streams (a
- * KV head's positions: 20 KB for 160 positions of 64), which the hardware prefetcher ramps up
- * on too late. A cold row asks for them ahead: keys AHEAD positions ahead of the scores, every
- * value as its key is scored (the weighted sum reads them next), and the next KV head's first
- * keys before a head starts. Measured on a cache larger than the L3 (64 sequences x 30
- * layers, 160 positions of 3 KV heads of 64): 5.8-8.5 -> 10-11.8 GB/s; in SmolLM2's decode
- * (int8, 1 thread, 128 cached positions) attention went from 4.1-5.1 to 3.1-4.2 ms of an
- * 8-sequence step (interleaved runs, a noisy host). A prompt's rows read the same cache over
- * and over, from L2: there the requests only cost issue slots (Gemma pp512 attention 5-10%
- * slower), so they are not made. */
-#define AHEAD 16
-/* Asks for a cached row's lines (f16: 2 bytes an element, q8: 1, and its scales' line when a
- * row's scales start one). */
-ALWAYS_INLINE void prefetch_row(const int q8, const uint8_t *row, const float *scales, int NQ) {
-    const int bytes = 16 * NQ * (q8 ? 1 : 2);
-    for (int l = 0; l < bytes; l += 64) _mm_prefetch((const char *)(row + l), _MM_HINT_T0);
-    if (q8 && ((uintptr_t)scales & 63) < (uintptr_t)(NQ / 2) * 4) _mm_prefetch((const char *)scales, _MM_HINT_T0);
-}
-
-/* Asks for the first AHEAD positions' keys (from `first`) of the KV head starting at element
- * `head` of k. */
-ALWAYS_INLINE void prefetch_head(const int q8, const void *k, const float *ks, int64_t head, int64_t chunkStride, int first,
-                                 int count, int NQ) {
-    for (int p = 0; p < AHEAD && p < count; p++) {
-        const int64_t at = head + kv_row(first + p, 16 * NQ, chunkStride);
-        prefetch_row(q8, (const uint8_t *)k + at * (q8 ? 1 : 2), q8 ? ks + at / 32 : NULL, NQ);
-    }
-}
-
-/* The sums of 16 vectors' elements, in order (out[p] = Σ a[p]): pairs of 128-bit lanes added
- * twice (16 vectors → 4, lane l of the i-th holding a partial sum of vector 4i + l), then
- * within lanes, then one permutation back to order. */
-ALWAYS_INLINE __m512 sums16(const __m512 *a) {
-    __m512 t[8], u[4];
-    for (int i = 0; i < 8; i++)
-        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44), _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xEE));
-    for (int i = 0; i < 4; i++)
-        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88), _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
-    __m512 v0 = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
-    __m512 v1 = _mm512_add_ps(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
-    __m512 w = _mm512_add_ps(_mm512_shuffle_ps(v0, v1, 0x44), _mm512_shuffle_ps(v0, v1, 0xEE));   // w[4l + e] = Σ a[4e + l]
-    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    return _mm512_permutexvar_ps(order, w);
-}
-
-/* The G query heads sharing one KV head (G = 1: one head), Q = 16·NQ with G·NQ <= 16 (the
- * default model: 3 heads of 64): each key and value row is loaded once for all G heads. Per
- * head: scores 16 positions at a time (each position's products summed in a vector, 16 of them
- * reduced together), softmax with the vector exp, then the weighted values accumulated in NQ
- * registers and scaled once; a head's arithmetic does not depend on G. Positions first..<first
- * + count; position p's row starts at element kv_row(p) of k and v (bytes: times q8 ? 1 : 2),
- * its q8 scales at kv_row(p)/32 of ks and vs. scratch: G·count floats. */
-ALWAYS_INLINE void attend_group(const int NQ, const int G, const int q8, const float *q, const void *k, const void *v,
-                                const float *ks, const float *vs, int64_t chunkStride, int first, int count, float scale,
-                                float *scratch, float *out, const int cold) {
-    const int esize = q8 ? 1 : 2, Q = 16 * NQ;
-    const uint8_t *kb = (const uint8_t *)k, *vb = (const uint8_t *)v;
-    __m512 qv[16];
-    for (int h = 0; h < G; h++)
-        for (int c = 0; c < NQ; c++) qv[h * NQ + c] = _mm512_mul_ps(_mm512_loadu_ps(q + h * 16 * NQ + 16 * c), _mm512_set1_ps(scale));
-    __m512 prod[4][16];
-    float m[4];
-    for (int h = 0; h < G; h++) m[h] = -INFINITY;
-    for (int j = 0; j < count; j += 16) {
-        int n = count - j < 16 ? count - j : 16;
-        for (int p = 0; p < n; p++) {
-            const int64_t at = kv_row(first + j + p, Q, chunkStride);
-            const uint8_t *kj = kb + at * esize;
-            const float *ksj = q8 ? ks + at / 32 : NULL;
-            if (cold) {
-                if (j + p + AHEAD < count) {
-                    const int64_t ahead = kv_row(first + j + p + AHEAD, Q, chunkStride);
-                    prefetch_row(q8, kb + ahead * esize, q8 ? ks + ahead / 32 : NULL, NQ);
-                }
-                prefetch_row(q8, vb + at * esize, q8 ? vs + at / 32 : NULL, NQ);
-            }
-            __m512 kc[16];
-            for (int c = 0; c < NQ; c++) kc[c] = load_kv(q8, kj, ksj, c);
-            for (int h = 0; h < G; h++) {
-                __m512 acc = _mm512_mul_ps(qv[h * NQ], kc[0]);
-                for (int c = 1; c < NQ; c++) acc = _mm512_fmadd_ps(qv[h * NQ + c], kc[c], acc);
-                prod[h][p] = acc;
-            }
-        }
+/* Scores of G query heads (q: G·Q floats, already times `scale`) against one KV head's tile
+ * of f16 keys (transposed: element d of the 16 positions at 16·d): per element, the 16 keys
+ * widened (vcvtph2ps) and multiplied by each head's broadcast query element, summed in two
+ * registers per head (two dependency chains). */
+ALWAYS_INLINE void scores_f16(const int G, int Q, const float *q, const uint16_t *keys, __m512 *s) {
+    __m512 acc[8][2];
+    for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = _mm512_setzero_ps();
+    for (int d = 0; d < Q; d += 2) {
+        const __m512 k0 = load_f16(keys + 16 * d), k1 = load_f16(keys + 16 * (d + 1));
         for (int h = 0; h < G; h++) {
-            float *sh = scratch + (int64_t)h * count;
-            if (n == 16) {
-                __m512 sv = sums16(prod[h]);
-                _mm512_storeu_ps(sh + j, sv);
-                float mx = _mm512_reduce_max_ps(sv);
-                m[h] = mx > m[h] ? mx : m[h];
-            } else {
-                for (int p = 0; p < n; p++) {
-                    sh[j + p] = _mm512_reduce_add_ps(prod[h][p]);
-                    m[h] = sh[j + p] > m[h] ? sh[j + p] : m[h];
+            acc[h][0] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * Q + d]), k0, acc[h][0]);
+            acc[h][1] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * Q + d + 1]), k1, acc[h][1]);
+        }
+    }
+    for (int h = 0; h < G; h++) s[h] = _mm512_add_ps(acc[h][0], acc[h][1]);
+}
+
+/* Scores of G query heads (16-bit codes qc: G·Q, per 32 the scale dq·`scale`) against one KV
+ * head's tile of q8 keys: per block of 32, 16 pairs of elements, each the tile's 32 codes
+ * widened to 16 bits (vpmovsxbw) and multiplied by the heads' broadcast pair of query codes
+ * (vpdpwssd; two sums in turn, for two dependency chains), then converted and scaled by the
+ * tile's 16 key scales times dq. */
+ALWAYS_INLINE void scores_q8(const int G, int Q, const int16_t *qc, const float *dq, const int8_t *keys,
+                             const float *kscales, __m512 *s) {
+#if defined(MI_VNNI)
+    const int NB = Q / 32;
+    for (int h = 0; h < G; h++) s[h] = _mm512_setzero_ps();
+    for (int b = 0; b < NB; b++) {
+        __m512i dot[8][2];
+        for (int h = 0; h < G; h++) dot[h][0] = dot[h][1] = _mm512_setzero_si512();
+        for (int i = 0; i < 16; i += 2) {
+            const __m512i k0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(keys + (b * 16 + i) * 32)));
+            const __m512i k1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(keys + (b * 16 + i + 1) * 32)));
+            for (int h = 0; h < G; h++) {
+                const int16_t *qh = qc + h * Q + 32 * b + 2 * i;
+                dot[h][0] = _mm512_dpwssd_epi32(dot[h][0], k0, _mm512_set1_epi32(load_i32(qh)));
+                dot[h][1] = _mm512_dpwssd_epi32(dot[h][1], k1, _mm512_set1_epi32(load_i32(qh + 2)));
+            }
+        }
+        const __m512 dk = _mm512_loadu_ps(kscales + 16 * b);
+        for (int h = 0; h < G; h++)
+            s[h] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dot[h][0], dot[h][1])), _mm512_mul_ps(dk, _mm512_set1_ps(dq[h * NB + b])), s[h]);
+    }
+#else
+    (void)Q, (void)qc, (void)dq, (void)keys, (void)kscales, (void)s;   // q8 runs attend_tiles only with VNNI
+#endif
+}
+
+/* All H query heads of one row, G at a time (the query heads of one KV head, or a part of
+ * them), over positions first..<first + count, in one pass over the row's tiles: per tile and
+ * KV head, the G heads' 16 scores (scores_f16, scores_q8), then the softmax online (each head's
+ * running maximum m and Σ e; when a tile raises m, what is summed so far is rescaled by
+ * e^(old − new)), then the values weighted by e (q8: e times the block's value scale) added
+ * into `out` (the weighted sums, divided by Σ e at the end), in slices of CC 16-column
+ * registers per head (G·CC <= 16). A value row is widened 16 elements at a time: vcvtph2ps
+ * (f16), vpmovsxbd + vcvtdq2ps (q8). */
+ALWAYS_INLINE void attend_tiles(const int q8, const int G, const int CC, int H, int KV, int Q, const float *q,
+                                const void *kv, const float *scales, int64_t headStride, int64_t tileStride,
+                                int64_t chunkStride, int first, int count, float scale, float *out) {
+    const int group = H / KV, NB = Q / 32, end = first + count;
+    // The queries times `scale` (f16), or as 16-bit codes (q8), scale folded into dq.
+    float qs[q8 ? 1 : H * Q];
+    int16_t qc[q8 ? H * Q : 1];
+    float dq[q8 ? H * NB : 1];
+    for (int h = 0; h < H; h++) {
+        if (!q8) {
+            for (int i = 0; i < Q; i += 16) _mm512_storeu_ps(qs + h * Q + i, _mm512_mul_ps(_mm512_loadu_ps(q + h * Q + i), _mm512_set1_ps(scale)));
+            continue;
+        }
+        query_i16(q + h * Q, Q, qc + h * Q, dq + h * NB);
+        for (int b = 0; b < NB; b++) dq[h * NB + b] *= scale;
+    }
+    float m[H], total[H];
+    for (int h = 0; h < H; h++) { m[h] = -INFINITY; total[h] = 0; }
+    for (int i = 0; i < H * Q; i += 16) _mm512_storeu_ps(out + i, _mm512_setzero_ps());
+    for (int t = first & ~15; t < end; t += 16) {
+        const int lo = t < first ? first - t : 0, hi = end - t < 16 ? end - t : 16;
+        const __mmask16 live = (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+        const int64_t tile = kv_tile(t, tileStride, chunkStride);
+        for (int h0 = 0; h0 < H; h0 += G) {
+            const int64_t keys = tile + (h0 / group) * headStride, values = keys + 16 * Q;
+            __m512 s[8];
+            if (q8) scores_q8(G, Q, qc + h0 * Q, dq + h0 * NB, (const int8_t *)kv + keys, scales + keys / 32, s);
+            else scores_f16(G, Q, qs + h0 * Q, (const uint16_t *)kv + keys, s);
+            // The running maxima, and the factors e^(old − new) that rescale the sums so far
+            // (0 before a head's first tile; lanes beyond G unused).
+            float mt[16], fix[16];
+            for (int h = 0; h < 16; h++) mt[h] = fix[h] = 0;
+            for (int h = 0; h < G; h++) {
+                const float x = _mm512_mask_reduce_max_ps(live, s[h]);
+                mt[h] = x > m[h0 + h] ? x : m[h0 + h];
+                fix[h] = m[h0 + h] - mt[h];
+            }
+            _mm512_storeu_ps(fix, exp_ps(_mm512_loadu_ps(fix)));
+            float w[8][16 * 8];   // (head, value block b · 16 + position in the tile): the weights (q8: Q <= 256)
+            for (int h = 0; h < G; h++) {
+                if (m[h0 + h] == -INFINITY) fix[h] = 0;
+                const __m512 e = _mm512_maskz_mov_ps(live, exp_ps(_mm512_sub_ps(s[h], _mm512_set1_ps(mt[h]))));
+                total[h0 + h] = total[h0 + h] * fix[h] + _mm512_reduce_add_ps(e);
+                m[h0 + h] = mt[h];
+                if (q8) for (int b = 0; b < NB; b++) _mm512_storeu_ps(w[h] + 16 * b, _mm512_mul_ps(e, _mm512_loadu_ps(scales + values / 32 + 16 * b)));
+                else _mm512_storeu_ps(w[h], e);
+            }
+            for (int c0 = 0; c0 < Q / 16; c0 += CC) {
+                float *o = out + h0 * Q + 16 * c0;
+                __m512 a[16];
+                for (int h = 0; h < G; h++)
+                    for (int c = 0; c < CC; c++) a[h * CC + c] = _mm512_mul_ps(_mm512_loadu_ps(o + h * Q + 16 * c), _mm512_set1_ps(fix[h]));
+                for (int p = lo; p < hi; p++) {
+                    for (int c = 0; c < CC; c++) {
+                        const int col = 16 * (c0 + c);
+                        const __m512 vc = q8 ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)kv + values + p * Q + col))))
+                                             : load_f16((const uint16_t *)kv + values + p * Q + col);
+                        for (int h = 0; h < G; h++) a[h * CC + c] = _mm512_fmadd_ps(_mm512_set1_ps(w[h][q8 ? col / 32 * 16 + p : p]), vc, a[h * CC + c]);
+                    }
                 }
+                for (int h = 0; h < G; h++)
+                    for (int c = 0; c < CC; c++) _mm512_storeu_ps(o + h * Q + 16 * c, a[h * CC + c]);
             }
         }
     }
-    float inv[4];
-    for (int h = 0; h < G; h++) {
-        float *sh = scratch + (int64_t)h * count;
-        __m512 sumv = _mm512_setzero_ps(), vm = _mm512_set1_ps(m[h]);
-        for (int j = 0; j < count; j += 16) {
-            __mmask16 live = count - j >= 16 ? 0xFFFF : (__mmask16)((1u << (count - j)) - 1);
-            __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(live, sh + j), vm));
-            _mm512_mask_storeu_ps(sh + j, live, e);
-            sumv = _mm512_add_ps(sumv, _mm512_maskz_mov_ps(live, e));
-        }
-        inv[h] = 1.0f / _mm512_reduce_add_ps(sumv);
+    for (int h = 0; h < H; h++) {
+        const __m512 inv = _mm512_set1_ps(1.0f / total[h]);
+        for (int i = 0; i < Q; i += 16) _mm512_storeu_ps(out + h * Q + i, _mm512_mul_ps(_mm512_loadu_ps(out + h * Q + i), inv));
     }
-    __m512 acc[16];
-    for (int i = 0; i < G * NQ; i++) acc[i] = _mm512_setzero_ps();
-    for (int j = 0; j < count; j++) {
-        const int64_t at = kv_row(first + j, Q, chunkStride);
-        const uint8_t *vj = vb + at * esize;
-        const float *vsj = q8 ? vs + at / 32 : NULL;
-        for (int c = 0; c < NQ; c++) {
-            __m512 vc = load_kv(q8, vj, vsj, c);
-            for (int h = 0; h < G; h++) acc[h * NQ + c] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[(int64_t)h * count + j]), vc, acc[h * NQ + c]);
-        }
+}
+
+/* Query heads taken together: the KV head's group when it is 1, 2, 3, 4 or 8 heads, else the
+ * largest of those dividing it. */
+ALWAYS_INLINE int heads_together(int group) {
+    return group <= 4 || group == 8 ? group : group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1;
+}
+
+/* Calls attend_tiles with compile-time G and CC (16-column registers per head: as many as fit
+ * 16 in all and divide Q/16). */
+#define ATTEND_CC(Q8, G_)                                                                                                  \
+    {                                                                                                                      \
+        const int nq = Q / 16;                                                                                             \
+        if ((G_) <= 2 && nq % 8 == 0) ATTEND_TILES(Q8, G_, 8);                                                             \
+        else if ((G_) <= 4 && nq % 4 == 0) ATTEND_TILES(Q8, G_, 4);                                                        \
+        else if ((G_) <= 8 && nq % 2 == 0) ATTEND_TILES(Q8, G_, 2);                                                        \
+        else ATTEND_TILES(Q8, G_, 1);                                                                                      \
     }
-    for (int h = 0; h < G; h++)
-        for (int c = 0; c < NQ; c++)
-            _mm512_storeu_ps(out + h * 16 * NQ + 16 * c, _mm512_mul_ps(acc[h * NQ + c], _mm512_set1_ps(inv[h])));
+#define ATTEND(Q8)                                                                                                         \
+    switch (heads_together(H / KV)) {                                                                                      \
+    case 1: ATTEND_CC(Q8, 1); break;                                                                                       \
+    case 2: ATTEND_CC(Q8, 2); break;                                                                                       \
+    case 3: ATTEND_CC(Q8, 3); break;                                                                                       \
+    case 4: ATTEND_CC(Q8, 4); break;                                                                                       \
+    default: ATTEND_CC(Q8, 8); break;                                                                                      \
+    }
+#define ATTEND_TILES(Q8, G_, CC_) \
+    attend_tiles(Q8, G_, CC_, H, KV, Q, q, kv, scales, headStride, tileStride, chunkStride, first, count, scale, out)
+
+/* A decode row (`cold`) reads its layer's tiles once, from memory, as one run that the hardware
+ * prefetcher follows; asking for the first tile before the first scores starts that run. Asking
+ * for every tile ahead of its use (as the per-head layout needed) made the run slower here. */
+ALWAYS_INLINE void prefetch_first_tile(const void *kv, const float *scales, int esize, int KV, int Q, int64_t tileStride,
+                                       int64_t chunkStride, int first) {
+    const int64_t tile = kv_tile(first & ~15, tileStride, chunkStride);
+    for (int64_t l = 0; l < 2 * KV * 16 * Q * esize; l += 64) _mm_prefetch((const char *)kv + tile * esize + l, _MM_HINT_T0);
+    if (scales)
+        for (int64_t l = 0; l < 2 * KV * 16 * Q / 32 * 4; l += 64) _mm_prefetch((const char *)(scales + tile / 32) + l, _MM_HINT_T0);
 }
 #endif
 
-/* Element i of a cached row as f32: f16 bits, or a q8 code times its block's scale (the scalar
- * reference's read). */
-ALWAYS_INLINE float kv_at(const int q8, const void *base, const float *scales, int64_t i) {
-    return q8 ? (float)((const int8_t *)base)[i] * scales[i / 32] : half_to_float(((const uint16_t *)base)[i]);
-}
-
-/* Softmax attention of one query row (H heads of Q, grouped over KV heads) over `count` cached
- * positions. The scalar path below is the reference arithmetic; with AVX-512 and Q a multiple
- * of 16 up to 256, attend_group computes the same function in another order (and a 2-ulp exp). */
-ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, int Q, const void *k, const void *v,
-                                 const float *ks, const float *vs, int64_t headStride, int64_t chunkStride, int first,
-                                 int count, float scale, float *scratch, float *out, int cold) {
-    int group = H / KV;
-    const int esize = q8 ? 1 : 2;
+/* Softmax attention of one query row (H heads of Q, grouped over KV heads) over `count` f16
+ * cached positions. The portable path below is the reference arithmetic (two passes: scores,
+ * then the weighted values); with AVX-512 and Q a multiple of 16, attend_tiles computes the
+ * same function in one pass with the softmax online (and a 2-ulp exp). */
+void mi_attention_row(const float *q, int H, int KV, int Q, const uint16_t *kv, int64_t headStride, int64_t tileStride,
+                      int64_t chunkStride, int first, int count, float scale, float *scratch, float *out, int cold) {
 #if defined(MI_AVX512)
-    if (Q % 16 == 0 && Q <= 256) {
-        // Heads of 64 attend their KV head's group together (2–4 heads); others one at a time.
-        const int NQ = Q / 16, G = NQ == 4 && group >= 2 && group <= 4 ? group : 1;
-        for (int h = 0; h < H; h += G) {
-            const float *qh = q + h * Q;
-            const int64_t head = (h / group) * headStride;   // elements
-            const uint8_t *kh = (const uint8_t *)k + head * esize, *vh = (const uint8_t *)v + head * esize;
-            const float *ksh = q8 ? ks + head / 32 : NULL, *vsh = q8 ? vs + head / 32 : NULL;
-            float *oh = out + h * Q;
-            // A cold row asks for the first KV head's first keys, and the next KV head's before
-            // this one starts.
-            if (cold && h == 0) prefetch_head(q8, k, ks, head, chunkStride, first, count, NQ);
-            if (cold && h + G < H && (h + G) / group != h / group)
-                prefetch_head(q8, k, ks, ((h + G) / group) * headStride, chunkStride, first, count, NQ);
-#define ATTEND(NQ_, G_) (cold ? attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, chunkStride, first, count, scale, scratch, oh, 1) \
-                              : attend_group(NQ_, G_, q8, qh, kh, vh, ksh, vsh, chunkStride, first, count, scale, scratch, oh, 0))
-            if (NQ == 4) { switch (G) { case 2: ATTEND(4, 2); break; case 3: ATTEND(4, 3); break; case 4: ATTEND(4, 4); break; default: ATTEND(4, 1); } }
-            else if (NQ == 8) ATTEND(8, 1);
-            else if (NQ == 16) ATTEND(16, 1);
-            else ATTEND(NQ, 1);
-#undef ATTEND
-        }
+    if (Q % 16 == 0) {
+        const float *scales = NULL;
+        if (cold) prefetch_first_tile(kv, NULL, 2, KV, Q, tileStride, chunkStride, first);
+        ATTEND(0)
         return;
     }
 #endif
+    const int group = H / KV;
     for (int h = 0; h < H; h++) {
+        const uint16_t *head = kv + (h / group) * headStride;
         const float *qh = q + h * Q;
-        int64_t g = (h / group) * headStride;
         float mx = -INFINITY;
         for (int j = 0; j < count; j++) {
+            const int p = first + j;
+            const uint16_t *keys = head + kv_tile(p, tileStride, chunkStride) + p % 16;
             float sc = 0;
-            for (int i = 0; i < Q; i++) sc += qh[i] * kv_at(q8, k, ks, g + kv_row(first + j, Q, chunkStride) + i);
+            for (int i = 0; i < Q; i++) sc += qh[i] * half_to_float(keys[16 * i]);
             sc *= scale;
             scratch[j] = sc;
             mx = sc > mx ? sc : mx;
@@ -224,19 +284,58 @@ ALWAYS_INLINE void attention_row(const int q8, const float *q, int H, int KV, in
         float *oh = out + h * Q;
         memset(oh, 0, sizeof(float) * Q);
         float inv = 1.0f / sum;
-        for (int j = 0; j < count; j++)
-            for (int i = 0; i < Q; i++) oh[i] += scratch[j] * inv * kv_at(q8, v, vs, g + kv_row(first + j, Q, chunkStride) + i);
+        for (int j = 0; j < count; j++) {
+            const int p = first + j;
+            const uint16_t *row = head + kv_tile(p, tileStride, chunkStride) + 16 * Q + p % 16 * Q;
+            for (int i = 0; i < Q; i++) oh[i] += scratch[j] * inv * half_to_float(row[i]);
+        }
     }
 }
 
-void mi_attention_row(const float *q, int H, int KV, int Q,
-                      const uint16_t *k, const uint16_t *v, int64_t headStride, int64_t chunkStride, int first, int count,
-                      float scale, float *scratch, float *out, int cold) {
-    attention_row(0, q, H, KV, Q, k, v, NULL, NULL, headStride, chunkStride, first, count, scale, scratch, out, cold);
-}
-
-void mi_attention_row_q8(const float *q, int H, int KV, int Q,
-                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t headStride,
-                         int64_t chunkStride, int first, int count, float scale, float *scratch, float *out, int cold) {
-    attention_row(1, q, H, KV, Q, k, v, ks, vs, headStride, chunkStride, first, count, scale, scratch, out, cold);
+/* The same over a q8 cache. The portable path is the reference: each head's query as 16-bit
+ * codes per 32 (query_i16: codes qc, scales dq), score = scale · Σ_b dq_b · dk_b · Σ qc·kc
+ * over block b, values dv_b · vc. attend_tiles computes the same with the integer sums exact. */
+void mi_attention_row_q8(const float *q, int H, int KV, int Q, const int8_t *kv, const float *scales, int64_t headStride,
+                         int64_t tileStride, int64_t chunkStride, int first, int count, float scale, float *scratch,
+                         float *out, int cold) {
+#if defined(MI_VNNI)
+    if (Q <= 256) {
+        if (cold) prefetch_first_tile(kv, scales, 1, KV, Q, tileStride, chunkStride, first);
+        ATTEND(1)
+        return;
+    }
+#endif
+    const int group = H / KV, NB = Q / 32;
+    for (int h = 0; h < H; h++) {
+        const int8_t *head = kv + (h / group) * headStride;
+        const float *hs = scales + (h / group) * headStride / 32;
+        int16_t qc[Q];
+        float dq[NB];
+        query_i16(q + h * Q, Q, qc, dq);
+        float mx = -INFINITY;
+        for (int j = 0; j < count; j++) {
+            const int p = first + j;
+            const int64_t keys = kv_tile(p, tileStride, chunkStride);
+            float sc = 0;
+            for (int b = 0; b < NB; b++) {
+                int dot = 0;
+                for (int i = 32 * b; i < 32 * b + 32; i++) dot += qc[i] * head[keys + q8_key(p % 16, i)];
+                sc += dq[b] * hs[keys / 32 + b * 16 + p % 16] * (float)dot;
+            }
+            sc *= scale;
+            scratch[j] = sc;
+            mx = sc > mx ? sc : mx;
+        }
+        float sum = 0;
+        for (int j = 0; j < count; j++) { float e = expf(scratch[j] - mx); scratch[j] = e; sum += e; }
+        float *oh = out + h * Q;
+        memset(oh, 0, sizeof(float) * Q);
+        float inv = 1.0f / sum;
+        for (int j = 0; j < count; j++) {
+            const int p = first + j;
+            const int64_t values = kv_tile(p, tileStride, chunkStride) + 16 * Q;
+            for (int i = 0; i < Q; i++)
+                oh[i] += scratch[j] * inv * hs[values / 32 + i / 32 * 16 + p % 16] * (float)head[values + p % 16 * Q + i];
+        }
+    }
 }

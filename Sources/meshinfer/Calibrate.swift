@@ -76,16 +76,16 @@ struct Calibrate: ParsableCommand {
             ratesAll[format.rawValue] = 2 * Double(M * N * K) / median { time { _ = weight.apply(x, threads: all) } }
         }
         // Causal attention of 512 positions, 9 heads of 64 over 3 KV heads (the default model's
-        // shape), from one run of positions per KV head, (KV, L, Q), as a KV cache's chunk holds them.
-        let L = 512, H = 9, KV = 3, Q = 64
-        let qkv = (0..<(L * H * Q)).map { Float($0 % 17) / 17 }, kv = (0..<(L * KV * Q)).map { Float16(Float($0 % 13) / 13).bitPattern }
-        var scratch = [Float](repeating: 0, count: L * H / KV), out = [Float](repeating: 0, count: H * Q)
+        // shape), from one layer's tiles of 16 positions (KVCache's layout: (L/16, KV, 2, 16, Q)).
+        let L = 512, H = 9, KV = 3, Q = 64, headStride = 2 * 16 * Q, tileStride = KV * headStride
+        let qkv = (0..<(L * H * Q)).map { Float($0 % 17) / 17 }, kv = (0..<(L * KV * 2 * Q)).map { Float16(Float($0 % 13) / 13).bitPattern }
+        var scratch = [Float](repeating: 0, count: L), out = [Float](repeating: 0, count: H * Q)
         let attentionSeconds = median {
             time {
                 for i in 0..<L {
                     qkv.withUnsafeBufferPointer { q in
-                        mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, kv, Int64(L * Q), Int64(MI_KV_CHUNK) * Int64(Q),
-                                         0, Int32(i + 1), 0.125, &scratch, &out, 0)
+                        mi_attention_row(q.baseAddress! + i * H * Q, Int32(H), Int32(KV), Int32(Q), kv, Int64(headStride), Int64(tileStride),
+                                         Int64(Int(MI_KV_CHUNK) / 16 * tileStride), 0, Int32(i + 1), 0.125, &scratch, &out, 0)
                     }
                 }
             }
@@ -191,15 +191,15 @@ struct Calibrate: ParsableCommand {
 
     /// Bytes/s at which decode attention on `threads` consumes a KV cache of `type`, its
     /// arithmetic included: 8 sequences of 192 cached positions, the default model's shape (9
-    /// heads of 64 over 3 KV heads, 30 layers, head-major as KVCache keeps it, on huge pages),
+    /// heads of 64 over 3 KV heads, 30 layers, in tiles as KVCache keeps them, on huge pages),
     /// one query row per sequence and layer, the sequences split over the threads, as a decode
     /// step runs them — after `between` (the layer's weights streamed through the caches) at
     /// every layer, so each layer's keys and values come from memory. The median of 5 steps'
     /// attention time (weights not counted).
     func decodeAttentionBandwidth(_ type: KVCacheType, threads: WorkSplitter, between: () -> Void) throws -> Double {
         let sequences = 8, layers = 30, H = 9, KV = 3, Q = 64, capacity = 256, count = 192, C = Int(MI_KV_CHUNK)
-        // KVCache's layout: (chunks, layers, K/V, KV heads, C, Q) elements, q8 scales after them.
-        let perLayer = 2 * KV * C * Q, chunkStride = layers * perLayer
+        // KVCache's layout: (chunks, layers, C/16, KV heads, K/V, 16, Q) elements, q8 scales after them.
+        let headStride = 2 * 16 * Q, tileStride = KV * headStride, perLayer = C / 16 * tileStride, chunkStride = layers * perLayer
         let elements = capacity / C * chunkStride            // one sequence's cache
         let codeBytes = type == .f16 ? 2 : 1
         let bytesPerSequence = elements * codeBytes + (type == .q8 ? elements / 32 * 4 : 0)
@@ -227,19 +227,19 @@ struct Calibrate: ParsableCommand {
                 between()
                 let start = Date()
                 threads.parallelFor(sequences) { range in
-                    // Each thread its own scratch (count · H / KV floats) and output row.
-                    var out = [Float](repeating: 0, count: H * Q), scratch = [Float](repeating: 0, count: count * H / KV)
+                    // Each thread its own scratch (count floats) and output row.
+                    var out = [Float](repeating: 0, count: H * Q), scratch = [Float](repeating: 0, count: count)
                     for c in caches[range] {
-                        let k = l * perLayer, v = k + KV * C * Q
+                        let at = l * perLayer
                         switch type {
                         case .f16:
                             let e = c.assumingMemoryBound(to: UInt16.self)
-                            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, Int64(C * Q), Int64(chunkStride), 0,
+                            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), e + at, Int64(headStride), Int64(tileStride), Int64(chunkStride), 0,
                                              Int32(count), 0.125, &scratch, &out, 1)
                         case .q8:
                             let e = c.assumingMemoryBound(to: Int8.self), scales = (c + elements).assumingMemoryBound(to: Float.self)
-                            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), e + k, e + v, scales + k / 32, scales + v / 32,
-                                                Int64(C * Q), Int64(chunkStride), 0, Int32(count), 0.125, &scratch, &out, 1)
+                            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), e + at, scales + at / 32, Int64(headStride), Int64(tileStride),
+                                                Int64(chunkStride), 0, Int32(count), 0.125, &scratch, &out, 1)
                         }
                     }
                 }

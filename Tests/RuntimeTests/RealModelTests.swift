@@ -124,9 +124,13 @@ struct RealModelTests {
         #expect(abs(result.perplexity - reference.perplexity(variant)) <= 0.1, "PPL \(result.perplexity)")
     }
 
-    /// int8 weights with the 8-bit KV cache: GPL-3 perplexity within 0.05 of llama.cpp's Q8_0
-    /// file with its f16 cache (18.35; measured 18.359), and not the f16 cache's (18.376: the
-    /// 8-bit cache is in use).
+    /// int8 weights with the 8-bit KV cache: GPL-3 perplexity within 0.1 of llama.cpp's Q8_0
+    /// file with its f16 cache (18.35), and not the f16 cache's (18.370: the 8-bit cache is in
+    /// use). Not closer: with keys, values and activations all rounded to 8 bits, the last bits
+    /// of one attention output move later codes, and the perplexity with them — measured 18.359
+    /// to 18.419 for the same kernel's arithmetic in other orders (the portable path 18.376;
+    /// its outputs perturbed by 1e-6 relative 18.361–18.367; expf for the vector exp 18.392;
+    /// the tiled kernel 18.419), where llama.cpp's own q8_0 cache gives 18.364.
     @Test func q8CachePerplexityOnGPL3MatchesLlamaCpp() throws {
         let path = "/usr/share/common-licenses/GPL-3"
         try #require(FileManager.default.fileExists(atPath: path))
@@ -134,7 +138,7 @@ struct RealModelTests {
         let (tokens, chunkStart) = perplexityTokens(try String(contentsOfFile: path, encoding: .utf8), tokenizer: model.tokenizer)
         let result = try perplexity(engine: model.engine, tokens: tokens, context: 512, chunkStart: chunkStart)
         #expect(result.chunks == 14 && result.scoredTokens == 14 * 255)
-        #expect(abs(result.perplexity - reference.perplexity("Q8_0")) <= 0.05, "PPL \(result.perplexity)")
+        #expect(abs(result.perplexity - reference.perplexity("Q8_0")) <= 0.1, "PPL \(result.perplexity)")
         let f16 = try perplexity(engine: ModelCache.shared.model(.int8).engine, tokens: tokens, context: 512, chunkStart: chunkStart)
         #expect(result.perplexity != f16.perplexity, "PPL \(result.perplexity) with both caches")
     }

@@ -328,66 +328,129 @@ struct KernelTests {
         #expect(sums == eK.2)
     }
 
-    /// Positions 0..<count of KV heads of Q elements, element (g, j, d) = at(g, j, d), laid out as
-    /// the kernels read a cache (KVCache's chunks): chunks of MI_KV_CHUNK positions `chunkStride`
-    /// elements apart, in each one run of positions per head (headStride = MI_KV_CHUNK · Q);
-    /// `fill` everywhere else. chunkStride = MI_KV_CHUNK · Q with headStride = capacity · Q is
-    /// one run per head, (KV, capacity, Q).
-    static func cacheLayout<T>(KV: Int, Q: Int, count: Int, headStride: Int, chunkStride: Int, fill: T,
-                               _ at: (Int, Int, Int) -> T) -> [T] {
-        let C = Int(MI_KV_CHUNK)
-        var out = [T](repeating: fill, count: (KV - 1) * headStride + (count + C - 1) / C * chunkStride + C * Q)
-        for g in 0..<KV {
+    /// A KV cache's layout for the kernels (CKernels.h): positions in tiles of 16, every KV
+    /// head's keys and values per tile. `compact`: one layer's tiles back to back; otherwise odd
+    /// strides with room between heads, tiles and chunks (other layers' tiles).
+    struct CacheStrides {
+        let head: Int, tile: Int, chunk: Int
+        init(KV: Int, Q: Int, compact: Bool) {
+            head = 2 * 16 * Q + (compact ? 0 : 32)
+            tile = KV * head + (compact ? 0 : 64)
+            chunk = Int(MI_KV_CHUNK) / 16 * tile * (compact ? 1 : 2) + (compact ? 0 : 96)
+        }
+        /// Elements spanning `count` positions.
+        func elements(count: Int) -> Int { (count + Int(MI_KV_CHUNK) - 1) / Int(MI_KV_CHUNK) * chunk }
+    }
+
+    /// Positions 0..<count of KV heads' keys and values (f32, (count, KV, Q) each) written into
+    /// an f16 cache with `strides` by the kernels' writer, NaN everywhere else.
+    static func f16Cache(_ k: [Float], _ v: [Float], KV: Int, Q: Int, count: Int, _ strides: CacheStrides) -> [UInt16] {
+        var cache = [UInt16](repeating: 0x7E00, count: strides.elements(count: count))
+        cache.withUnsafeMutableBufferPointer { c in
             for j in 0..<count {
-                for d in 0..<Q { out[g * headStride + j / C * chunkStride + j % C * Q + d] = at(g, j, d) }
+                for g in 0..<KV {
+                    mi_kv_write_f16(Array(k[((j * KV + g) * Q)...].prefix(Q)), Array(v[((j * KV + g) * Q)...].prefix(Q)), Int32(Q),
+                                    c.baseAddress! + g * strides.head, Int64(strides.tile), Int64(strides.chunk), Int32(j))
+                }
             }
         }
-        return out
+        return cache
+    }
+
+    /// The same into a q8 cache: codes (odd codes everywhere else) and scales (NaN elsewhere).
+    static func q8Cache(_ k: [Float], _ v: [Float], KV: Int, Q: Int, count: Int, _ strides: CacheStrides) -> ([Int8], [Float]) {
+        var codes = [Int8](repeating: 77, count: strides.elements(count: count))
+        var scales = [Float](repeating: .nan, count: codes.count / 32)
+        codes.withUnsafeMutableBufferPointer { c in
+            scales.withUnsafeMutableBufferPointer { sc in
+                for j in 0..<count {
+                    for g in 0..<KV {
+                        mi_kv_write_q8(Array(k[((j * KV + g) * Q)...].prefix(Q)), Array(v[((j * KV + g) * Q)...].prefix(Q)), Int32(Q),
+                                       c.baseAddress! + g * strides.head, sc.baseAddress! + g * strides.head / 32, Int64(strides.tile),
+                                       Int64(strides.chunk), Int32(j))
+                    }
+                }
+            }
+        }
+        return (codes, scales)
+    }
+
+    /// The writers put each element where CKernels.h says (what `calibrate` and KVCache rely
+    /// on): f16 keys transposed in their tile, values in rows; q8 key codes in pairs of
+    /// elements, value codes in rows, scales at the codes' offset / 32 (block b of position p at
+    /// b·16 + p%16), for a position past the first chunk.
+    @Test func kvWritersFollowTheLayout() {
+        let KV = 2, Q = 64, p = 300, g = 1, C = Int(MI_KV_CHUNK)
+        let strides = CacheStrides(KV: KV, Q: Q, compact: false)
+        var r = Rng(s: 17)
+        let k = (0..<Q).map { _ in r.next() }, v = (0..<Q).map { _ in r.next() }
+        let tile = p / C * strides.chunk + p % C / 16 * strides.tile + g * strides.head, row = p % 16
+        var f16 = [UInt16](repeating: 0, count: strides.elements(count: p + 1))
+        f16.withUnsafeMutableBufferPointer { mi_kv_write_f16(k, v, Int32(Q), $0.baseAddress! + g * strides.head, Int64(strides.tile), Int64(strides.chunk), Int32(p)) }
+        for d in 0..<Q {
+            #expect(f16[tile + 16 * d + row] == Float16(k[d]).bitPattern, "key \(d)")
+            #expect(f16[tile + 16 * Q + row * Q + d] == Float16(v[d]).bitPattern, "value \(d)")
+        }
+        var codes = [Int8](repeating: 0, count: f16.count), scales = [Float](repeating: 0, count: f16.count / 32)
+        codes.withUnsafeMutableBufferPointer { c in
+            scales.withUnsafeMutableBufferPointer { sc in
+                mi_kv_write_q8(k, v, Int32(Q), c.baseAddress! + g * strides.head, sc.baseAddress! + g * strides.head / 32,
+                               Int64(strides.tile), Int64(strides.chunk), Int32(p))
+            }
+        }
+        var kc = [Int8](repeating: 0, count: Q), vc = kc, ks = [Float](repeating: 0, count: Q / 32), vs = ks
+        mi_f32_to_kv_q8(k, &kc, &ks, Int32(Q))
+        mi_f32_to_kv_q8(v, &vc, &vs, Int32(Q))
+        for d in 0..<Q {
+            #expect(codes[tile + d / 2 * 32 + row * 2 + d % 2] == kc[d], "key code \(d)")
+            #expect(codes[tile + 16 * Q + row * Q + d] == vc[d], "value code \(d)")
+        }
+        for b in 0..<(Q / 32) {
+            #expect(scales[tile / 32 + b * 16 + row] == ks[b])
+            #expect(scales[(tile + 16 * Q) / 32 + b * 16 + row] == vs[b])
+        }
     }
 
     /// Softmax attention of one row over an f16 cache against the definition in double
     /// precision (over the cache's f16 values): head sizes of both models (64, 256) and others,
-    /// groups of 1 to 4 query heads per KV head, position counts below, at and beyond the
-    /// 16-position blocks (tails included) and across a chunk of the cache (MI_KV_CHUNK), from
-    /// position 0 and from a later first position (a sliding window); within 1e-5 absolute.
-    /// One run of positions per head and a cache's chunks (with other layers' chunks between
-    /// them), read as a prompt's rows or as a decode row's (`cold`), give the same bits.
+    /// groups of 1 to 12 query heads per KV head, position counts below, at and beyond a tile
+    /// of 16 (tails included) and across a chunk of the cache (MI_KV_CHUNK), from position 0
+    /// and from a later first position (a sliding window); within 1e-5 absolute. Compact and
+    /// spread-out layouts (NaN between), read as a prompt's rows or as a decode row's (`cold`),
+    /// give the same bits.
     @Test(arguments: [(4, 2, 16, 5), (9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
-                     (4, 1, 64, 47), (3, 3, 64, 18), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33), (9, 3, 64, 300), (4, 1, 256, 270)])
+                     (4, 1, 64, 47), (3, 3, 64, 18), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33), (9, 3, 64, 300), (4, 1, 256, 270),
+                     (12, 1, 64, 40), (5, 1, 64, 21), (32, 4, 128, 70)])
     func attentionRowMatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
-        let C = Int(MI_KV_CHUNK)
         var r = Rng(s: 11)
         let q = (0..<(H * Q)).map { _ in r.next() }
-        let k = (0..<(count * KV * Q)).map { _ in Float16(r.next()) }   // (count, KV, Q)
-        let v = (0..<(count * KV * Q)).map { _ in Float16(r.next()) }
-        let nan: UInt16 = 0x7E00   // beyond the positions
-        let runK = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: (count + 3) * Q, chunkStride: C * Q, fill: nan) { k[($1 * KV + $0) * Q + $2].bitPattern }
-        let runV = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: (count + 3) * Q, chunkStride: C * Q, fill: nan) { v[($1 * KV + $0) * Q + $2].bitPattern }
-        let chunkStride = 2 * KV * C * Q + 16   // this layer's keys, values, and more between chunks
-        let chunkK = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: C * Q, chunkStride: chunkStride, fill: nan) { k[($1 * KV + $0) * Q + $2].bitPattern }
-        let chunkV = Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: C * Q, chunkStride: chunkStride, fill: nan) { v[($1 * KV + $0) * Q + $2].bitPattern }
+        let k = (0..<(count * KV * Q)).map { _ in r.next() }   // (count, KV, Q)
+        let v = (0..<(count * KV * Q)).map { _ in r.next() }
+        let compact = CacheStrides(KV: KV, Q: Q, compact: true), spread = CacheStrides(KV: KV, Q: Q, compact: false)
+        let a = Self.f16Cache(k, v, KV: KV, Q: Q, count: count, compact), b = Self.f16Cache(k, v, KV: KV, Q: Q, count: count, spread)
         let scale = 1 / Float(Q).squareRoot()
         for first in Set([0, count / 3]) {
-            var scratch = [Float](repeating: 0, count: count * H / KV)
+            var scratch = [Float](repeating: 0, count: count)
             var out = [Float](repeating: 0, count: H * Q)
-            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), runK, runV, Int64((count + 3) * Q), Int64(C * Q), Int32(first),
-                             Int32(count - first), scale, &scratch, &out, 0)
+            mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), a, Int64(compact.head), Int64(compact.tile), Int64(compact.chunk),
+                             Int32(first), Int32(count - first), scale, &scratch, &out, 0)
             for h in 0..<H {
                 let g = h / (H / KV)
-                let s = (first..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * Double(k[(j * KV + g) * Q + $1]) } * Double(scale) }
+                func f16(_ x: Float) -> Double { Double(Float(Float16(x))) }
+                let s = (first..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * f16(k[(j * KV + g) * Q + $1]) } * Double(scale) }
                 let e = s.map { Foundation.exp($0 - s.max()!) }
                 let p = e.map { $0 / e.reduce(0, +) }
                 for d in 0..<Q {
-                    let expected = (first..<count).reduce(0.0) { $0 + p[$1 - first] * Double(v[($1 * KV + g) * Q + d]) }
+                    let expected = (first..<count).reduce(0.0) { $0 + p[$1 - first] * f16(v[($1 * KV + g) * Q + d]) }
                     #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "first \(first) head \(h) column \(d)")
                 }
             }
             for cold: Int32 in [0, 1] {
-                var outChunks = [Float](repeating: 0, count: H * Q)
-                mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), chunkK, chunkV, Int64(C * Q), Int64(chunkStride), Int32(first),
-                                 Int32(count - first), scale, &scratch, &outChunks, cold)
-                #expect(outChunks == out, "first \(first) cold \(cold)")
+                var outSpread = [Float](repeating: 0, count: H * Q)
+                mi_attention_row(q, Int32(H), Int32(KV), Int32(Q), b, Int64(spread.head), Int64(spread.tile), Int64(spread.chunk),
+                                 Int32(first), Int32(count - first), scale, &scratch, &outSpread, cold)
+                #expect(outSpread == out, "first \(first) cold \(cold)")
             }
         }
     }
@@ -413,61 +476,54 @@ struct KernelTests {
         }
     }
 
-    /// Softmax attention of one row over an 8-bit cache against the definition in double
-    /// precision over the cache's dequantized values (code × its block's scale): the shapes of
-    /// the f16 test whose heads are a multiple of 32 and heads of 288 (the scalar path), within
-    /// 1e-5; one run per head and a cache's chunks (odd codes and NaN scales between them),
-    /// prompt and decode (`cold`) rows give the same bits.
+    /// Softmax attention of one row over an 8-bit cache against its definition in double
+    /// precision: keys and values dequantized (code × its block's scale), each query head as
+    /// 16-bit codes per 32 (scale absmax / 32767, rounded to nearest even) — the shapes of the
+    /// f16 test whose heads are a multiple of 32, and heads of 288 (the portable path), within
+    /// 1e-5; compact and spread-out layouts (odd codes and NaN scales between), prompt and
+    /// decode (`cold`) rows give the same bits.
     @Test(arguments: [(9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
-                     (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33), (2, 1, 288, 9), (9, 3, 64, 300)])
+                     (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33), (2, 1, 288, 9), (9, 3, 64, 300),
+                     (4, 1, 256, 270), (12, 1, 64, 40), (5, 1, 64, 21), (32, 4, 128, 70)])
     func attentionRowQ8MatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
-        let C = Int(MI_KV_CHUNK)
         var r = Rng(s: 13)
         let q = (0..<(H * Q)).map { _ in r.next() }
         let kf = (0..<(count * KV * Q)).map { _ in r.next() }, vf = (0..<(count * KV * Q)).map { _ in r.next() }   // (count, KV, Q)
-        var k = [Int8](repeating: 0, count: kf.count), v = k
-        var ks = [Float](repeating: 0, count: kf.count / 32), vs = ks
-        mi_f32_to_kv_q8(kf, &k, &ks, Int32(kf.count))
-        mi_f32_to_kv_q8(vf, &v, &vs, Int32(vf.count))
-        func kAt(_ i: Int) -> Double { Double(k[i]) * Double(ks[i / 32]) }
-        func vAt(_ i: Int) -> Double { Double(v[i]) * Double(vs[i / 32]) }
-        // Codes (KV, Q per row) and scales (Q/32 per row) in the same layout, strides / 32.
-        func layout(headStride: Int, chunkStride: Int) -> ([Int8], [Int8], [Float], [Float]) {
-            func codes(_ x: [Int8]) -> [Int8] {
-                Self.cacheLayout(KV: KV, Q: Q, count: count, headStride: headStride, chunkStride: chunkStride, fill: 77) { x[($1 * KV + $0) * Q + $2] }
-            }
-            func scales(_ x: [Float]) -> [Float] {
-                Self.cacheLayout(KV: KV, Q: Q / 32, count: count, headStride: headStride / 32, chunkStride: chunkStride / 32, fill: .nan) {
-                    x[(($1 * KV + $0) * Q) / 32 + $2]
-                }
-            }
-            return (codes(k), codes(v), scales(ks), scales(vs))
+        // What the cache holds, dequantized, and the quantized queries (rows of Q, per 32 a scale).
+        func dequantized(_ x: [Float]) -> [Double] {
+            var codes = [Int8](repeating: 0, count: x.count), scales = [Float](repeating: 0, count: x.count / 32)
+            mi_f32_to_kv_q8(x, &codes, &scales, Int32(x.count))
+            return codes.indices.map { Double(codes[$0]) * Double(scales[$0 / 32]) }
         }
-        let run = layout(headStride: (count + 3) * Q, chunkStride: C * Q)
-        let chunkStride = 2 * KV * C * Q + 64
-        let chunks = layout(headStride: C * Q, chunkStride: chunkStride)
+        let k = dequantized(kf), v = dequantized(vf)
+        let qq = stride(from: 0, to: q.count, by: 32).flatMap { b -> [Double] in
+            let block = q[b..<(b + 32)], d = block.map(abs).max()! / 32767
+            return block.map { d > 0 ? Double(($0 * (1 / d)).rounded(.toNearestOrEven)) * Double(d) : 0 }
+        }
+        let compact = CacheStrides(KV: KV, Q: Q, compact: true), spread = CacheStrides(KV: KV, Q: Q, compact: false)
+        let a = Self.q8Cache(kf, vf, KV: KV, Q: Q, count: count, compact), b = Self.q8Cache(kf, vf, KV: KV, Q: Q, count: count, spread)
         let scale = 1 / Float(Q).squareRoot()
         for first in Set([0, count / 3]) {
-            var scratch = [Float](repeating: 0, count: count * H / KV)
+            var scratch = [Float](repeating: 0, count: count)
             var out = [Float](repeating: 0, count: H * Q)
-            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), run.0, run.1, run.2, run.3, Int64((count + 3) * Q), Int64(C * Q),
+            mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), a.0, a.1, Int64(compact.head), Int64(compact.tile), Int64(compact.chunk),
                                 Int32(first), Int32(count - first), scale, &scratch, &out, 0)
             for h in 0..<H {
                 let g = h / (H / KV)
-                let s = (first..<count).map { j in (0..<Q).reduce(0.0) { $0 + Double(q[h * Q + $1]) * kAt((j * KV + g) * Q + $1) } * Double(scale) }
+                let s = (first..<count).map { j in (0..<Q).reduce(0.0) { $0 + qq[h * Q + $1] * k[(j * KV + g) * Q + $1] } * Double(scale) }
                 let e = s.map { Foundation.exp($0 - s.max()!) }
                 let p = e.map { $0 / e.reduce(0, +) }
                 for d in 0..<Q {
-                    let expected = (first..<count).reduce(0.0) { $0 + p[$1 - first] * vAt(($1 * KV + g) * Q + d) }
+                    let expected = (first..<count).reduce(0.0) { $0 + p[$1 - first] * v[($1 * KV + g) * Q + d] }
                     #expect(abs(Double(out[h * Q + d]) - expected) < 1e-5, "first \(first) head \(h) column \(d)")
                 }
             }
             for cold: Int32 in [0, 1] {
-                var outChunks = [Float](repeating: 0, count: H * Q)
-                mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), chunks.0, chunks.1, chunks.2, chunks.3, Int64(C * Q),
-                                    Int64(chunkStride), Int32(first), Int32(count - first), scale, &scratch, &outChunks, cold)
-                #expect(outChunks == out, "first \(first) cold \(cold)")
+                var outSpread = [Float](repeating: 0, count: H * Q)
+                mi_attention_row_q8(q, Int32(H), Int32(KV), Int32(Q), b.0, b.1, Int64(spread.head), Int64(spread.tile), Int64(spread.chunk),
+                                    Int32(first), Int32(count - first), scale, &scratch, &outSpread, cold)
+                #expect(outSpread == out, "first \(first) cold \(cold)")
             }
         }
     }

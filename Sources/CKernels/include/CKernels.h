@@ -95,25 +95,40 @@ void mi_rope(float *x, const float *cs, int half, int neox);
 /// out = gelu_tanh(gate) * up, elementwise (n floats).
 void mi_geglu(const float *gate, const float *up, int n, float *out);
 
-/// Cached positions come in chunks of MI_KV_CHUNK: a cache grows by whole chunks at its end,
-/// and within a chunk each KV head's positions are one contiguous run.
+/// Cached positions come in chunks of MI_KV_CHUNK: a cache grows by whole chunks at its end.
 #define MI_KV_CHUNK 256
 
+/// The KV cache layout the attention kernels read (attention.c has the full description):
+/// position p of a layer is in the tile at element (p / MI_KV_CHUNK) * chunkStride +
+/// (p % MI_KV_CHUNK) / 16 * tileStride of it; a tile holds 16 positions of every KV head, KV
+/// head g at g * headStride: its keys (16 * Q elements, transposed: element d of the 16
+/// positions at 16 * d, p % 16 within), then its values (16 rows of Q). A q8 cache stores
+/// int8 codes there (keys in pairs of elements: (d / 2) * 32 + (p % 16) * 2 + d % 2), and per
+/// 32 elements of a position an f32 scale in a second
+/// allocation mirroring the codes divided by 32 (the 16 * Q codes at element E: scales at
+/// E / 32, block b of position p at b * 16 + p % 16). headStride, tileStride and chunkStride
+/// are multiples of 32 (a q8 block's scales are at its codes' offset / 32).
+///
+/// Stores one KV head's key and value (Q floats each) at `position`: head is the KV head's
+/// part of tile 0 (chunk 0) of its layer; for q8, scales the same element offset / 32.
+void mi_kv_write_f16(const float *k, const float *v, int Q, uint16_t *head, int64_t tileStride, int64_t chunkStride,
+                     int position);
+void mi_kv_write_q8(const float *k, const float *v, int Q, int8_t *head, float *scales, int64_t tileStride,
+                    int64_t chunkStride, int position);
+
 /// Causal attention of one query row against cached positions first..<first+count for all
-/// heads, from an f16 cache. q: H*Q floats; k, v: f16 bits, KV head g's position p at element
-/// g*headStride + (p / MI_KV_CHUNK)*chunkStride + (p % MI_KV_CHUNK)*Q (one run of positions
-/// per head, (KV, positions, Q): headStride = positions*Q, chunkStride = MI_KV_CHUNK*Q);
-/// query head h reads KV head h / (H / KV). scratch: >= count * (H / KV) floats. out: H*Q floats.
-/// cold: the cache is read once and is not expected in the core's caches (a decode step's
-/// rows, one per sequence): keys and values are requested ahead of their use.
-void mi_attention_row(const float *q, int H, int KV, int Q,
-                      const uint16_t *k, const uint16_t *v, int64_t headStride, int64_t chunkStride, int first, int count,
-                      float scale, float *scratch, float *out, int cold);
-/// The same from an 8-bit cache (q8): k, v int8 codes at the same element offsets, each run of
-/// 32 elements (offset / 32) scaled by ks, vs (f32). Q must be a multiple of 32.
-void mi_attention_row_q8(const float *q, int H, int KV, int Q,
-                         const int8_t *k, const int8_t *v, const float *ks, const float *vs, int64_t headStride,
-                         int64_t chunkStride, int first, int count, float scale, float *scratch, float *out, int cold);
+/// heads, from an f16 cache laid out as above (kv: tile 0 of the layer, KV head 0). q: H*Q
+/// floats; query head h reads KV head h / (H / KV). scratch: >= count floats (the portable
+/// path's scores). out: H*Q floats. cold: the cache is read once and is not expected in the
+/// core's caches (a decode step's rows, one per sequence): the first tile is requested ahead.
+void mi_attention_row(const float *q, int H, int KV, int Q, const uint16_t *kv, int64_t headStride, int64_t tileStride,
+                      int64_t chunkStride, int first, int count, float scale, float *scratch, float *out, int cold);
+/// The same from a q8 cache (codes kv, scales at the same offsets / 32). Each query head is
+/// scored as 16-bit codes per 32 elements (scale absmax / 32767, codes rounded to nearest
+/// even) against the keys' codes. Q must be a multiple of 32.
+void mi_attention_row_q8(const float *q, int H, int KV, int Q, const int8_t *kv, const float *scales, int64_t headStride,
+                         int64_t tileStride, int64_t chunkStride, int first, int count, float scale, float *scratch,
+                         float *out, int cold);
 
 /* Keeps freed blocks of up to 32 MiB in the heap instead of returning them to the kernel, and
  * trims the heap only beyond 1 GiB free (glibc; no-op elsewhere). Per-op activation buffers then
