@@ -251,6 +251,14 @@ ALWAYS_INLINE void prefetch_first_tile(const void *kv, const float *scales, int 
 }
 #endif
 
+/* The portable paths' softmax: `count` scores to e^(s − max) in place; returns 1 / Σ e. */
+static float softmax_scalar(float *scratch, int count) {
+    float mx = -INFINITY, sum = 0;
+    for (int j = 0; j < count; j++) mx = scratch[j] > mx ? scratch[j] : mx;
+    for (int j = 0; j < count; j++) { float e = expf(scratch[j] - mx); scratch[j] = e; sum += e; }
+    return 1.0f / sum;
+}
+
 /* Softmax attention of one query row (H heads of Q, grouped over KV heads) over `count` f16
  * cached positions. The portable path below is the reference arithmetic (two passes: scores,
  * then the weighted values); with AVX-512 and Q a multiple of 16, attend_tiles computes the
@@ -269,21 +277,16 @@ void mi_attention_row(const float *q, int H, int KV, int Q, const uint16_t *kv, 
     for (int h = 0; h < H; h++) {
         const uint16_t *head = kv + (h / group) * headStride;
         const float *qh = q + h * Q;
-        float mx = -INFINITY;
         for (int j = 0; j < count; j++) {
             const int p = first + j;
             const uint16_t *keys = head + kv_tile(p, tileStride, chunkStride) + p % 16;
             float sc = 0;
             for (int i = 0; i < Q; i++) sc += qh[i] * half_to_float(keys[16 * i]);
-            sc *= scale;
-            scratch[j] = sc;
-            mx = sc > mx ? sc : mx;
+            scratch[j] = sc * scale;
         }
-        float sum = 0;
-        for (int j = 0; j < count; j++) { float e = expf(scratch[j] - mx); scratch[j] = e; sum += e; }
+        const float inv = softmax_scalar(scratch, count);
         float *oh = out + h * Q;
         memset(oh, 0, sizeof(float) * Q);
-        float inv = 1.0f / sum;
         for (int j = 0; j < count; j++) {
             const int p = first + j;
             const uint16_t *row = head + kv_tile(p, tileStride, chunkStride) + 16 * Q + p % 16 * Q;
@@ -312,7 +315,6 @@ void mi_attention_row_q8(const float *q, int H, int KV, int Q, const int8_t *kv,
         int16_t qc[Q];
         float dq[NB];
         query_i16(q + h * Q, Q, qc, dq);
-        float mx = -INFINITY;
         for (int j = 0; j < count; j++) {
             const int p = first + j;
             const int64_t keys = kv_tile(p, tileStride, chunkStride);
@@ -322,15 +324,11 @@ void mi_attention_row_q8(const float *q, int H, int KV, int Q, const int8_t *kv,
                 for (int i = 32 * b; i < 32 * b + 32; i++) dot += qc[i] * head[keys + q8_key(p % 16, i)];
                 sc += dq[b] * hs[keys / 32 + b * 16 + p % 16] * (float)dot;
             }
-            sc *= scale;
-            scratch[j] = sc;
-            mx = sc > mx ? sc : mx;
+            scratch[j] = sc * scale;
         }
-        float sum = 0;
-        for (int j = 0; j < count; j++) { float e = expf(scratch[j] - mx); scratch[j] = e; sum += e; }
+        const float inv = softmax_scalar(scratch, count);
         float *oh = out + h * Q;
         memset(oh, 0, sizeof(float) * Q);
-        float inv = 1.0f / sum;
         for (int j = 0; j < count; j++) {
             const int p = first + j;
             const int64_t values = kv_tile(p, tileStride, chunkStride) + 16 * Q;
