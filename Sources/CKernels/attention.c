@@ -2,11 +2,12 @@
 // cache: half the bytes of f32, widened to f32 by vcvtph2ps as it loads) or an 8-bit one (q8:
 // int8 codes with an f32 scale per 32 elements), and the writes that fill either cache.
 #include "common.h"
+#include <float.h>
 
 /* The cache layout (KVCache; element offsets, bytes times 2 for f16). Positions come in chunks
  * of C = MI_KV_CHUNK, chunkStride apart; a chunk holds each layer's positions in tiles of 16,
  * tileStride apart, and a tile every KV head's keys and values for its 16 positions, KV head g
- * at g·headStride: keys (16·Q elements), then values (16·Q rows of Q). A sequence's layer is
+ * at g·headStride: keys (16·Q elements), then values (16 rows of Q). A sequence's layer is
  * then one contiguous run of tiles, which a decode step reads front to back: measured on this
  * AMD host (32 sequences x 30 layers, 160 positions of 3 KV heads of 64, from memory), such
  * runs stream at 19-22 GB/s on one core, a run per head and K/V (10 KB each) at 11-12.
@@ -29,7 +30,8 @@ ALWAYS_INLINE int q8_key(int r, int d) { return d / 2 * 32 + r * 2 + d % 2; }
  * float query's. */
 ALWAYS_INLINE void query_i16(const float *x, int Q, int16_t *codes, float *scales) {
     for (int b = 0; b < Q / 32; b++) {
-        const float amax = abs_max(x + 32 * b, 32), d = amax / 32767, inv = d > 0 ? 1 / d : 0;
+        // A block too small for a normal scale (below ~4e-34) scores as zeros.
+        const float amax = abs_max(x + 32 * b, 32), d = amax / 32767, inv = d >= FLT_MIN ? 1 / d : 0;
         int i = 32 * b;
 #if defined(MI_AVX512)
         // vcvtps2dq rounds to nearest even (the default rounding mode), as lrintf does.
@@ -207,7 +209,7 @@ ALWAYS_INLINE void attend_tiles(const int q8, const int G, const int CC, int H, 
         }
     }
     for (int h = 0; h < H; h++) {
-        const __m512 inv = _mm512_set1_ps(1.0f / total[h]);
+        const __m512 inv = _mm512_set1_ps(total[h] > 0 ? 1.0f / total[h] : 0);   // no positions: zeros, as the portable path
         for (int i = 0; i < Q; i += 16) _mm512_storeu_ps(out + h * Q + i, _mm512_mul_ps(_mm512_loadu_ps(out + h * Q + i), inv));
     }
 }
@@ -218,8 +220,8 @@ ALWAYS_INLINE int heads_together(int group) {
     return group <= 4 || group == 8 ? group : group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 3 == 0 ? 3 : group % 2 == 0 ? 2 : 1;
 }
 
-/* Calls attend_tiles with compile-time G and CC (16-column registers per head: as many as fit
- * 16 in all and divide Q/16). */
+/* Calls attend_tiles with compile-time G and CC (16-column registers per head: up to 8, at
+ * most 16 over the G heads, dividing Q/16). */
 #define ATTEND_CC(Q8, G_)                                                                                                  \
     {                                                                                                                      \
         const int nq = Q / 16;                                                                                             \

@@ -412,15 +412,15 @@ struct KernelTests {
     }
 
     /// Softmax attention of one row over an f16 cache against the definition in double
-    /// precision (over the cache's f16 values): head sizes of both models (64, 256) and others,
-    /// groups of 1 to 12 query heads per KV head, position counts below, at and beyond a tile
+    /// precision (over the cache's f16 values): head sizes of both models (64, 256) and others
+    /// (40: the portable path), groups of 1 to 12 query heads per KV head, position counts below, at and beyond a tile
     /// of 16 (tails included) and across a chunk of the cache (MI_KV_CHUNK), from position 0
     /// and from a later first position (a sliding window); within 1e-5 absolute. Compact and
     /// spread-out layouts (NaN between), read as a prompt's rows or as a decode row's (`cold`),
     /// give the same bits.
     @Test(arguments: [(4, 2, 16, 5), (9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
                      (4, 1, 64, 47), (3, 3, 64, 18), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 48, 33), (9, 3, 64, 300), (4, 1, 256, 270),
-                     (12, 1, 64, 40), (5, 1, 64, 21), (32, 4, 128, 70)])
+                     (12, 1, 64, 40), (5, 1, 64, 21), (32, 4, 128, 70), (12, 2, 64, 30), (2, 1, 40, 20)])
     func attentionRowMatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
         var r = Rng(s: 11)
@@ -484,7 +484,7 @@ struct KernelTests {
     /// decode (`cold`) rows give the same bits.
     @Test(arguments: [(9, 3, 64, 1), (9, 3, 64, 16), (9, 3, 64, 17), (9, 3, 64, 100), (6, 3, 64, 33), (8, 2, 64, 20),
                      (4, 1, 64, 47), (4, 1, 256, 40), (4, 1, 256, 3), (2, 1, 96, 33), (2, 1, 288, 9), (9, 3, 64, 300),
-                     (4, 1, 256, 270), (12, 1, 64, 40), (5, 1, 64, 21), (32, 4, 128, 70)])
+                     (4, 1, 256, 270), (12, 1, 64, 40), (5, 1, 64, 21), (32, 4, 128, 70), (12, 2, 64, 30)])
     func attentionRowQ8MatchesNaiveSoftmax(_ shape: (Int, Int, Int, Int)) {
         let (H, KV, Q, count) = shape
         var r = Rng(s: 13)
