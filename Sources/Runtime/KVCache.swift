@@ -33,7 +33,7 @@ public enum KVCacheType: String, Codable, Sendable, CaseIterable {
 /// AMD host, such runs stream at 19-22 GB/s on one core, where a run per KV head and keys or
 /// values (the layout before, (chunks, layers, 2, kvHeads, C, Q)) streamed at 11-12; in the
 /// kernels' own measurement (32 sequences of 160 positions, 30 layers, from memory) f16
-/// attention went from 9.7-12.7 ms to 6.5-6.8 and q8 from 8.1-9.8 to 5.4-7.3. The cache grows
+/// attention went from 9.7-12.7 ms to 6.5-6.8 and q8 from 8.1-9.8 to 5.3. The cache grows
 /// by whole chunks at its end: what it holds never moves. Written by position; how many
 /// positions the sequence holds is its `MeshSequence`'s count, not the cache's.
 ///
